@@ -1,0 +1,185 @@
+"""Sharpness S(W) = λ_max(∇²R(W)), the largest *algebraic* Hessian eigenvalue (PAPER.md §1, §3.6).
+
+Methods:
+
+* ``lanczos``: top-k by batched Lanczos on Hessian-vector products (double backward), with the
+  residual certificate ‖Hv − λv‖ of each Ritz pair. Valid anywhere, any architecture.
+* ``exact``: the d×d formula S = 2 λ_max(Σ^{1/2} K Σ^{1/2}), K = Σ_k ‖b_k‖² A_kᵀA_k, valid only at
+  global minimizers of a *linear* network (there Xᵀr = 0 and the Hessian is its Gauss–Newton part).
+* ``dense``: the full Hessian by ``torch.func.hessian`` and ``eigvalsh``; small networks only.
+* ``power``: the authors' 20 power iterations (largest *magnitude* eigenvalue), for comparison.
+
+All computations run in float64. ``sharpness`` accepts one network (a :class:`Weights`) or a
+:class:`~dlnpipe.train.TrainResult` (all its networks at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dlnpipe._checks import check_choice, check_int
+from dlnpipe.data import Dataset
+from dlnpipe.lanczos import lanczos, power_iteration
+from dlnpipe.networks import Weights
+from dlnpipe.objective import HessianOperator, Problem, flatten, loss, resolve_device, stack_weights, unflatten
+
+METHODS = ("lanczos", "exact", "dense", "power")
+DENSE_MAX_PARAMS = 4000  # a (P, P) float64 Hessian of 4000 parameters is 128 MB
+
+
+@dataclass(frozen=True)
+class SharpnessResult:
+    """Top-k Hessian eigenvalues of B networks.
+
+    eigenvalues: (B, k), decreasing (NaN where not computed, e.g. diverged networks).
+    residuals: (B, k) certificate ‖Hv − λv‖ (lanczos, power), NaN for exact and dense.
+    ``float(result)`` is the sharpness of a single network; ``result.values`` the (B,) sharpness.
+    """
+
+    method: str
+    eigenvalues: np.ndarray
+    residuals: np.ndarray
+    hvps: int = 0
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.eigenvalues[:, 0]
+
+    @property
+    def topk(self) -> np.ndarray:
+        return self.eigenvalues
+
+    def __len__(self) -> int:
+        return self.eigenvalues.shape[0]
+
+    def __float__(self) -> float:
+        if len(self) != 1:
+            raise TypeError(f"float() needs a single network, this result holds {len(self)}")
+        return float(self.eigenvalues[0, 0])
+
+
+def _as_batch(weights) -> tuple[list[Weights], str]:
+    from dlnpipe.train import TrainResult  # local import: train depends on this module
+
+    if isinstance(weights, TrainResult):
+        return [weights.network(i) for i in range(len(weights))], weights.arch
+    if isinstance(weights, Weights):
+        return [weights], weights.arch
+    if isinstance(weights, (list, tuple)) and weights and all(isinstance(w, Weights) for w in weights):
+        return list(weights), weights[0].arch
+    if isinstance(weights, (list, tuple)):
+        return [Weights(weights, arch="small")], "small"
+    raise ValueError(f"weights must be Weights, a list of them or a TrainResult, got {type(weights).__name__}")
+
+
+def start_vectors(seeds, size: int, *, device) -> torch.Tensor:
+    """One N(0, I) start vector per network from its own seed: results do not depend on batching."""
+    v = np.stack([np.random.default_rng([int(s), 1_000_003]).standard_normal(size) for s in seeds])
+    return torch.tensor(v, dtype=torch.float64, device=device)
+
+
+def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1, tol: float = 1e-10,
+              max_iter: int | None = None, device=None, seeds=None,
+              dense_max_params: int = DENSE_MAX_PARAMS) -> SharpnessResult:
+    """Top-k Hessian eigenvalues of the training loss at ``weights`` (see the module docstring).
+
+    seeds: per-network seeds for the random start vectors (default: the train seeds or 0).
+    Networks whose weights are not finite get NaN.
+    """
+    check_choice("method", method, METHODS)
+    k = check_int("k", k, minimum=1)
+    nets, arch = _as_batch(weights)
+    if seeds is None:
+        seeds = getattr(weights, "seed", None)
+        seeds = np.zeros(len(nets), dtype=np.int64) if seeds is None else np.atleast_1d(seeds)
+    device = resolve_device(device if device is not None else "cpu")
+    ok = np.array([all(np.isfinite(W).all() for W in net) for net in nets])
+    eig = np.full((len(nets), k), np.nan)
+    res = np.full((len(nets), k), np.nan)
+    hvps = 0
+    idx = np.flatnonzero(ok)
+    if idx.size:
+        sub = [nets[i] for i in idx]
+        if method == "exact":
+            e = exact_topk(dataset, sub, k=k)
+        else:
+            layers, c = stack_weights(sub, dtype="float64", device=device)
+            prob = Problem.from_dataset(dataset, arch=arch, in_dim=layers[0].shape[2], dtype="float64",
+                                        device=device)
+            if method == "dense":
+                e = dense_topk(layers, c, prob, k=k, max_params=dense_max_params)
+            else:
+                op = HessianOperator(layers, c, prob)
+                if k > op.size:
+                    raise ValueError(f"k={k} exceeds the number of parameters ({op.size})")
+                v0 = start_vectors(np.asarray(seeds)[idx], op.size, device=device)
+                if method == "power":
+                    out = power_iteration(op.matvec, v0)
+                else:
+                    out = lanczos(op.matvec, v0, k=k, tol=tol, max_iter=max_iter)
+                e, r, hvps = out.eigenvalues, out.residuals, out.iterations
+                res[idx, : r.shape[1]] = r
+        eig[idx, : e.shape[1]] = e
+    return SharpnessResult(method=method, eigenvalues=eig, residuals=res, hvps=hvps)
+
+
+def dense_hessians(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem) -> torch.Tensor:
+    """Full Hessians (B, P, P) by forward-over-reverse ``torch.func.hessian`` (not the Lanczos path)."""
+    flat = flatten(layers)
+
+    def one(theta, c_row):
+        ws = unflatten(theta[None], layers)
+        ws = [w.reshape(1, *w.shape[1:]) for w in ws]
+        return loss(ws, c_row[None], prob)[0]
+
+    return torch.stack([torch.func.hessian(one)(flat[b], c[b]) for b in range(flat.shape[0])])
+
+
+def dense_topk(layers, c, prob: Problem, *, k: int, max_params: int = DENSE_MAX_PARAMS) -> np.ndarray:
+    size = sum(W[0].numel() for W in layers)
+    if size > max_params:
+        raise ValueError(f"method 'dense' builds the full Hessian and is for small networks: "
+                         f"{size} parameters > dense_max_params={max_params}; use method='lanczos'")
+    H = dense_hessians(layers, c, prob)
+    H = (H + H.mT) / 2
+    return torch.flip(torch.linalg.eigvalsh(H)[:, -k:], dims=[1]).cpu().numpy()
+
+
+def exact_topk(dataset: Dataset, nets: list[Weights], *, k: int = 1) -> np.ndarray:
+    """Top-k of 2 Σ^{1/2} K Σ^{1/2} (PAPER.md §3.6) for each network; exact at global minimizers.
+
+    A_k = W_{k-1} ⋯ W_1 E (E: zero padding, identity unless residual with m > d), b_k = c W_L ⋯ W_{k+1}.
+    """
+    if nets[0].arch == "gelu":
+        raise ValueError("method 'exact' holds for linear networks only, not arch 'gelu'")
+    d = dataset.d
+    evals, evecs = np.linalg.eigh(dataset.sigma)
+    root = (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T  # Σ^{1/2}
+    out = np.full((len(nets), k), np.nan)
+    for i, net in enumerate(nets):
+        layers = net.layers
+        c = net.p[None, :] if net.arch == "residual" else np.ones((1, 1))
+        rows = [c]
+        for W in reversed(layers):
+            rows.append(rows[-1] @ W)
+        rows = rows[::-1]  # rows[k] = b_k (1, out_k), rows[L] = c
+        A = np.eye(layers[0].shape[1])[:, :d]  # E: (in_dim, d)
+        K = np.zeros((d, d))
+        for j, W in enumerate(layers):
+            K += float((rows[j + 1] ** 2).sum()) * (A.T @ A)
+            A = W @ A
+        M = root @ K @ root
+        top = np.linalg.eigvalsh((M + M.T) / 2)[::-1][:k]
+        out[i, : top.size] = 2 * top
+    return out
+
+
+def hessian_topk_operator(dataset: Dataset, net: Weights, *, device=None) -> HessianOperator:
+    """The Hessian operator of one network (for users who want to run their own eigensolver)."""
+    layers, c = stack_weights([net], dtype="float64", device=resolve_device(device or "cpu"))
+    prob = Problem.from_dataset(dataset, arch=net.arch, in_dim=layers[0].shape[2], dtype="float64",
+                                device=layers[0].device)
+    return HessianOperator(layers, c, prob)

@@ -1,0 +1,104 @@
+"""The theoretical constants of PAPER.md §3 for a dataset and a depth.
+
+* S_min = 2 L a ‖w*‖^{2−2/L}: no global minimizer is flatter (§3.1);
+* η_c = 2 / S_min: GD with η > η_c cannot converge (§3.2);
+* S_upper = 8 L Λ ‖w*‖^{2−2/L}: gradient flow from small init ends below it (§3.3), so
+  S / S_min ≤ 4Λ/a ≤ 4κ;
+* the balanced rank-one minimizer W_k = c u_k u_{k−1}ᵀ, c = ‖w*‖^{1/L}, u_0 = w*/‖w*‖, whose
+  sharpness is 2‖w*‖^{2−2/L} λ_max(Σ + (L−1) Σ^{1/2} u_0 u_0ᵀ Σ^{1/2}) (§3.1, nearly tight).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dlnpipe._checks import check_int
+from dlnpipe.data import Dataset
+from dlnpipe.networks import Weights, check_network_args, projection_vector
+
+
+@dataclass(frozen=True)
+class Bounds:
+    depth: int
+    a: float
+    lam_max: float
+    w_norm: float
+    s_min: float  # 2 L a ‖w*‖^{2−2/L}
+    s_upper: float  # 8 L Λ ‖w*‖^{2−2/L}
+    eta_c: float  # 2 / S_min
+    s_balanced: float  # exact sharpness of the balanced rank-one minimizer
+    ratio_bound: float  # 4Λ/a, the small-init bound on S/S_min
+    balanced: Weights  # that minimizer, arch "small" with width d
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+
+def _sqrtm_psd(S: np.ndarray) -> np.ndarray:
+    evals, evecs = np.linalg.eigh(S)
+    return (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T
+
+
+def balanced_sharpness(dataset: Dataset, depth: int) -> float:
+    """2‖w*‖^{2−2/L} λ_max(Σ + (L−1) Σ^{1/2} u_0 u_0ᵀ Σ^{1/2}) (closed form)."""
+    L = depth
+    u0 = dataset.w_star / dataset.w_norm
+    root = _sqrtm_psd(dataset.sigma)
+    v = root @ u0
+    M = dataset.sigma + (L - 1) * np.outer(v, v)
+    return float(2 * dataset.w_norm ** (2 - 2 / L) * np.linalg.eigvalsh((M + M.T) / 2)[-1])
+
+
+def balanced_minimizer(dataset: Dataset, depth: int, *, arch: str = "small", width: int | None = None,
+                       seed: int = 0, p_seed: int = 0) -> Weights:
+    """A balanced rank-one global minimizer: W_k = c u_k u_{k−1}ᵀ with random unit u_1..u_{L−1}.
+
+    For ``residual`` nets the last layer is c p u_{L−1}ᵀ so that pᵀ W_L = c u_{L−1}ᵀ (p unit).
+    """
+    width = dataset.d if width is None else width
+    arch, depth, width, d = check_network_args(arch, depth, width, dataset.d)
+    rng = np.random.default_rng(seed)
+    cst = dataset.w_norm ** (1 / depth)
+    in_dim = width if arch == "residual" else d
+    u = [np.zeros(in_dim)]
+    u[0][:d] = dataset.w_star / dataset.w_norm
+    for _ in range(depth - 1):
+        v = rng.standard_normal(width)
+        u.append(v / np.linalg.norm(v))
+    if arch == "residual":
+        p = projection_vector(width, seed=p_seed)
+        layers = [cst * np.outer(u[k + 1], u[k]) for k in range(depth - 1)]
+        layers.append(cst * np.outer(p, u[depth - 1]))
+        return Weights([*layers, p], arch=arch)
+    u.append(np.ones(1))
+    return Weights([cst * np.outer(u[k + 1], u[k]) for k in range(depth)], arch=arch)
+
+
+def random_factorization(dataset: Dataset, depth: int, *, width: int | None = None, scale: float = 1.0,
+                         seed: int = 0) -> Weights:
+    """A random global minimizer of a ``small`` net: random W_1..W_{L−1}, W_L = w*ᵀ A_L⁺ (needs m ≥ d)."""
+    width = dataset.d if width is None else width
+    arch, depth, width, d = check_network_args("small", depth, width, dataset.d)
+    if depth > 1 and width < d:
+        raise ValueError(f"a random factorisation needs width >= d, got width={width} with d={d}")
+    rng = np.random.default_rng(seed)
+    dims = [d] + [width] * (depth - 1)
+    layers = [scale * rng.standard_normal((dims[k + 1], dims[k])) for k in range(depth - 1)]
+    A = np.eye(d)
+    for W in layers:
+        A = W @ A
+    last = dataset.w_star[None, :] @ np.linalg.pinv(A)
+    return Weights([*layers, last], arch=arch)
+
+
+def bounds(dataset: Dataset, depth: int) -> Bounds:
+    """S_min, S_upper, η_c and the balanced minimizer for ``dataset`` at depth L (PAPER.md §3)."""
+    L = check_int("depth", depth, minimum=1)
+    power = dataset.w_norm ** (2 - 2 / L)
+    s_min = 2 * L * dataset.a * power
+    return Bounds(depth=L, a=dataset.a, lam_max=dataset.lam_max, w_norm=dataset.w_norm, s_min=s_min,
+                  s_upper=8 * L * dataset.lam_max * power, eta_c=2 / s_min,
+                  s_balanced=balanced_sharpness(dataset, L), ratio_bound=4 * dataset.lam_max / dataset.a,
+                  balanced=balanced_minimizer(dataset, L))

@@ -1,0 +1,265 @@
+"""Full-batch gradient descent on a batch of B networks at once (PAPER.md §2, §3.5).
+
+All networks of one call share architecture, depth and width; each has its own learning rate,
+init scale, seed and number of steps. The batch is one set of tensors (B, out, in) per layer and
+every step is a handful of batched kernels, with no host round trip: networks that diverge are
+frozen by masks on the device, networks that reach their own step count leave the batch.
+
+Status of a network at the end (CF flags in the cube):
+    0 converged  R − R* ≤ rtol·R* + atol·(yᵀy/n)
+    1 failed     finite but not converged (stalled at a saddle, or oscillating above η_c)
+    2 diverged   the loss became non-finite or exceeded ``explode``·max(R(0), yᵀy/n); the network is
+                 frozen at the first such state and its later trajectory entries are NaN
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dlnpipe._checks import check_int, check_positive
+from dlnpipe.data import Dataset
+from dlnpipe.networks import Weights, check_network_args, init_network
+from dlnpipe.objective import (Problem, distance, gelu_test_loss, linear_state, linear_step_, loss,
+                               prefix_rows, regressor, resolve_device, resolve_dtype, test_loss)
+
+log = logging.getLogger(__name__)
+
+CONVERGED, FAILED, DIVERGED = 0, 1, 2
+STATUS_MEANINGS = ("converged", "failed", "diverged")
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """Final weights, status and sampled trajectories of B networks (numpy, float64).
+
+    layers[k]: (B, out_k, in_k); p: (B, m) or None; status: (B,) int8 (see module docstring);
+    loss_train, loss_test, distance: (B,) at each network's last step; diverged_step: (B,) step of
+    divergence or -1. Trajectories on ``record_steps`` (T,): arrays (B, T), NaN after a network's
+    own last step or its divergence; ``traj_sharpness`` only when asked for.
+    """
+
+    arch: str
+    depth: int
+    width: int
+    d: int
+    lr: np.ndarray
+    scale: np.ndarray
+    seed: np.ndarray
+    steps: np.ndarray
+    layers: list
+    p: np.ndarray | None
+    status: np.ndarray
+    loss_train: np.ndarray
+    loss_test: np.ndarray
+    distance: np.ndarray
+    diverged_step: np.ndarray
+    record_steps: np.ndarray
+    traj_loss_train: np.ndarray
+    traj_loss_test: np.ndarray
+    traj_distance: np.ndarray
+    traj_sharpness: np.ndarray | None
+    dtype: str
+    device: str
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.lr)
+
+    def network(self, i: int) -> Weights:
+        arrays = [W[i] for W in self.layers]
+        if self.arch == "residual":
+            arrays.append(self.p[i])
+        return Weights(arrays, arch=self.arch)
+
+    def regressors(self) -> np.ndarray:
+        """w_prod of every network, (B, d)."""
+        return np.stack([self.network(i).product()[: self.d] for i in range(len(self))])
+
+
+def _per_network(name, value, B, *, kind=float) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(value, dtype=kind))
+    if arr.ndim != 1 or arr.size not in (1, B):
+        raise ValueError(f"{name} must be a scalar or have one entry per network ({B}), got shape {arr.shape}")
+    return np.broadcast_to(arr, (B,)).copy()
+
+
+def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, seed, steps,
+          dtype="float64", device="cpu", record_every: int | None = None, record_steps=None,
+          record_sharpness: bool = False, rtol: float = 1e-2, atol: float = 1e-6,
+          explode: float = 1e6, p_seed: int = 0, log_every_s: float = 10.0,
+          sharpness_tol: float = 1e-8) -> TrainResult:
+    """Train B networks by full-batch GD; lr, scale, seed, steps are scalars or length-B sequences.
+
+    B is the longest of lr, scale, seed, steps. Records train/test loss and ‖w_prod − w*‖² every
+    ``record_every`` steps (default: about 200 points) or at the given ``record_steps``, and the
+    Lanczos sharpness there too when ``record_sharpness``.
+    """
+    arch, depth, width, d = check_network_args(arch, depth, width, dataset.d)
+    B = max(np.size(lr), np.size(scale), np.size(seed), np.size(steps))
+    lr = _per_network("lr", lr, B)
+    scale = _per_network("scale", scale, B)
+    seed = _per_network("seed", seed, B, kind=np.int64)
+    steps = _per_network("steps", steps, B, kind=np.int64)
+    for i in range(B):
+        check_positive("lr", lr[i])
+    if (steps < 0).any():
+        raise ValueError(f"steps must be >= 0, got {steps[steps < 0][0]}")
+    if not np.isfinite(scale).all() or (scale < 0).any():
+        raise ValueError(f"scale must be finite and >= 0, got {scale[~(np.isfinite(scale) & (scale >= 0))][0]}")
+    check_positive("rtol", rtol)
+    check_positive("explode", explode)
+    tdtype, dev = resolve_dtype(dtype), resolve_device(device)
+    T_max = int(steps.max())
+    if record_steps is None:
+        every = max(1, T_max // 200) if record_every is None else check_int("record_every", record_every, minimum=1)
+        record_steps = np.unique(np.append(np.arange(0, T_max + 1, every), T_max))
+    record_steps = np.unique(np.asarray(record_steps, dtype=np.int64))
+    if record_steps.size and (record_steps[0] < 0 or record_steps[-1] > T_max):
+        raise ValueError(f"record_steps must lie in [0, {T_max}], got {record_steps[[0, -1]]}")
+    record_index = {int(t): j for j, t in enumerate(record_steps)}
+
+    t0 = time.monotonic()
+    nets = [init_network(arch, depth=depth, width=width, d=d, scale=scale[i], seed=int(seed[i]),
+                         p_seed=p_seed) for i in range(B)]
+    in_dim = nets[0].layers[0].shape[1]
+    prob = Problem.from_dataset(dataset, arch=arch, in_dim=in_dim, dtype=tdtype, device=dev)
+    layers = [torch.tensor(np.stack([n.layers[k] for n in nets]), dtype=tdtype, device=dev)
+              for k in range(depth)]
+    c = prefix_rows(nets, layers[-1].shape[1], dtype=tdtype, device=dev)
+
+    nT = record_steps.size
+    traj = {key: torch.full((B, nT), float("nan"), dtype=torch.float64, device=dev)
+            for key in ("loss_train", "loss_test", "distance")}
+    traj_sharp = np.full((B, nT), np.nan) if record_sharpness else None
+    final = {key: torch.full((B,), float("nan"), dtype=torch.float64, device=dev)
+             for key in ("loss_train", "loss_test", "distance")}
+    out_layers = [torch.empty_like(W) for W in layers]
+    diverged_at = torch.full((B,), -1, dtype=torch.int64, device=dev)
+
+    idx = torch.arange(B, device=dev)  # global index of each row of the active batch
+    eta = torch.tensor(lr, dtype=tdtype, device=dev)
+    my_steps = torch.tensor(steps, device=dev)
+    alive = torch.ones(B, dtype=torch.bool, device=dev)
+    alive_steps = torch.zeros(B, dtype=torch.int64, device=dev)  # = divergence step once frozen
+    finish_steps = set(int(s) for s in np.unique(steps))
+    cap = None
+    net_steps_done, last_log = 0, time.monotonic()
+
+    def state():
+        """Loss of the current point, and what the update needs (gradient or its factors)."""
+        if arch == "gelu":
+            with torch.enable_grad():
+                params = [W.requires_grad_(True) for W in layers]
+                value = loss(params, c, prob)
+                grads = torch.autograd.grad(value.sum(), params)
+            for W in layers:
+                W.requires_grad_(False)
+            return grads, regressor(layers, c), value.detach()
+        rows, w, g, excess = linear_state(layers, c, prob)
+        return (rows, g), w, prob.loss_opt + excess
+
+    def record(j: int, w, value, t: int):
+        due = alive & (my_steps >= t)
+        tl = gelu_test_loss(layers, prob) if arch == "gelu" else test_loss(w, prob)
+        for key, v in (("loss_train", value), ("loss_test", tl), ("distance", distance(w, prob))):
+            traj[key][idx, j] = torch.where(due, v.to(torch.float64), traj[key][idx, j])
+        if record_sharpness:
+            from dlnpipe.sharpness import sharpness  # local import: sharpness imports train
+
+            rows = np.flatnonzero(due.cpu().numpy())
+            if rows.size:
+                glob = idx.cpu().numpy()[rows]
+                s = sharpness(dataset, _snapshot(layers, c, arch, rows), method="lanczos",
+                              tol=sharpness_tol, device=dev, seeds=seed[glob])
+                traj_sharp[glob, j] = s.values
+
+    def retire(t: int, w, value):
+        """Copy out the networks whose last step is t; return the mask of those that stay."""
+        done = my_steps == t
+        g = idx[done]
+        for k, W in enumerate(layers):
+            out_layers[k][g] = W[done]
+        tl = gelu_test_loss(layers, prob) if arch == "gelu" else test_loss(w, prob)
+        final["loss_train"][g] = value[done].to(torch.float64)
+        final["loss_test"][g] = tl[done].to(torch.float64)
+        final["distance"][g] = distance(w, prob)[done].to(torch.float64)
+        diverged_at[g] = torch.where(alive[done], -1, alive_steps[done])
+        return ~done
+
+    for t in range(T_max + 1):
+        update, w, value = state()
+        if cap is None:
+            cap = explode * torch.clamp(value.abs(), min=prob.yty)
+        alive &= value <= cap  # False for NaN and inf too: the network is frozen at this point
+        if t in record_index:
+            record(record_index[t], w, value, t)
+        if t in finish_steps:
+            keep = retire(t, w, value)
+            if t == T_max:
+                break
+            layers = [W[keep].contiguous() for W in layers]
+            c, eta, my_steps, alive, idx, cap, alive_steps = (
+                x[keep] for x in (c, eta, my_steps, alive, idx, cap, alive_steps))
+            update = ([G[keep] for G in update] if arch == "gelu"
+                      else ([r[keep] for r in update[0]], update[1][keep]))
+            if idx.numel() == 0:
+                break
+        alive_steps += alive
+        # W ← W − η ∇R, with η = 0 (and a zeroed gradient, in case it is not finite) for frozen networks.
+        if arch == "gelu":
+            step = torch.where(alive, eta, 0.0)[:, None, None]
+            for W, G in zip(layers, update):
+                W.sub_(step * torch.nan_to_num(G))
+        else:
+            rows, g = update
+            linear_step_(layers, rows, torch.where(alive[:, None], eta[:, None] * g, 0.0))
+        net_steps_done += idx.numel()
+        if log_every_s is not None and time.monotonic() - last_log >= log_every_s:
+            last_log = time.monotonic()
+            rate = net_steps_done / (last_log - t0)
+            remaining = int(np.clip(steps - (t + 1), 0, None).sum())
+            log.info("train %s L=%d m=%d: step %d/%d, %d networks active, %.3g network-steps/s, ETA %.0f s",
+                     arch, depth, width, t + 1, T_max, idx.numel(), rate, remaining / max(rate, 1e-9))
+
+    status = np.full(B, FAILED, dtype=np.int8)
+    div = diverged_at.cpu().numpy()
+    lt = final["loss_train"].cpu().numpy()
+    converged = (lt - dataset.loss_opt) <= rtol * dataset.loss_opt + atol * dataset.yty
+    status[converged] = CONVERGED
+    status[div >= 0] = DIVERGED
+    traj_np = {key: v.cpu().numpy() for key, v in traj.items()}
+    return TrainResult(
+        arch=arch, depth=depth, width=width, d=d, lr=lr, scale=scale, seed=seed, steps=steps,
+        layers=[W.to(torch.float64).cpu().numpy() for W in out_layers],
+        p=c_global(nets) if arch == "residual" else None,
+        status=status, loss_train=lt, loss_test=final["loss_test"].cpu().numpy(),
+        distance=final["distance"].cpu().numpy(), diverged_step=div, record_steps=record_steps,
+        traj_loss_train=traj_np["loss_train"], traj_loss_test=traj_np["loss_test"],
+        traj_distance=traj_np["distance"], traj_sharpness=traj_sharp,
+        dtype=str(tdtype).removeprefix("torch."), device=str(dev), seconds=time.monotonic() - t0)
+
+
+def c_global(nets: list[Weights]) -> np.ndarray:
+    return np.stack([n.p for n in nets])
+
+
+def _snapshot(layers, c, arch: str, rows: np.ndarray) -> list[Weights]:
+    out = []
+    for r in rows:
+        arrays = [W[r].to(torch.float64).cpu().numpy() for W in layers]
+        if arch == "residual":
+            arrays.append(c[r, 0].to(torch.float64).cpu().numpy())
+        out.append(Weights(arrays, arch=arch))
+    return out
+
+
+def excess(result: TrainResult, dataset: Dataset) -> np.ndarray:
+    """R − R* at the final weights, computed from the data (independent of the training path)."""
+    return dataset.loss(result.regressors()) - dataset.loss_opt
+
+
