@@ -207,7 +207,7 @@ def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor
     out, start = [], 0
     for t in like:
         size = t[0].numel()
-        out.append(flat[:, start:start + size].reshape(t.shape))
+        out.append(flat[:, start:start + size].reshape(flat.shape[0], *t.shape[1:]))
         start += size
     return out
 

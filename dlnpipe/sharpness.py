@@ -24,7 +24,15 @@ from dlnpipe._checks import check_choice, check_int
 from dlnpipe.data import Dataset
 from dlnpipe.lanczos import lanczos, power_iteration
 from dlnpipe.networks import Weights
-from dlnpipe.objective import HessianOperator, Problem, flatten, loss, resolve_device, stack_weights, unflatten
+from dlnpipe.objective import (
+    HessianOperator,
+    Problem,
+    flatten,
+    loss,
+    resolve_device,
+    stack_weights,
+    unflatten,
+)
 
 METHODS = ("lanczos", "exact", "dense", "power")
 DENSE_MAX_PARAMS = 4000  # a (P, P) float64 Hessian of 4000 parameters is 128 MB
@@ -131,9 +139,7 @@ def dense_hessians(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem) -
     flat = flatten(layers)
 
     def one(theta, c_row):
-        ws = unflatten(theta[None], layers)
-        ws = [w.reshape(1, *w.shape[1:]) for w in ws]
-        return loss(ws, c_row[None], prob)[0]
+        return loss(unflatten(theta[None], layers), c_row[None], prob)[0]
 
     return torch.stack([torch.func.hessian(one)(flat[b], c[b]) for b in range(flat.shape[0])])
 

@@ -1,0 +1,41 @@
+# The two commands of the README: `make run` (default study) and `make test` (test suite).
+# Both create .venv when it is missing and install the locked environment first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CORES ?= all
+PROFILE ?= workflow/profiles/default
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint bench lock ui clean
+
+$(STAMP): envs/requirements.lock pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r envs/requirements.lock 2> >(grep -v 'is ignored: it is neither' >&2)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2> >(grep -v 'is ignored: it is neither' >&2)
+	@touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) --profile $(PROFILE)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dlnpipe tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_fig1.py
+
+# Re-resolve envs/requirements.txt into the lock file (needs the registries).
+lock:
+	rm -rf /tmp/dlnpipe-lock && python3 -m venv /tmp/dlnpipe-lock
+	/tmp/dlnpipe-lock/bin/pip install -q -r envs/requirements.txt
+	{ echo "# Resolved from envs/requirements.txt on Python 3.11 (make lock)."; \
+	  /tmp/dlnpipe-lock/bin/pip freeze | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > envs/requirements.lock
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,54 @@
+"""The balanced rank-one minimizer, S_min, and random factorisations (PAPER.md §3.1)."""
+
+import numpy as np
+import pytest
+
+import dlnpipe
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5, 10])
+@pytest.mark.parametrize("kappa", [None, 20.0])
+def test_balanced_minimizer(depth, kappa):
+    ds = dlnpipe.make_dataset(50, 5, kappa=kappa, seed=11)
+    b = dlnpipe.bounds(ds, depth)
+    net = b.balanced
+    assert abs(ds.loss(net.product()) - ds.loss_opt) < 1e-12  # a global minimizer, checked on the data
+    dense = float(dlnpipe.sharpness(ds, net, method="dense"))
+    assert abs(dense - b.s_balanced) < 1e-10 * b.s_balanced
+    power = ds.w_norm ** (2 - 2 / depth)
+    assert b.s_min <= b.s_balanced + 1e-12
+    assert b.s_balanced <= 2 * ((depth - 1) * ds.a + ds.lam_max) * power + 1e-12
+    assert abs(b.eta_c - 2 / b.s_min) < 1e-15 and abs(b.s_min - 2 * depth * ds.a * power) < 1e-12
+    assert abs(b["s_upper"] - 8 * depth * ds.lam_max * power) < 1e-12
+
+
+def test_random_factorisations_are_sharper_than_s_min(paper_data):
+    depth = 4
+    b = dlnpipe.bounds(paper_data, depth)
+    values = []
+    for seed in range(20):
+        net = dlnpipe.random_factorization(paper_data, depth, width=6, seed=seed)
+        assert abs(paper_data.loss(net.product()) - paper_data.loss_opt) < 1e-10
+        s = float(dlnpipe.sharpness(paper_data, net, method="dense"))
+        assert abs(s - float(dlnpipe.sharpness(paper_data, net, method="exact"))) < 1e-8 * s
+        values.append(s)
+    assert min(values) >= b.s_min
+    assert np.median(values) > b.s_balanced  # random factorisations are typically much sharper
+
+
+def test_residual_balanced_minimizer(paper_data):
+    net = dlnpipe.balanced_minimizer(paper_data, 3, arch="residual", width=7)
+    assert abs(paper_data.loss(net.product()[:5]) - paper_data.loss_opt) < 1e-12
+    assert abs(float(dlnpipe.sharpness(paper_data, net, method="dense"))
+               - dlnpipe.bounds(paper_data, 3).s_balanced) < 1e-10 * 30
+
+
+def test_structure_of_balanced_minimizer(paper_data):
+    net = dlnpipe.bounds(paper_data, 5).balanced
+    st = dlnpipe.structure(net, w_star=paper_data.w_star)
+    assert np.nanmax(st.sv_ratio) < 1e-12  # rank one
+    np.testing.assert_allclose(st.alignment, 1.0, atol=1e-12)  # consecutive singular vectors aligned
+    assert abs(st.input_alignment[0] - 1) < 1e-12
+    random = dlnpipe.init_network("small", depth=5, width=5, d=5, scale=1.0, seed=0)
+    st_r = dlnpipe.structure(random)
+    assert np.nanmin(st_r.sv_ratio[:, :-1]) > 0.05 and st_r.alignment.mean() < 0.9

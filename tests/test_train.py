@@ -1,0 +1,77 @@
+"""Batched gradient descent: equals one-at-a-time training, isolates divergence, reproduces fig1's regime."""
+
+import numpy as np
+import pytest
+
+import dlnpipe
+from dlnpipe.train import excess
+
+LR = [0.01, 0.03, 0.05, 0.02]
+SCALE = [0.3, 0.5, 0.4, 0.35]
+STEPS = [300, 200, 300, 150]
+
+
+@pytest.mark.parametrize("arch,width", [("small", 5), ("small", 7), ("residual", 6), ("gelu", 4)])
+def test_batch_equals_one_at_a_time(paper_data, arch, width):
+    kw = dict(arch=arch, depth=4, width=width, record_every=10)
+    batch = dlnpipe.train(paper_data, lr=LR, scale=SCALE, seed=[0, 1, 2, 3], steps=STEPS, **kw)
+    for i in range(4):
+        one = dlnpipe.train(paper_data, lr=LR[i], scale=SCALE[i], seed=i, steps=STEPS[i],
+                            record_steps=batch.record_steps, **kw)
+        for Wb, Wo in zip(batch.layers, one.layers):
+            np.testing.assert_allclose(Wb[i], Wo[0], rtol=1e-10, atol=1e-12)
+        for key in ("traj_loss_train", "traj_loss_test", "traj_distance"):
+            np.testing.assert_allclose(getattr(batch, key)[i], getattr(one, key)[0], rtol=1e-10, atol=1e-13)
+        assert batch.status[i] == one.status[0]
+    assert (batch.status != dlnpipe.DIVERGED).all()
+    # trajectories stop at each network's own step count
+    t = batch.record_steps
+    assert np.isnan(batch.traj_loss_train[3, t > 150]).all() and np.isfinite(batch.traj_loss_train[3, t <= 150]).all()
+
+
+def test_divergence_is_isolated(paper_data):
+    kw = dict(arch="small", depth=6, width=5, record_every=5, steps=400)
+    calm = dlnpipe.train(paper_data, lr=[0.01, 0.02], scale=[0.4, 0.5], seed=[1, 2], **kw)
+    mixed = dlnpipe.train(paper_data, lr=[0.01, 5.0, 0.02], scale=[0.4, 1.5, 0.5], seed=[1, 99, 2], **kw)
+    assert mixed.status[1] == dlnpipe.DIVERGED and mixed.diverged_step[1] > 0
+    assert (mixed.status[[0, 2]] != dlnpipe.DIVERGED).all() and (mixed.diverged_step[[0, 2]] == -1).all()
+    for key in ("traj_loss_train", "traj_distance"):
+        np.testing.assert_array_equal(getattr(mixed, key)[[0, 2]], getattr(calm, key))
+    for Wm, Wc in zip(mixed.layers, calm.layers):
+        np.testing.assert_array_equal(Wm[[0, 2]], Wc)
+    # frozen at the point of divergence: trajectory NaN from there on, weights finite and kept
+    after = mixed.record_steps >= mixed.diverged_step[1]
+    assert np.isnan(mixed.traj_loss_train[1, after]).all()
+    assert np.isfinite(mixed.traj_loss_train[1, ~after]).all()
+
+
+def test_fig1_small_lr_converges_within_bounds(paper_data):
+    """PAPER.md §4 fig1: L=10, m=5, s=0.25. η=0.005 converges with S_min ≤ S ≤ 8LΛ; η=0.2 > η_c never converges."""
+    b = dlnpipe.bounds(paper_data, 10)
+    assert b.eta_c < 0.2
+    res = dlnpipe.train(paper_data, arch="small", depth=10, width=5, lr=[0.005] * 4 + [0.2] * 4, scale=0.25,
+                        seed=np.arange(8), steps=[40_000] * 4 + [2_000] * 4, dtype="float32")
+    small, large = slice(0, 4), slice(4, 8)
+    assert (res.status[small] == dlnpipe.CONVERGED).all()
+    assert (res.status[large] != dlnpipe.CONVERGED).all()
+    assert (excess(res, paper_data)[small] < 1e-4).all()  # checked on the data, not the moments
+    s = dlnpipe.sharpness(paper_data, res, method="lanczos")
+    assert (b.s_min <= s.values[small]).all() and (s.values[small] <= b.s_upper).all()
+    assert (s.values[small] <= 2 / 0.005).all()
+    # close to the flattest minimizer, as the paper reports for small init (ratio 1.1–1.5)
+    assert (s.values[small] / b.s_min < 1.5).all()
+
+
+def test_record_sharpness_and_float32(paper_data):
+    res = dlnpipe.train(paper_data, arch="small", depth=3, width=5, lr=0.05, scale=0.5, seed=[0, 1],
+                        steps=200, record_every=50, record_sharpness=True, dtype="float32")
+    assert res.traj_sharpness.shape == (2, 5) and np.isfinite(res.traj_sharpness).all()
+    last = dlnpipe.sharpness(paper_data, res, method="lanczos")
+    np.testing.assert_allclose(res.traj_sharpness[:, -1], last.values, rtol=1e-8)
+    assert res.dtype == "float32"
+
+
+def test_status_failed_when_not_converged(paper_data):
+    res = dlnpipe.train(paper_data, arch="small", depth=10, width=5, lr=0.001, scale=0.1, seed=0, steps=50)
+    assert res.status[0] == dlnpipe.FAILED  # stalled near the saddle at 0: finite, not converged
+    assert np.isfinite(res.loss_train[0])
