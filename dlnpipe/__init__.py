@@ -2,20 +2,36 @@
 
 The scientific core: data with a controlled condition number, batched training of many deep
 networks at once, Hessian sharpness (Lanczos, exact formula, dense, power), and the theory's bounds.
+Names are imported on first use, so that light stages (plots, tables) do not pay torch's import.
 """
 
-from dlnpipe.data import Dataset, dataset_from_arrays, load_dataset, make_dataset
-from dlnpipe.diagnostics import Structure, structure
-from dlnpipe.networks import Weights, init_network
-from dlnpipe.sharpness import SharpnessResult, sharpness
-from dlnpipe.theory import Bounds, balanced_minimizer, bounds, random_factorization
-from dlnpipe.train import CONVERGED, DIVERGED, FAILED, STATUS_MEANINGS, TrainResult, train
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CONVERGED", "DIVERGED", "FAILED", "STATUS_MEANINGS", "Bounds", "Dataset", "SharpnessResult",
-    "Structure", "TrainResult", "Weights", "balanced_minimizer", "bounds", "dataset_from_arrays",
-    "init_network", "load_dataset", "make_dataset", "random_factorization", "sharpness", "structure",
-    "train",
-]
+_EXPORTS = {
+    "Dataset": "dlnpipe.data", "dataset_from_arrays": "dlnpipe.data", "load_dataset": "dlnpipe.data",
+    "make_dataset": "dlnpipe.data",
+    "Structure": "dlnpipe.diagnostics", "structure": "dlnpipe.diagnostics",
+    "Weights": "dlnpipe.networks", "init_network": "dlnpipe.networks",
+    "SharpnessResult": "dlnpipe.sharpness", "sharpness": "dlnpipe.sharpness",
+    "Bounds": "dlnpipe.theory", "balanced_minimizer": "dlnpipe.theory", "bounds": "dlnpipe.theory",
+    "random_factorization": "dlnpipe.theory",
+    "CONVERGED": "dlnpipe.status", "FAILED": "dlnpipe.status", "DIVERGED": "dlnpipe.status",
+    "STATUS_MEANINGS": "dlnpipe.status",
+    "TrainResult": "dlnpipe.train", "train": "dlnpipe.train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dlnpipe' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

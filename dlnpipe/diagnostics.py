@@ -23,15 +23,17 @@ class Structure:
 
 
 def structure(weights, w_star: np.ndarray | None = None) -> Structure:
-    """Diagnostics for one network (:class:`Weights`) or every network of a TrainResult."""
+    """Diagnostics for one network (:class:`Weights`), a list of them, or every network of a TrainResult."""
     from dlnpipe.train import TrainResult
 
     if isinstance(weights, TrainResult):
         layers = weights.layers  # list of (B, out, in)
     elif isinstance(weights, Weights):
         layers = [W[None] for W in weights.layers]
+    elif isinstance(weights, (list, tuple)) and weights and all(isinstance(w, Weights) for w in weights):
+        layers = [np.stack([w.layers[k] for w in weights]) for k in range(weights[0].depth)]
     else:
-        raise ValueError(f"weights must be Weights or a TrainResult, got {type(weights).__name__}")
+        raise ValueError(f"weights must be Weights, a list of them or a TrainResult, got {type(weights).__name__}")
     B, L = layers[0].shape[0], len(layers)
     ratio = np.full((B, L), np.nan)
     align = np.full((B, max(L - 1, 0)), np.nan)

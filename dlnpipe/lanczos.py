@@ -55,7 +55,8 @@ def lanczos(matvec: Matvec, v0: torch.Tensor, *, k: int = 1, tol: float = 1e-10,
     max_iter = min(P, 300) if max_iter is None else min(int(max_iter), P)
     max_iter = max(max_iter, k)
     dtype, device = v0.dtype, v0.device
-    V = torch.zeros(B, max_iter, P, dtype=dtype, device=device)
+    # The basis grows by doubling: most Hessians converge in a few dozen iterations, far below P.
+    V = torch.zeros(B, min(max_iter, max(2 * k + 30, 64)), P, dtype=dtype, device=device)
     alpha = torch.zeros(B, max_iter, dtype=dtype, device=device)
     beta = torch.zeros(B, max_iter, dtype=dtype, device=device)
     q = v0 / torch.linalg.vector_norm(v0, dim=1, keepdim=True)
@@ -64,6 +65,8 @@ def lanczos(matvec: Matvec, v0: torch.Tensor, *, k: int = 1, tol: float = 1e-10,
     tiny = torch.finfo(dtype).eps
     j = 0
     while True:
+        if j == V.shape[1]:
+            V = torch.cat([V, torch.zeros(B, min(V.shape[1], max_iter - j), P, dtype=dtype, device=device)], dim=1)
         V[:, j] = q
         w = matvec(q)
         a = _rowdot(q, w)

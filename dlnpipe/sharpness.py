@@ -91,11 +91,12 @@ def start_vectors(seeds, size: int, *, device) -> torch.Tensor:
 
 def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1, tol: float = 1e-10,
               max_iter: int | None = None, device=None, seeds=None,
-              dense_max_params: int = DENSE_MAX_PARAMS) -> SharpnessResult:
+              dense_max_params: int = DENSE_MAX_PARAMS, memory_budget: float = 2e9) -> SharpnessResult:
     """Top-k Hessian eigenvalues of the training loss at ``weights`` (see the module docstring).
 
     seeds: per-network seeds for the random start vectors (default: the train seeds or 0).
-    Networks whose weights are not finite get NaN.
+    Networks whose weights are not finite get NaN. Networks are processed in batches whose Lanczos
+    basis (about 100 float64 vectors per network) fits in ``memory_budget`` bytes.
     """
     check_choice("method", method, METHODS)
     k = check_int("k", k, minimum=1)
@@ -108,8 +109,11 @@ def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1,
     eig = np.full((len(nets), k), np.nan)
     res = np.full((len(nets), k), np.nan)
     hvps = 0
-    idx = np.flatnonzero(ok)
-    if idx.size:
+    size = sum(W.size for W in nets[0].layers)
+    per_batch = max(1, int(memory_budget // (8 * size * (min(size, 100) + 8 * k + 10))))
+    todo = np.flatnonzero(ok)
+    for start in range(0, todo.size, per_batch):
+        idx = todo[start:start + per_batch]
         sub = [nets[i] for i in idx]
         if method == "exact":
             e = exact_topk(dataset, sub, k=k)
@@ -128,7 +132,7 @@ def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1,
                     out = power_iteration(op.matvec, v0)
                 else:
                     out = lanczos(op.matvec, v0, k=k, tol=tol, max_iter=max_iter)
-                e, r, hvps = out.eigenvalues, out.residuals, out.iterations
+                e, r, hvps = out.eigenvalues, out.residuals, max(hvps, out.iterations)
                 res[idx, : r.shape[1]] = r
         eig[idx, : e.shape[1]] = e
     return SharpnessResult(method=method, eigenvalues=eig, residuals=res, hvps=hvps)

@@ -37,11 +37,9 @@ from dlnpipe.objective import (
     resolve_dtype,
     test_loss,
 )
+from dlnpipe.status import CONVERGED, DIVERGED, FAILED, STATUS_MEANINGS  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-CONVERGED, FAILED, DIVERGED = 0, 1, 2
-STATUS_MEANINGS = ("converged", "failed", "diverged")
 
 
 @dataclass(frozen=True, eq=False)

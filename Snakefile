@@ -1,0 +1,26 @@
+# dlnpipe: the sharpness of deep linear networks (Marion & Chizat, NeurIPS 2024), reproduced.
+# Table of contents. The stages and their files: workflow/rules/*.smk; the logic: the dlnpipe package.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/measure.smk"
+include: "workflow/rules/cube.smk"
+include: "workflow/rules/bounds.smk"
+include: "workflow/rules/plots.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

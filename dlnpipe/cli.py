@@ -1,0 +1,195 @@
+"""``python -m dlnpipe <stage>``: the command line the workflow's rules call (one code path for
+Snakemake, cluster jobs and a user running one cell by hand).
+
+    python -m dlnpipe validate config.yaml
+    python -m dlnpipe cells config.yaml                       # list the cells (jobs) of a study
+    python -m dlnpipe train --config config.yaml --experiment fig1 --cell small-L10-m5-paper-p0 \\
+        --data results/data/fig1/paper.npz --out /tmp/cell.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from dlnpipe import config as config_mod
+from dlnpipe.config import ConfigError
+
+
+def _spec(args) -> dict:
+    """The job spec: given as JSON (the rules) or looked up from a config file and a cell id (by hand)."""
+    if args.spec:
+        return json.loads(args.spec)
+    if not (args.config and args.experiment and args.cell):
+        raise SystemExit("give --spec JSON, or --config FILE --experiment NAME --cell ID")
+    from dlnpipe.grid import cells
+
+    cfg = config_mod.load(args.config)
+    for c in cells(cfg):
+        if c.experiment == args.experiment and c.id == args.cell:
+            return c.spec(cfg)
+    raise SystemExit(f"no cell {args.cell!r} in experiment {args.experiment!r} of {args.config}")
+
+
+def _setup(args) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_validate(args):
+    cfg = config_mod.load(args.config)
+    from dlnpipe.grid import cells, datasets
+
+    print(f"{args.config}: OK ({len(cfg.experiments)} experiments, {len(datasets(cfg))} datasets, "
+          f"{len(cells(cfg))} cells)")
+
+
+def cmd_cells(args):
+    from dlnpipe.grid import cells, networks
+
+    cfg = config_mod.load(args.config)
+    for c in cells(cfg):
+        net = networks(cfg.experiments[c.experiment], c)
+        print(f"{c.experiment}/{c.id}\t{len(net)} networks\t{int(net.steps.sum())} network-steps")
+
+
+def cmd_schema(args):
+    text = json.dumps(config_mod.json_schema(), indent=2, ensure_ascii=False) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_data(args):
+    from dlnpipe.config import DataConfig
+    from dlnpipe.stages import make_data
+
+    spec = json.loads(args.spec)
+    make_data.run(DataConfig.model_validate(spec["data"]), spec["kappa"], args.out,
+                  experiment=spec.get("experiment", ""), data_id=spec.get("data_id", ""))
+
+
+def cmd_train(args):
+    from dlnpipe.stages import train_cell
+
+    train_cell.run(_spec(args), args.data, args.out, device=args.device)
+
+
+def cmd_measure(args):
+    from dlnpipe.stages import measure
+
+    measure.run(_spec(args), args.data, args.train, args.out, device=args.device)
+
+
+def cmd_gather(args):
+    from dlnpipe.grid import Cell
+    from dlnpipe.io import load_npz
+    from dlnpipe.stages import cube
+
+    if args.config.lstrip().startswith("{"):
+        cfg = config_mod.validate(json.loads(args.config))
+    else:
+        cfg = config_mod.load(args.config)
+    if len(args.train) != len(args.measure):
+        raise SystemExit("gather: --train and --measure need one file per cell each, in the same order")
+    cells, devices = [], []
+    for t, m in zip(args.train, args.measure):
+        _, meta = load_npz(t)
+        cells.append((Cell(**meta["spec"]["cell"]), Path(t), Path(m)))
+        devices.append(meta.get("device", "unknown"))
+    data_paths = {}
+    for p in args.data:
+        _, meta = load_npz(p)
+        data_paths[(meta["experiment"], meta["data_id"])] = Path(p)
+    cube.gather(cfg, cells, data_paths, args.out, devices=devices)
+
+
+def cmd_bounds(args):
+    from dlnpipe.stages import compare_bounds
+
+    claims = compare_bounds.run(args.cube, args.experiment, args.csv, args.md)
+    logging.getLogger("dlnpipe").info("claims for %s:\n%s", args.experiment, claims.to_string(index=False))
+
+
+def cmd_plot(args):
+    from dlnpipe.stages import plots
+
+    plots.run(args.cube, args.experiment, args.figure, args.png, args.pdf)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dlnpipe", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a study config")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("cells", help="list the cells (jobs) of a study")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_cells)
+    p = sub.add_parser("schema", help="print (or write) the config's JSON schema")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("data", help="make one dataset")
+    p.add_argument("--spec", required=True, help="JSON: {data: ..., kappa: ..., experiment, data_id}")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_data)
+
+    for name, func, extra in (("train", cmd_train, ()), ("measure", cmd_measure, ("--train",))):
+        p = sub.add_parser(name, help=f"{name} one cell")
+        p.add_argument("--spec", help="JSON cell spec (what the rules pass)")
+        p.add_argument("--config", help="a study config, with --experiment and --cell (by hand)")
+        p.add_argument("--experiment")
+        p.add_argument("--cell")
+        p.add_argument("--data", required=True)
+        for e in extra:
+            p.add_argument(e, required=True)
+        p.add_argument("--out", required=True)
+        p.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda)")
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("gather", help="build the cube from the cells' files")
+    p.add_argument("--config", required=True, help="the study config: a YAML file or a JSON string")
+    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--train", nargs="+", required=True)
+    p.add_argument("--measure", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_gather)
+
+    p = sub.add_parser("bounds", help="compare one experiment with the theory")
+    p.add_argument("--cube", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    p.set_defaults(func=cmd_bounds)
+
+    p = sub.add_parser("plot", help="draw one figure of one experiment")
+    p.add_argument("--cube", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--figure", required=True)
+    p.add_argument("--png", required=True)
+    p.add_argument("--pdf", required=True)
+    p.set_defaults(func=cmd_plot)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    _setup(args)
+    try:
+        args.func(args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,187 @@
+"""The study configuration: one typed model, the single source of truth for ``config.yaml``.
+
+Unknown keys are rejected, every key has a description (with its unit) and a default where one
+makes sense. ``workflow/schemas/config.schema.json`` is generated from this model
+(``python -m dlnpipe schema``); a test keeps the two in sync. Errors are reported as one line
+naming the key and the offending value.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Positive = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, as one line naming the key and the value."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Linspace(Strict):
+    linspace: tuple[float, float, Annotated[int, Field(ge=1)]] = Field(
+        description="[start, stop, num]: num evenly spaced values, both ends included (numpy.linspace)")
+
+
+class Logspace(Strict):
+    logspace: tuple[float, float, Annotated[int, Field(ge=1)]] = Field(
+        description="[start, stop, num]: num values 10^x for x evenly spaced in [start, stop] (numpy.logspace)")
+
+
+Values = float | Annotated[list[float], Field(min_length=1)] | Linspace | Logspace
+
+
+def expand(values: Values) -> list[float]:
+    """A scalar, list, {linspace: [a, b, n]} or {logspace: [a, b, n]} as a list of floats."""
+    if isinstance(values, Linspace):
+        return [float(x) for x in np.linspace(*values.linspace)]
+    if isinstance(values, Logspace):
+        return [float(x) for x in np.logspace(*values.logspace)]
+    if isinstance(values, (int, float)):
+        return [float(values)]
+    return [float(x) for x in values]
+
+
+class DataConfig(Strict):
+    n: int = Field(50, ge=1, description="training samples (the test set has as many)")
+    d: int = Field(5, ge=1, description="input dimension")
+    noise: float = Field(1.0, ge=0, description="standard deviation of the label noise")
+    seed: int = Field(0, ge=0, description="seed of the data generator")
+    kappa: float | list[float] | None = Field(
+        None, description="condition number of Σ = XᵀX/n (exact, >= 1); null: the paper's Gaussian design; "
+                          "a list: one dataset (and grid point on the kappa axis) per value")
+    spectrum: Literal["geometric", "linear", "two-level", "spike"] = Field(
+        "geometric", description="shape of Σ's eigenvalue profile when kappa is set")
+    wstar: Literal["random", "top", "bottom"] = Field(
+        "random", description="direction of w* relative to Σ's eigenvectors when kappa is set")
+    file: str | None = Field(None, description="a user's .npz with X, y (optionally X_test, y_test) instead "
+                                               "of generated data; n, d, noise, kappa are then ignored")
+
+    @field_validator("kappa")
+    @classmethod
+    def _kappa(cls, v):
+        values = v if isinstance(v, list) else [] if v is None else [v]
+        if isinstance(v, list) and not v:
+            raise ValueError("kappa must be null, a number >= 1 or a non-empty list, got []")
+        bad = [k for k in values if not (np.isfinite(k) and k >= 1)]
+        if bad:
+            raise ValueError(f"kappa must be >= 1, got {bad[0]}")
+        return v
+
+    def kappas(self) -> list[float | None]:
+        if self.file is not None or self.kappa is None:
+            return [None]
+        return [float(k) for k in (self.kappa if isinstance(self.kappa, list) else [self.kappa])]
+
+
+class RunConfig(Strict):
+    lr: Values = Field(description="learning rate(s) η (a value, a list, linspace or logspace)")
+    steps: int = Field(ge=0, description="gradient steps for these learning rates")
+    seeds: int = Field(ge=1, description="networks per (init, depth, width, kappa, lr, scale) grid point")
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, v):
+        bad = [x for x in expand(v) if not x > 0]
+        if bad:
+            raise ValueError(f"learning rates must be > 0, got {bad[0]}")
+        return v
+
+
+class ExperimentConfig(Strict):
+    description: str = Field("", description="what the experiment reproduces (free text)")
+    data: DataConfig = Field(default_factory=DataConfig, description="the dataset(s)")
+    inits: Annotated[list[Literal["small", "residual", "gelu"]], Field(min_length=1)] = Field(
+        description="architectures/initialisations: small (Gaussian N(0, s²)), residual (I + s/√(L·m) N), "
+                    "gelu (small init, GELU between layers)")
+    depths: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = Field(
+        description="numbers of trained layers L")
+    widths: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = Field(
+        description="hidden widths m")
+    scales: Values = Field(description="initialisation scales s (a value, a list, linspace or logspace)")
+    runs: Annotated[list[RunConfig], Field(min_length=1)] = Field(
+        description="learning rates with their step counts and numbers of seeds")
+    dtype: Literal["float32", "float64"] = Field("float32", description="training precision (paper: float32)")
+    record_every: int = Field(100, ge=1, description="trajectory sampling period, in steps")
+    record_sharpness: bool = Field(False, description="also record the Lanczos sharpness along trajectories")
+    sharpness_k: int = Field(3, ge=1, description="number of top Hessian eigenvalues measured at the end")
+    rtol: Positive = Field(1e-2, description="converged if R − R* ≤ rtol·R* + atol·yᵀy/n at the end")
+    atol: Positive = Field(1e-6, description="absolute part of the convergence test, relative to yᵀy/n")
+    split: int = Field(1, ge=1, description="jobs per cell: the cell's networks are dealt into this many "
+                                            "parts of equal cost (parallelism for long cells)")
+    figures: list[Literal["fig1a", "fig1b", "fig3", "trajectories", "fig2", "fig6a", "fig6b"]] = Field(
+        default_factory=list, description="figures drawn from this experiment")
+
+    @field_validator("scales")
+    @classmethod
+    def _nonneg(cls, v):
+        bad = [x for x in expand(v) if not x >= 0]
+        if bad:
+            raise ValueError(f"init scales must be >= 0, got {bad[0]}")
+        return v
+
+    @model_validator(mode="after")
+    def _residual_width(self):
+        if "residual" in self.inits and self.data.file is None:
+            narrow = [m for m in self.widths if m < self.data.d]
+            if narrow:
+                raise ValueError(f"residual networks need width >= d = {self.data.d}, got width {narrow[0]}")
+        return self
+
+
+class StudyConfig(Strict):
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where training and Lanczos run: auto uses CUDA when torch sees a GPU")
+    experiments: Annotated[dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")], ExperimentConfig],
+                           Field(min_length=1)] = Field(description="the experiments of the study, by name")
+
+
+_TYPE_TAGS = {"float", "int", "str", "bool", "none", "Linspace", "Logspace"}
+
+
+def _format_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = list(e["loc"])
+    head, rest = (loc[:2], loc[2:]) if loc[:1] == ["experiments"] else ([], loc)
+    # drop the union-member tags pydantic puts in locations ("float", "list[float]", "function-after[...]")
+    rest = [p for p in rest if isinstance(p, int) or (p not in _TYPE_TAGS and "[" not in p and "-" not in p)]
+    where = ".".join(str(p) for p in head + rest) or "config"
+    if e["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    msg = e["msg"].removeprefix("Value error, ")
+    value = e.get("input")
+    if e["type"] == "value_error":  # our own validators already name the value
+        return f"{where}: {msg}"
+    shown = json.dumps(value, default=str, ensure_ascii=False)
+    return f"{where}: {msg} (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+
+
+def validate(raw: dict) -> StudyConfig:
+    """Validate a config mapping; raise ConfigError with one line naming the key and the value."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the config must be a mapping, got {type(raw).__name__}")
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load(path: str | Path) -> StudyConfig:
+    with open(path) as f:
+        return validate(yaml.safe_load(f))
+
+
+def json_schema() -> dict:
+    schema = StudyConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "dlnpipe study configuration (generated from dlnpipe.config.StudyConfig)"
+    return schema

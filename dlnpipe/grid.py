@@ -1,0 +1,126 @@
+"""The grid as data: the study config expanded once into datasets, cells (jobs) and networks.
+
+* a **dataset** is one (experiment, kappa) pair: ``data_id`` is ``paper`` (Gaussian design),
+  ``file`` (a user's .npz) or ``k<κ>``;
+* a **cell** is one (experiment, init, depth, width, dataset, part) and one training job; all its
+  networks (learning rates × scales × seeds) are trained as one batch. ``split`` > 1 deals a
+  cell's networks into parts of equal cost, each its own job;
+* a **network** is one (lr, scale, seed index) inside a cell. Its seed is a hash of every
+  coordinate, so adding a grid point never changes another network's result.
+
+Numbers in identifiers are written by one function, :func:`fmt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from dlnpipe.config import ExperimentConfig, StudyConfig, expand
+
+
+def fmt(x: float) -> str:
+    """The one float format of identifiers and seeds: shortest repr that round-trips."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def data_id(kappa: float | None, *, file: str | None = None) -> str:
+    if file is not None:
+        return "file"
+    return "paper" if kappa is None else f"k{fmt(kappa)}"
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from the network's coordinates (blake2b of their canonical text)."""
+    text = "|".join(fmt(p) if isinstance(p, (float, np.floating)) else str(p) for p in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    experiment: str
+    init: str
+    depth: int
+    width: int
+    data: str  # data_id
+    kappa: float | None
+    part: int
+    parts: int
+
+    @property
+    def id(self) -> str:
+        """Canonical cell id (unique within an experiment), e.g. ``small-L10-m5-paper-p0``."""
+        return f"{self.init}-L{self.depth}-m{self.width}-{self.data}-p{self.part}"
+
+    def spec(self, cfg: StudyConfig) -> dict:
+        """Everything a train/measure job needs, as plain data (the rule's params)."""
+        exp = cfg.experiments[self.experiment]
+        return {"cell": asdict(self), "id": self.id, "experiment": exp.model_dump(mode="json"),
+                "device": cfg.device}
+
+
+def datasets(cfg: StudyConfig) -> list[tuple[str, str, float | None]]:
+    """(experiment, data_id, kappa) for every dataset of the study."""
+    out = []
+    for name, exp in cfg.experiments.items():
+        for k in exp.data.kappas():
+            out.append((name, data_id(k, file=exp.data.file), k))
+    return out
+
+
+def cells(cfg: StudyConfig) -> list[Cell]:
+    out = []
+    for name, exp in cfg.experiments.items():
+        for init in exp.inits:
+            for depth in exp.depths:
+                for width in exp.widths:
+                    for k in exp.data.kappas():
+                        for part in range(exp.split):
+                            out.append(Cell(name, init, depth, width, data_id(k, file=exp.data.file), k, part,
+                                            exp.split))
+    return out
+
+
+@dataclass(frozen=True)
+class Networks:
+    """The networks of one cell (part), as aligned arrays of length B."""
+
+    lr: np.ndarray
+    scale: np.ndarray
+    seed_index: np.ndarray
+    seed: np.ndarray
+    steps: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lr)
+
+
+def all_networks(exp: ExperimentConfig, experiment: str, init: str, depth: int, width: int,
+                 kappa: float | None) -> Networks:
+    rows = []
+    for run in exp.runs:
+        for lr in expand(run.lr):
+            for scale in expand(exp.scales):
+                for i in range(run.seeds):
+                    seed = derived_seed(experiment, init, depth, width, "paper" if kappa is None else kappa,
+                                        lr, scale, i)
+                    rows.append((lr, scale, i, seed, run.steps))
+    lr, scale, idx, seed, steps = (np.array(c) for c in zip(*rows))
+    return Networks(lr=lr.astype(float), scale=scale.astype(float), seed_index=idx.astype(np.int64),
+                    seed=seed.astype(np.int64), steps=steps.astype(np.int64))
+
+
+def networks(exp: ExperimentConfig, cell: Cell) -> Networks:
+    """The networks of ``cell``: all of them, or its share when the cell is split into parts.
+
+    Parts are dealt round-robin in decreasing order of steps, so each part costs about the same.
+    """
+    net = all_networks(exp, cell.experiment, cell.init, cell.depth, cell.width, cell.kappa)
+    if cell.parts == 1:
+        return net
+    order = np.lexsort((net.seed_index, net.scale, net.lr, -net.steps))
+    mine = np.sort(order[cell.part::cell.parts])
+    return Networks(*(getattr(net, f)[mine] for f in ("lr", "scale", "seed_index", "seed", "steps")))

@@ -1,0 +1,132 @@
+"""Stage compare_bounds: each network against the theory (PAPER.md §3, §5), as tables.
+
+Per experiment, one row per (init, depth, width, kappa, lr): counts of converged / failed /
+diverged networks, the bounds (S_min, 8LΛ‖w*‖^{2−2/L}, η_c, 2/η), the final sharpness's median
+and extremes, and for each claim of PAPER.md §5 how many networks it was checked on and how many
+violate it. A second table sums the claims over the experiment (``holds`` / ``fails``).
+
+Claims (numbering of PAPER.md §5):
+1. converged ⇒ S ≥ S_min (relative tolerance ``tol``);
+2. small init, η ≤ η_c/4, converged ⇒ S ≤ 8LΛ‖w*‖^{2−2/L} (linear nets only);
+3a. converged ⇒ S ≤ 2/η·(1 + ``eos_overshoot``); 3b. η > η_c ⇒ not converged;
+4. converged ⇒ Lanczos sharpness = exact formula (relative tolerance ``exact_rtol``; linear nets);
+6. underdetermined (n < d): log(test − train loss) against log S has a positive slope (η = the
+   smallest learning rate; one-sided p-value of the regression).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+TOL = 1e-6
+EOS_OVERSHOOT = 0.1
+EXACT_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Regression:
+    slope: float
+    intercept: float
+    r2: float
+    p_value: float  # one-sided, H1: slope > 0
+    n: int
+
+
+def gap_regression(ds: xr.Dataset, lr: float | None = None) -> Regression | None:
+    """log(gen. gap) against log(sharpness) over converged networks at ``lr`` (default: smallest η)."""
+    lr = float(ds.lr.min()) if lr is None else lr
+    sel = ds.sel(lr=lr)
+    ok = (sel.status == 0) & (sel.loss_test > sel.loss_train) & (sel.sharpness > 0)
+    gap = (sel.loss_test - sel.loss_train).where(ok).values.ravel()
+    s = sel.sharpness.where(ok).values.ravel()
+    keep = np.isfinite(gap) & np.isfinite(s)
+    if keep.sum() < 3:
+        return None
+    fit = stats.linregress(np.log(s[keep]), np.log(gap[keep]), alternative="greater")
+    return Regression(slope=float(fit.slope), intercept=float(fit.intercept), r2=float(fit.rvalue**2),
+                      p_value=float(fit.pvalue), n=int(keep.sum()))
+
+
+def frame(ds: xr.Dataset) -> pd.DataFrame:
+    """One row per network (valid grid points only) with the bounds attached."""
+    cols = ["sharpness", "sharpness_exact", "status", "loss_train", "loss_test", "distance"]
+    df = ds[cols].to_dataframe().reset_index()
+    df = df[df.status >= 0]
+    theory = ds[["s_min", "s_upper", "eta_c"]].to_dataframe().reset_index()
+    return df.merge(theory, on=["depth", "kappa"], how="left")
+
+
+def table(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=EXACT_RTOL) -> pd.DataFrame:
+    df = frame(ds)
+    conv = df.status == 0
+    linear = df["init"] != "gelu"
+    df["c1_checked"] = conv
+    df["c1_fail"] = conv & (df.sharpness < df.s_min * (1 - tol))
+    small_lr = df.lr <= df.eta_c / 4
+    df["c2_checked"] = conv & (df["init"] == "small") & small_lr
+    df["c2_fail"] = df.c2_checked & (df.sharpness > df.s_upper * (1 + tol))
+    df["c3a_checked"] = conv
+    df["c3a_fail"] = conv & (df.sharpness > 2 / df.lr * (1 + eos_overshoot))
+    df["c3b_checked"] = df.lr > df.eta_c
+    df["c3b_fail"] = df.c3b_checked & conv
+    df["c4_checked"] = conv & linear & df.sharpness_exact.notna()
+    df["c4_fail"] = df.c4_checked & ((df.sharpness - df.sharpness_exact).abs() > exact_rtol * df.sharpness_exact)
+    keys = ["init", "depth", "width", "kappa", "lr"]
+    g = df.groupby(keys, sort=True)
+    out = g.agg(networks=("status", "size"), converged=("status", lambda s: int((s == 0).sum())),
+                failed=("status", lambda s: int((s == 1).sum())), diverged=("status", lambda s: int((s == 2).sum())),
+                s_min=("s_min", "first"), s_upper=("s_upper", "first"), eta_c=("eta_c", "first"),
+                sharpness_median=("sharpness", "median"), sharpness_max=("sharpness", "max"))
+    conv_df = df[conv]
+    ratio = (conv_df.sharpness / conv_df.s_min).groupby([conv_df[k] for k in keys]).agg(["min", "median", "max"])
+    ratio.columns = ["ratio_min", "ratio_median", "ratio_max"]
+    out = out.join(ratio)
+    out.insert(out.columns.get_loc("eta_c") + 1, "two_over_lr", 2 / out.index.get_level_values("lr"))
+    for c in ("c1", "c2", "c3a", "c3b", "c4"):
+        out[f"{c}_checked"] = g[f"{c}_checked"].sum().astype(int)
+        out[f"{c}_fail"] = g[f"{c}_fail"].sum().astype(int)
+    return out.reset_index()
+
+
+CLAIMS = {
+    "c1": "converged => S >= S_min",
+    "c2": "small init, eta <= eta_c/4, converged => S <= 8 L Lambda ||w*||^(2-2/L)",
+    "c3a": "converged => S <= 2/eta (10% edge-of-stability overshoot allowed)",
+    "c3b": "eta > eta_c => not converged",
+    "c4": "converged => Lanczos sharpness = exact formula (rel. 1e-3)",
+}
+
+
+def claims(tab: pd.DataFrame, ds: xr.Dataset) -> pd.DataFrame:
+    rows = []
+    for c, text in CLAIMS.items():
+        checked, fails = int(tab[f"{c}_checked"].sum()), int(tab[f"{c}_fail"].sum())
+        rows.append({"claim": c, "statement": text, "checked": checked, "violations": fails,
+                     "verdict": "n/a" if checked == 0 else ("holds" if fails == 0 else "fails")})
+    if ds.attrs.get("n_train", 0) < ds.attrs.get("d", 0):  # underdetermined: PAPER.md §5.6
+        reg = gap_regression(ds)
+        if reg is not None:
+            rows.append({"claim": "c6", "statement": f"log gap vs log S slope > 0 (slope {reg.slope:.3f}, "
+                                                     f"R² {reg.r2:.3f}, one-sided p {reg.p_value:.2g}, n {reg.n})",
+                         "checked": reg.n, "violations": int(not (reg.slope > 0 and reg.p_value < 0.05)),
+                         "verdict": "holds" if reg.slope > 0 and reg.p_value < 0.05 else "fails"})
+    return pd.DataFrame(rows)
+
+
+def run(cube_path: str | Path, experiment: str, csv: str | Path, md: str | Path) -> pd.DataFrame:
+    ds = xr.open_datatree(cube_path, engine="zarr", consolidated=False)[experiment].to_dataset()
+    tab = table(ds)
+    cl = claims(tab, ds)
+    Path(csv).parent.mkdir(parents=True, exist_ok=True)
+    tab.to_csv(csv, index=False, float_format="%.6g")
+    with open(md, "w") as f:
+        f.write(f"# Bounds check: {experiment}\n\n{ds.attrs.get('description', '')}\n\n## Claims (PAPER.md §5)\n\n")
+        f.write(cl.to_markdown(index=False) + "\n\n## Per grid point\n\n")
+        f.write(tab.to_markdown(index=False, floatfmt=".4g") + "\n")
+    return cl

@@ -1,0 +1,37 @@
+"""Stage make_dataset: one dataset per (experiment, kappa), written once and read by every cell."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dlnpipe.config import DataConfig
+from dlnpipe.data import Dataset, dataset_from_arrays, load_dataset, make_dataset
+from dlnpipe.io import load_npz, save_npz
+
+log = logging.getLogger(__name__)
+
+
+def build(data: DataConfig, kappa: float | None) -> Dataset:
+    if data.file is not None:
+        return load_dataset(data.file)
+    return make_dataset(data.n, data.d, noise=data.noise, seed=data.seed, kappa=kappa, spectrum=data.spectrum,
+                        wstar=data.wstar)
+
+
+def run(data: DataConfig, kappa: float | None, out: str | Path, *, experiment: str = "",
+        data_id: str = "") -> Dataset:
+    ds = build(data, kappa)
+    meta = {**ds.meta, "experiment": experiment, "data_id": data_id, "kappa": ds.kappa, "a": ds.a,
+            "lam_max": ds.lam_max, "lam_min": ds.lam_min, "loss_opt": ds.loss_opt}
+    save_npz(out, meta=meta, X=ds.X, y=ds.y, X_test=ds.X_test, y_test=ds.y_test)
+    log.info("dataset %s: n=%d d=%d κ=%.6g a=%.6g Λ=%.6g R*=%.6g", out, ds.n, ds.d, ds.kappa, ds.a, ds.lam_max,
+             ds.loss_opt)
+    return ds
+
+
+def read(path: str | Path) -> Dataset:
+    """A dataset written by :func:`run` (already normalised: no second rescaling)."""
+    arrays, meta = load_npz(path)
+    return dataset_from_arrays(arrays["X"], arrays["y"], arrays["X_test"], arrays["y_test"], rescale=False,
+                               meta=meta, name=str(path))

@@ -1,0 +1,21 @@
+# Stage compare_bounds: every network against S_min, 8LΛ, η_c and 2/η; the claims of PAPER.md §5.
+
+
+rule compare_bounds:
+    input:
+        cube=rules.gather_cube.output.cube,
+    output:
+        csv=report(
+            "results/bounds/{exp}.csv",
+            caption="../report/bounds.rst",
+            category="Bounds",
+            labels={"experiment": "{exp}"},
+        ),
+        md="results/bounds/{exp}.md",
+    log:
+        "logs/compare_bounds/{exp}.log",
+    conda:
+        ENV
+    shell:
+        "python -m dlnpipe bounds --cube $(dirname {input.cube}) --experiment {wildcards.exp}"
+        " --csv {output.csv} --md {output.md} 2> {log}"

@@ -1,0 +1,79 @@
+# Validated config, the grid as a table of cells, wildcard constraints, and the job specs.
+import json
+import sys
+
+from dlnpipe.config import ConfigError, validate
+from dlnpipe.grid import cells as grid_cells
+from dlnpipe.grid import datasets as grid_datasets
+
+# A --configfile on the command line *is* the study (it replaces config.yaml rather than being
+# merged into it); --config key=value alone still adjusts config.yaml.
+if workflow.overwrite_configfiles:
+    config.clear()
+    config.update(workflow.config_settings.overwrite_config)
+try:
+    STUDY = validate(config)
+except ConfigError as err:
+    sys.exit(f"config error: {err}")
+
+CELLS = {(c.experiment, c.id): c for c in grid_cells(STUDY)}
+DATASETS = {(exp, data): kappa for exp, data, kappa in grid_datasets(STUDY)}
+FIGURES = [(exp, fig) for exp, e in STUDY.experiments.items() for fig in e.figures]
+ENV = "../../envs/dlnpipe.yaml"
+
+
+wildcard_constraints:
+    exp="|".join(STUDY.experiments),
+    cell="|".join(sorted({c.id for c in CELLS.values()})),
+    data="|".join(sorted({d for _, d in DATASETS})),
+    figure="[a-z0-9]+",
+
+
+def data_spec(wildcards):
+    exp = STUDY.experiments[wildcards.exp]
+    spec = {
+        "data": exp.data.model_dump(mode="json"),
+        "kappa": DATASETS[(wildcards.exp, wildcards.data)],
+        "experiment": wildcards.exp,
+        "data_id": wildcards.data,
+    }
+    return json.dumps(spec)
+
+
+def cell_spec(wildcards):
+    return json.dumps(CELLS[(wildcards.exp, wildcards.cell)].spec(STUDY))
+
+
+def cell_data(wildcards):
+    cell = CELLS[(wildcards.exp, wildcards.cell)]
+    return rules.make_dataset.output.npz.format(exp=cell.experiment, data=cell.data)
+
+
+def uses_gpu(wildcards):
+    """1 when the job trains on CUDA: the profiles cap gpu so one GPU never runs two jobs."""
+    if STUDY.device == "cpu":
+        return 0
+    import torch
+
+    return int(torch.cuda.is_available())
+
+
+def cell_keys():
+    keys = sorted(CELLS)
+    return dict(exp=[e for e, _ in keys], cell=[c for _, c in keys])
+
+
+def data_keys():
+    keys = sorted(DATASETS)
+    return dict(exp=[e for e, _ in keys], data=[d for _, d in keys])
+
+
+def all_targets():
+    targets = [rules.gather_cube.output.cube]
+    targets += expand(rules.compare_bounds.output.csv, exp=list(STUDY.experiments))
+    for exp, fig in FIGURES:
+        targets += [
+            rules.plot.output.png.format(exp=exp, figure=fig),
+            rules.plot.output.pdf.format(exp=exp, figure=fig),
+        ]
+    return targets

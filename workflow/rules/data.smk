@@ -1,0 +1,14 @@
+# Stage make_dataset: one dataset per (experiment, kappa), read by every cell that uses it.
+
+
+rule make_dataset:
+    output:
+        npz="results/data/{exp}/{data}.npz",
+    params:
+        spec=data_spec,
+    log:
+        "logs/make_dataset/{exp}/{data}.log",
+    conda:
+        ENV
+    shell:
+        "python -m dlnpipe data --spec {params.spec:q} --out {output.npz} 2> {log}"

@@ -1,0 +1,26 @@
+# Stage measure_sharpness: Lanczos top-k (final and at init), the exact formula at converged
+# networks, and the rank-one / alignment diagnostics.
+
+
+rule measure_sharpness:
+    input:
+        data=cell_data,
+        train=rules.train_cell.output.npz,
+    output:
+        npz="results/measure/{exp}/{cell}.npz",
+    params:
+        spec=cell_spec,
+    log:
+        "logs/measure_sharpness/{exp}/{cell}.log",
+    benchmark:
+        "benchmarks/measure_sharpness/{exp}/{cell}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=uses_gpu,
+    conda:
+        ENV
+    shell:
+        "python -m dlnpipe measure --spec {params.spec:q} --data {input.data} --train {input.train}"
+        " --out {output.npz} --threads {threads} 2> {log}"

@@ -1,0 +1,25 @@
+# Stage train_cell: one job per (experiment, init, depth, width, dataset, part); all the cell's
+# networks (learning rates x scales x seeds) are trained at once as batched tensors.
+
+
+rule train_cell:
+    input:
+        data=cell_data,
+    output:
+        npz="results/train/{exp}/{cell}.npz",
+    params:
+        spec=cell_spec,
+    log:
+        "logs/train_cell/{exp}/{cell}.log",
+    benchmark:
+        "benchmarks/train_cell/{exp}/{cell}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=uses_gpu,
+    conda:
+        ENV
+    shell:
+        "python -m dlnpipe train --spec {params.spec:q} --data {input.data} --out {output.npz}"
+        " --threads {threads} 2> {log}"
