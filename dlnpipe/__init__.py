@@ -16,12 +16,12 @@ _EXPORTS = {
     "make_dataset": "dlnpipe.data",
     "Structure": "dlnpipe.diagnostics", "structure": "dlnpipe.diagnostics",
     "Weights": "dlnpipe.networks", "init_network": "dlnpipe.networks",
-    "SharpnessResult": "dlnpipe.sharpness", "sharpness": "dlnpipe.sharpness",
+    "SharpnessResult": "dlnpipe.curvature", "sharpness": "dlnpipe.curvature",
     "Bounds": "dlnpipe.theory", "balanced_minimizer": "dlnpipe.theory", "bounds": "dlnpipe.theory",
     "random_factorization": "dlnpipe.theory",
     "CONVERGED": "dlnpipe.status", "FAILED": "dlnpipe.status", "DIVERGED": "dlnpipe.status",
     "STATUS_MEANINGS": "dlnpipe.status",
-    "TrainResult": "dlnpipe.train", "train": "dlnpipe.train",
+    "TrainResult": "dlnpipe.training", "train": "dlnpipe.training",
 }
 
 __all__ = sorted(_EXPORTS)

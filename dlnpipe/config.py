@@ -77,6 +77,13 @@ class DataConfig(Strict):
             raise ValueError(f"kappa must be >= 1, got {bad[0]}")
         return v
 
+    @field_validator("file")
+    @classmethod
+    def _file_exists(cls, v):
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"data file {v!r} does not exist (paths are relative to the working directory)")
+        return v
+
     def kappas(self) -> list[float | None]:
         if self.file is not None or self.kappa is None:
             return [None]

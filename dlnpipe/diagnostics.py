@@ -24,7 +24,7 @@ class Structure:
 
 def structure(weights, w_star: np.ndarray | None = None) -> Structure:
     """Diagnostics for one network (:class:`Weights`), a list of them, or every network of a TrainResult."""
-    from dlnpipe.train import TrainResult
+    from dlnpipe.training import TrainResult
 
     if isinstance(weights, TrainResult):
         layers = weights.layers  # list of (B, out, in)

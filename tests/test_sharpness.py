@@ -6,7 +6,7 @@ import torch
 
 import dlnpipe
 from dlnpipe.objective import Problem, linear_grad, stack_weights
-from dlnpipe.sharpness import dense_hessians
+from dlnpipe.curvature import dense_hessians
 
 TINY = {"small": dict(depth=3, width=4), "residual": dict(depth=3, width=6), "gelu": dict(depth=3, width=4)}
 
@@ -119,3 +119,19 @@ def test_exact_refuses_gelu(paper_data):
     net = dlnpipe.init_network("gelu", depth=2, width=5, d=5, scale=0.3, seed=0)
     with pytest.raises(ValueError, match="exact.*gelu"):
         dlnpipe.sharpness(paper_data, net, method="exact")
+
+
+def test_gelu_handwritten_gradient_matches_autograd(tiny_data):
+    """The batch-last GELU gradient used in training equals autograd's on the data loss."""
+    from dlnpipe.objective import gelu_loss_and_grad, loss
+
+    nets = [dlnpipe.init_network("gelu", depth=4, width=5, d=3, scale=0.8, seed=s) for s in range(3)]
+    layers, c = stack_weights(nets, dtype="float64", device="cpu")
+    prob = Problem.from_dataset(tiny_data, arch="gelu", in_dim=3, dtype="float64", device="cpu")
+    value, grads = gelu_loss_and_grad(layers, prob)
+    params = [W.clone().requires_grad_(True) for W in layers]
+    ref = loss(params, c, prob)
+    auto = torch.autograd.grad(ref.sum(), params)
+    np.testing.assert_allclose(value.numpy(), ref.detach().numpy(), rtol=1e-13)
+    for g, a in zip(grads, auto):
+        np.testing.assert_allclose(g.numpy(), a.numpy(), rtol=1e-11, atol=1e-14)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import dlnpipe
-from dlnpipe.train import excess
+from dlnpipe.training import excess
 
 LR = [0.01, 0.03, 0.05, 0.02]
 SCALE = [0.3, 0.5, 0.4, 0.35]

@@ -12,7 +12,7 @@ from dlnpipe.config import ExperimentConfig
 from dlnpipe.diagnostics import structure
 from dlnpipe.io import load_npz, save_npz
 from dlnpipe.networks import Weights, init_network
-from dlnpipe.sharpness import sharpness
+from dlnpipe.curvature import sharpness
 from dlnpipe.stages.make_data import read
 from dlnpipe.status import CONVERGED, DIVERGED
 

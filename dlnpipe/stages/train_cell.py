@@ -1,4 +1,4 @@
-"""Stage train_cell: every network of one cell trained as one batch (dlnpipe.train)."""
+"""Stage train_cell: every network of one cell trained as one batch (dlnpipe.training)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dlnpipe.config import ExperimentConfig
 from dlnpipe.grid import Cell, networks
 from dlnpipe.io import save_npz
 from dlnpipe.stages.make_data import read
-from dlnpipe.train import train
+from dlnpipe.training import train
 
 log = logging.getLogger(__name__)
 

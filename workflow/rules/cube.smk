@@ -10,12 +10,12 @@ rule gather_cube:
         # The store's root metadata file stands for the whole store (written atomically), so that
         # Snakemake leaves no marker file inside the Zarr hierarchy.
         cube="results/cube.zarr/zarr.json",
-    params:
-        config=json.dumps(STUDY.model_dump(mode="json")),
     log:
         "logs/gather_cube/gather_cube.log",
     conda:
         ENV
+    params:
+        config=json.dumps(STUDY.model_dump(mode="json")),
     shell:
         "python -m dlnpipe gather --config {params.config:q} --data {input.data}"
         " --train {input.train} --measure {input.measure} --out $(dirname {output.cube}) 2> {log}"

@@ -4,11 +4,11 @@
 rule make_dataset:
     output:
         npz="results/data/{exp}/{data}.npz",
-    params:
-        spec=data_spec,
     log:
         "logs/make_dataset/{exp}/{data}.log",
     conda:
         ENV
+    params:
+        spec=data_spec,
     shell:
         "python -m dlnpipe data --spec {params.spec:q} --out {output.npz} 2> {log}"

@@ -8,19 +8,19 @@ rule measure_sharpness:
         train=rules.train_cell.output.npz,
     output:
         npz="results/measure/{exp}/{cell}.npz",
-    params:
-        spec=cell_spec,
     log:
         "logs/measure_sharpness/{exp}/{cell}.log",
     benchmark:
         "benchmarks/measure_sharpness/{exp}/{cell}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=uses_gpu,
-    conda:
-        ENV
+    params:
+        spec=cell_spec,
     shell:
         "python -m dlnpipe measure --spec {params.spec:q} --data {input.data} --train {input.train}"
         " --out {output.npz} --threads {threads} 2> {log}"

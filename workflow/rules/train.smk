@@ -7,19 +7,19 @@ rule train_cell:
         data=cell_data,
     output:
         npz="results/train/{exp}/{cell}.npz",
-    params:
-        spec=cell_spec,
     log:
         "logs/train_cell/{exp}/{cell}.log",
     benchmark:
         "benchmarks/train_cell/{exp}/{cell}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
         gpu=uses_gpu,
-    conda:
-        ENV
+    params:
+        spec=cell_spec,
     shell:
         "python -m dlnpipe train --spec {params.spec:q} --data {input.data} --out {output.npz}"
         " --threads {threads} 2> {log}"

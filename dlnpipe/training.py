@@ -27,10 +27,10 @@ from dlnpipe.networks import Weights, check_network_args, init_network
 from dlnpipe.objective import (
     Problem,
     distance,
+    gelu_loss_and_grad,
     gelu_test_loss,
     linear_state,
     linear_step_,
-    loss,
     prefix_rows,
     regressor,
     resolve_device,
@@ -162,13 +162,8 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
     def state():
         """Loss of the current point, and what the update needs (gradient or its factors)."""
         if arch == "gelu":
-            with torch.enable_grad():
-                params = [W.requires_grad_(True) for W in layers]
-                value = loss(params, c, prob)
-                grads = torch.autograd.grad(value.sum(), params)
-            for W in layers:
-                W.requires_grad_(False)
-            return grads, regressor(layers, c), value.detach()
+            value, grads = gelu_loss_and_grad(layers, prob)
+            return grads, regressor(layers, c), value
         rows, w, g, excess = linear_state(layers, c, prob)
         return (rows, g), w, prob.loss_opt + excess
 
@@ -178,7 +173,7 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
         for key, v in (("loss_train", value), ("loss_test", tl), ("distance", distance(w, prob))):
             traj[key][idx, j] = torch.where(due, v.to(torch.float64), traj[key][idx, j])
         if record_sharpness:
-            from dlnpipe.sharpness import sharpness  # local import: sharpness imports train
+            from dlnpipe.curvature import sharpness  # local import: sharpness imports train
 
             rows = np.flatnonzero(due.cpu().numpy())
             if rows.size:

@@ -10,7 +10,7 @@ Methods:
 * ``power``: the authors' 20 power iterations (largest *magnitude* eigenvalue), for comparison.
 
 All computations run in float64. ``sharpness`` accepts one network (a :class:`Weights`) or a
-:class:`~dlnpipe.train.TrainResult` (all its networks at once).
+:class:`~dlnpipe.training.TrainResult` (all its networks at once).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class SharpnessResult:
 
 
 def _as_batch(weights) -> tuple[list[Weights], str]:
-    from dlnpipe.train import TrainResult  # local import: train depends on this module
+    from dlnpipe.training import TrainResult  # local import: train depends on this module
 
     if isinstance(weights, TrainResult):
         return [weights.network(i) for i in range(len(weights))], weights.arch

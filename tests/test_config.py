@@ -1,0 +1,108 @@
+"""The study config: one-line errors naming key and value, the schema in sync, the paper's experiments."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dlnpipe import config as cfgmod
+from dlnpipe.config import ConfigError, expand, validate
+from dlnpipe.grid import all_networks, cells, derived_seed, networks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def study(**overrides):
+    exp = {"inits": ["small"], "depths": [2], "widths": [3], "scales": [0.1],
+           "runs": [{"lr": 0.1, "steps": 10, "seeds": 2}], "data": {"n": 10, "d": 3}}
+    exp.update(overrides)
+    return {"device": "cpu", "experiments": {"e": exp}}
+
+
+@pytest.mark.parametrize("raw,pattern", [
+    (study(bogus=1), r"^experiments\.e\.bogus: unknown key$"),
+    ({"device": "tpu", "experiments": study()["experiments"]}, r"^device: .*'auto', 'cpu' or 'cuda' \(got \"tpu\"\)$"),
+    (study(depths="ten"), r"^experiments\.e\.depths: .*valid list \(got \"ten\"\)$"),
+    (study(depths=[0]), r"^experiments\.e\.depths\.0: .*greater than or equal to 1 \(got 0\)$"),
+    (study(widths=[3.5]), r"^experiments\.e\.widths\.0: .* \(got 3\.5\)$"),
+    (study(data={"kappa": 0.5}), r"^experiments\.e\.data\.kappa: kappa must be >= 1, got 0\.5$"),
+    (study(data={"kappa": [10, 0.9]}), r"^experiments\.e\.data\.kappa: kappa must be >= 1, got 0\.9$"),
+    (study(depths=[]), r"^experiments\.e\.depths: List should have at least 1 item.* \(got \[\]\)$"),
+    (study(runs=[]), r"^experiments\.e\.runs: List should have at least 1 item"),
+    ({"experiments": {}}, r"^experiments: Dictionary should have at least 1 item"),
+    (study(runs=[{"lr": 0.0, "steps": 10, "seeds": 1}]), r"^experiments\.e\.runs\.0\.lr: learning rates must be > 0, got 0\.0$"),
+    (study(runs=[{"lr": [0.1, -1], "steps": 10, "seeds": 1}]), r"runs\.0\.lr: learning rates must be > 0, got -1\.0$"),
+    (study(scales=[-0.1]), r"^experiments\.e\.scales: init scales must be >= 0, got -0\.1$"),
+    (study(inits=["residual"], widths=[2]), r"^experiments\.e: residual networks need width >= d = 3, got width 2$"),
+    (study(inits=["cnn"]), r"^experiments\.e\.inits\.0: .* \(got \"cnn\"\)$"),
+    (study(data={"file": "/nonexistent/data.npz"}), r"data\.file: data file '/nonexistent/data\.npz' does not exist"),
+])
+def test_config_errors_are_one_line(raw, pattern):
+    with pytest.raises(ConfigError) as err:
+        validate(raw)
+    message = str(err.value)
+    assert "\n" not in message
+    assert __import__("re").search(pattern, message), message
+
+
+def test_schema_file_is_generated_from_the_model():
+    on_disk = json.loads((ROOT / "workflow/schemas/config.schema.json").read_text())
+    assert on_disk == json.loads(json.dumps(cfgmod.json_schema())), "run: python -m dlnpipe schema --out ..."
+
+
+def test_every_key_is_described():
+    def walk(schema, defs, path):
+        for name, prop in schema.get("properties", {}).items():
+            assert prop.get("description"), f"{path}.{name} has no description"
+            for ref in [prop.get("$ref")] + [a.get("$ref") for a in prop.get("anyOf", [])]:
+                if ref:
+                    walk(defs[ref.split("/")[-1]], defs, f"{path}.{name}")
+    schema = cfgmod.json_schema()
+    walk(schema, schema["$defs"], "config")
+
+
+def test_default_config_holds_the_paper_experiments():
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg = validate(raw)
+    for name in ("fig1", "fig1cd", "resnet", "fig2", "under", "gelu"):
+        assert name in cfg.experiments
+    fig1 = cfg.experiments["fig1"]
+    assert [(r.lr, r.steps, r.seeds) for r in fig1.runs] == [
+        (0.005, 40000, 20), (0.02, 10000, 20), (0.07, 4000, 20), (0.1, 4000, 20), (0.2, 2000, 80)]
+    np.testing.assert_allclose(expand(fig1.scales), np.linspace(0.25, 0.6, 10))
+    assert (fig1.depths, fig1.widths, fig1.data.n, fig1.data.d) == ([10], [5], 50, 5)
+    fig2 = cfg.experiments["fig2"]
+    assert fig2.depths == [5, 10, 20, 40] and len(expand(fig2.runs[0].lr)) == 25
+    lrs = expand(fig2.runs[0].lr)
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(10**-0.3)
+    under = cfg.experiments["under"]
+    assert (under.data.n, under.data.d, under.depths, under.runs[0].seeds) == (15, 20, [5], 100)
+    gelu = cfg.experiments["gelu"]
+    assert gelu.inits == ["gelu"] and gelu.runs[0].steps == 160000 and gelu.data.noise == 0
+
+
+def test_seeds_are_derived_from_coordinates():
+    cfg = validate(study(scales=[0.1, 0.2]))
+    exp = cfg.experiments["e"]
+    base = all_networks(exp, "e", "small", 2, 3, None)
+    grown = validate(study(scales=[0.1, 0.15, 0.2], runs=[{"lr": 0.1, "steps": 10, "seeds": 3}]))
+    more = all_networks(grown.experiments["e"], "e", "small", 2, 3, None)
+    lookup = {(lr, s, i): seed for lr, s, i, seed in zip(more.lr, more.scale, more.seed_index, more.seed)}
+    for lr, s, i, seed in zip(base.lr, base.scale, base.seed_index, base.seed):
+        assert lookup[(lr, s, i)] == seed
+    assert len(set(more.seed)) == len(more)
+    assert derived_seed("e", "small", 2, 3, "paper", 0.1, 0.1, 0) == derived_seed("e", "small", 2, 3, "paper",
+                                                                                  0.1, 0.1, 0)
+
+
+def test_split_deals_networks_into_parts_of_equal_cost():
+    cfg = validate(study(split=3, runs=[{"lr": 0.1, "steps": 1000, "seeds": 5}, {"lr": 0.2, "steps": 10, "seeds": 7}]))
+    parts = [c for c in cells(cfg)]
+    assert [c.id for c in parts] == [f"small-L2-m3-paper-p{i}" for i in range(3)]
+    nets = [networks(cfg.experiments["e"], c) for c in parts]
+    seeds = np.concatenate([n.seed for n in nets])
+    assert len(seeds) == 12 and len(set(seeds)) == 12
+    costs = [int(n.steps.sum()) for n in nets]
+    assert max(costs) - min(costs) <= 1000

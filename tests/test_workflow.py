@@ -1,0 +1,169 @@
+"""The Snakemake workflow through its real CLI, in temporary directories.
+
+The quick config end to end (cube content, bound tables, figures), determinism, a train_cell job
+killed with SIGKILL and repaired by a rerun, the default config's dry run, snakefmt, config errors.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ROOT / "workflow/configs/quick.yaml"
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def workdir(tmp: Path) -> Path:
+    """A fresh copy of the workflow (not of results) to run in."""
+    for name in ("Snakefile", "config.yaml", "workflow", "envs"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp / name)
+    return tmp
+
+
+def snakemake(cwd: Path, *args, check=True, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def open_tree(path: Path) -> xr.DataTree:
+    return xr.open_datatree(path, engine="zarr", consolidated=False)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    wd = workdir(tmp_path_factory.mktemp("quick"))
+    snakemake(wd, "--configfile", str(QUICK), "--cores", "2")
+    return wd
+
+
+def test_quick_cube_content(quick_run):
+    tree = open_tree(quick_run / "results/cube.zarr")
+    assert set(tree.children) == {"small", "resid", "traj", "under"}
+    import json
+
+    assert json.loads(tree.attrs["config"])["experiments"]["small"]["depths"] == [3]
+    assert "torch" in json.loads(tree.attrs["versions"]) and tree.attrs["devices"] == '["cpu"]'
+    small = tree["small"].to_dataset()
+    assert small.sharpness.dims == ("init", "depth", "width", "kappa", "lr", "scale", "seed")
+    for var in ("sharpness", "sharpness_exact", "sharpness_init", "loss_train", "loss_test", "distance", "status",
+                "s_min", "s_upper", "eta_c", "traj_loss_train", "traj_distance", "sharpness_topk", "sv_ratio"):
+        assert var in small, var
+    assert small.status.attrs["flag_meanings"] == "converged failed diverged"
+    assert list(small.status.attrs["flag_values"]) == [0, 1, 2]
+    assert small.sizes["seed"] == 3 and small.sizes["eig"] == 3 and "step" in small.traj_loss_train.dims
+    conv = small.status == 0
+    assert int(conv.sum()) > 0
+    # every converged network sits above S_min; Lanczos equals the exact formula there
+    s_min = float(small.s_min.squeeze())
+    assert float(small.sharpness.where(conv).min()) >= s_min
+    np.testing.assert_allclose(small.sharpness.where(conv).values, small.sharpness_exact.where(conv).values,
+                               rtol=1e-6)
+    resid = tree["resid"].to_dataset()
+    np.testing.assert_allclose(resid.kappa.values, [1.0, 10.0])  # controlled κ appear exactly
+    np.testing.assert_allclose(resid.kappa_achieved.values, [1.0, 10.0], rtol=1e-10)
+    under = tree["under"].to_dataset()
+    assert int(under.valid.sum()) == 8 and (under.status >= 0).all()  # the two parts of the split cell
+    traj = tree["traj"].to_dataset()
+    assert np.isfinite(traj.traj_sharpness.values).sum() == 2 * 7
+
+
+def test_quick_tables_and_figures(quick_run):
+    res = quick_run / "results"
+    import pandas as pd
+    from matplotlib.image import imread
+
+    for exp in ("small", "resid", "traj", "under"):
+        table = pd.read_csv(res / f"bounds/{exp}.csv")
+        assert {"converged", "failed", "diverged", "s_min", "c1_fail", "c3a_fail"} <= set(table.columns)
+        assert (table.c1_fail == 0).all()
+        assert "## Claims" in (res / f"bounds/{exp}.md").read_text()
+    expected = {"small": ["fig1a", "fig1b", "fig3"], "resid": ["fig2"], "traj": ["trajectories"],
+                "under": ["fig6a", "fig6b"]}
+    for exp, figs in expected.items():
+        for fig in figs:
+            img = imread(res / f"figures/{exp}/{fig}.png")
+            assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 200
+            assert img.std() > 0.01  # not a blank canvas
+            assert (res / f"figures/{exp}/{fig}.pdf").read_bytes()[:5] == b"%PDF-"
+    for rule in ("train_cell", "measure_sharpness"):
+        assert any((quick_run / "logs" / rule).rglob("*.log"))
+    assert any((quick_run / "benchmarks/train_cell").rglob("*.tsv"))
+
+
+def test_quick_is_deterministic(quick_run, tmp_path):
+    wd = workdir(tmp_path)
+    snakemake(wd, "--configfile", str(QUICK), "--cores", "2")
+    first, second = open_tree(quick_run / "results/cube.zarr"), open_tree(wd / "results/cube.zarr")
+    for name in first.children:
+        xr.testing.assert_identical(first[name].to_dataset(), second[name].to_dataset())
+
+
+def _wait_for(pattern: str, timeout: float) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+        pids = [int(p) for p in out.stdout.split()]
+        if pids:
+            return pids[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no process matching {pattern!r} within {timeout} s")
+
+
+def test_killed_train_job_is_repaired_by_rerun(tmp_path):
+    fault = ROOT / "tests/data/fault.yaml"
+    clean = workdir(tmp_path / "clean")
+    snakemake(clean, "--configfile", str(fault), "--cores", "1")
+
+    wd = workdir(tmp_path / "killed")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([str(BIN / "snakemake"), "--configfile", str(fault), "--cores", "1"], cwd=wd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pid = _wait_for(f"dlnpipe train .*{wd}.*|dlnpipe train .*small-L4-m3-paper-p0", timeout=120)
+    time.sleep(1.0)  # mid-run: the cell trains for several seconds
+    os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out
+    assert "Error in rule train_cell" in out
+    assert not (wd / "results/train/slow/small-L4-m3-paper-p0.npz").exists()
+    assert not list((wd / "results/train/slow").glob(".*.tmp"))  # no half-written file left behind
+    snakemake(wd, "--configfile", str(fault), "--cores", "1", "--rerun-incomplete")
+    a, b = open_tree(clean / "results/cube.zarr"), open_tree(wd / "results/cube.zarr")
+    for name in a.children:
+        xr.testing.assert_identical(a[name].to_dataset(), b[name].to_dataset())
+
+
+def test_default_config_dry_run(tmp_path):
+    wd = workdir(tmp_path)
+    out = snakemake(wd, "-n", "--cores", "2")
+    assert "train_cell" in out.stdout and "gather_cube" in out.stdout
+
+
+def test_snakefmt_check():
+    out = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    wd = workdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(QUICK.read_text().replace("depths: [3]", "depths: [0]", 1))
+    out = snakemake(wd, "--configfile", str(bad), "--cores", "1", check=False)
+    assert out.returncode != 0
+    assert "config error: experiments.small.depths.0: Input should be greater than or equal to 1 (got 0)" in (
+        out.stdout + out.stderr)
+    assert not (wd / "results").exists()
