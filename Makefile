@@ -8,7 +8,7 @@ CORES ?= all
 PROFILE ?= workflow/profiles/default
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench lock ui clean
+.PHONY: install run quick report test lint bench lock clean
 
 $(STAMP): envs/requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -18,14 +18,25 @@ $(STAMP): envs/requirements.lock pyproject.toml
 
 install: $(STAMP)
 
+# The rules call `python -m dlnpipe ...`: the venv's python comes first on PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
 run: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --profile $(PROFILE)
+	snakemake --cores $(CORES) --profile $(PROFILE)
+	snakemake --cores 1 --report results/report.html
+
+quick: $(STAMP)
+	snakemake --cores $(CORES) --profile $(PROFILE) --configfile workflow/configs/quick.yaml
+
+report: $(STAMP)
+	snakemake --cores 1 --report results/report.html
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check dlnpipe tests benchmarks
+	ruff check dlnpipe tests benchmarks
+	snakefmt --check Snakefile workflow/rules
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_fig1.py
