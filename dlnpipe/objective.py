@@ -153,27 +153,21 @@ def gelu_outputs(layers: list[torch.Tensor], X: torch.Tensor) -> torch.Tensor:
 def gelu_loss_and_grad(layers: list[torch.Tensor], prob: Problem) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Loss (B,) and hand-written gradients (B, out, in) of B GELU networks, in a batch-last layout.
 
-    Activations are kept as (n, m, B), so each tiny per-network matrix product becomes m fused
-    multiply-adds over contiguous (n, m, B) blocks instead of B separate (n×m)(m×m) GEMMs: about twice
-    as fast on a CPU for the paper's m = 5 (checked against autograd in the tests).
+    Activations are kept as (n, m, B) and every tiny per-network matrix product is one broadcast
+    multiply and one sum over a (n, m, m, B) block, instead of B separate (n×m)(m×m) GEMMs. For the
+    paper's m = 5 this costs 1.1–1.7× less than the GEMM path on a CPU, and training a GELU net is
+    bound by the number of kernels per step (checked against autograd in the tests).
     """
     X, y = prob.X, prob.y
     n, d = X.shape
     B = layers[0].shape[0]
     Wt = [W.permute(1, 2, 0).contiguous() for W in layers]  # (out, in, B)
-
-    def contract(h, W):  # z[n, j, b] = Σ_i h[n, i, b] W[j, i, b]
-        z = h[:, 0:1, :] * W[None, :, 0, :]
-        for i in range(1, W.shape[1]):
-            z = z.addcmul(h[:, i:i + 1, :], W[None, :, i, :])
-        return z
-
     z = (X @ Wt[0].permute(1, 0, 2).reshape(d, -1)).reshape(n, -1, B)  # first layer: one GEMM
     zs, hs = [z], [None]
     h = F.gelu(z)
     for W in Wt[1:-1]:
         hs.append(h)
-        z = contract(h, W)
+        z = (h[:, None, :, :] * W[None]).sum(2)  # z[n, j, b] = Σ_i W[j, i, b] h[n, i, b]
         zs.append(z)
         h = F.gelu(z)
     r = (h * Wt[-1][0][None]).sum(1) - y[:, None]  # (n, B) residuals
@@ -187,11 +181,8 @@ def gelu_loss_and_grad(layers: list[torch.Tensor], prob: Problem) -> tuple[torch
         if k == 0:
             grads[0] = (X.T @ dz.reshape(n, -1)).reshape(d, -1, B).permute(1, 0, 2)
         else:
-            hp, W = hs[k], Wt[k]
-            grads[k] = torch.stack([(dz * hp[:, i:i + 1, :]).sum(0) for i in range(hp.shape[1])], dim=1)
-            dh = dz[:, 0:1, :] * W[None, 0, :, :]
-            for j in range(1, W.shape[0]):
-                dh = dh.addcmul(dz[:, j:j + 1, :], W[None, j, :, :])
+            grads[k] = (dz[:, :, None, :] * hs[k][:, None, :, :]).sum(0)  # Σ_n dz[n, j] h[n, i]
+            dh = (dz[:, :, None, :] * Wt[k][None]).sum(1)  # Σ_j dz[n, j] W[j, i]
     return value, [G.permute(2, 0, 1) for G in grads]
 
 

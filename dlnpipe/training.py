@@ -101,12 +101,17 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
           dtype="float64", device="cpu", record_every: int | None = None, record_steps=None,
           record_sharpness: bool = False, rtol: float = 1e-2, atol: float = 1e-6,
           explode: float = 1e6, p_seed: int = 0, log_every_s: float = 10.0,
-          sharpness_tol: float = 1e-8) -> TrainResult:
+          sharpness_tol: float = 1e-8, check_every: int = 100, exit_fixed: bool | None = None) -> TrainResult:
     """Train B networks by full-batch GD; lr, scale, seed, steps are scalars or length-B sequences.
 
     B is the longest of lr, scale, seed, steps. Records train/test loss and ‖w_prod − w*‖² every
     ``record_every`` steps (default: about 200 points) or at the given ``record_steps``, and the
     Lanczos sharpness there too when ``record_sharpness``.
+
+    Every ``check_every`` steps, networks leave the batch when they are frozen (diverged) or sit at
+    a fixed point of the GD map: a step that changes none of their weights, bit for bit, proves
+    every later step would not either, so the result is exactly that of running all the steps
+    (``exit_fixed``; default on unless sharpness trajectories are recorded).
     """
     arch, depth, width, d = check_network_args(arch, depth, width, dataset.d)
     B = max(np.size(lr), np.size(scale), np.size(seed), np.size(steps))
@@ -132,6 +137,7 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
         raise ValueError(f"record_steps must be >= 0, got {record_steps[0]}")
     record_index = {int(t): j for j, t in enumerate(record_steps)}
 
+    exit_fixed = (not record_sharpness) if exit_fixed is None else bool(exit_fixed)
     t0 = time.monotonic()
     nets = [init_network(arch, depth=depth, width=width, d=d, scale=scale[i], seed=int(seed[i]),
                          p_seed=p_seed) for i in range(B)]
@@ -163,11 +169,12 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
         """Loss of the current point, and what the update needs (gradient or its factors)."""
         if arch == "gelu":
             value, grads = gelu_loss_and_grad(layers, prob)
-            return grads, regressor(layers, c), value
+            return grads, None, value  # the product of the layers is only needed when recording
         rows, w, g, excess = linear_state(layers, c, prob)
         return (rows, g), w, prob.loss_opt + excess
 
     def record(j: int, w, value, t: int):
+        w = regressor(layers, c) if w is None else w
         due = alive & (my_steps >= t)
         tl = gelu_test_loss(layers, prob) if arch == "gelu" else test_loss(w, prob)
         for key, v in (("loss_train", value), ("loss_test", tl), ("distance", distance(w, prob))):
@@ -182,18 +189,33 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
                               tol=sharpness_tol, device=dev, seeds=seed[glob])
                 traj_sharp[glob, j] = s.values
 
-    def retire(t: int, w, value):
-        """Copy out the networks whose last step is t; return the mask of those that stay."""
-        done = my_steps == t
+    def retire(done, w, value, t: int, fixed=None):
+        """Copy out the networks in ``done`` (state t); ``fixed`` ones keep their state to the end."""
+        w = regressor(layers, c) if w is None else w
         g = idx[done]
         for k, W in enumerate(layers):
             out_layers[k][g] = W[done]
         tl = gelu_test_loss(layers, prob) if arch == "gelu" else test_loss(w, prob)
-        final["loss_train"][g] = value[done].to(torch.float64)
-        final["loss_test"][g] = tl[done].to(torch.float64)
-        final["distance"][g] = distance(w, prob)[done].to(torch.float64)
+        current = {"loss_train": value, "loss_test": tl, "distance": distance(w, prob)}
+        for key, v in current.items():
+            final[key][g] = v[done].to(torch.float64)
         diverged_at[g] = torch.where(alive[done], -1, alive_steps[done])
-        return ~done
+        if fixed is not None and bool(fixed.any()):
+            # A fixed point of the GD map stays put: later trajectory samples repeat the current values.
+            later = torch.tensor(record_steps > t, device=dev)[None, :] & (
+                torch.tensor(record_steps, device=dev)[None, :] <= my_steps[fixed][:, None])
+            gf = idx[fixed]
+            for key, v in current.items():
+                traj[key][gf] = torch.where(later, v[fixed].to(torch.float64)[:, None], traj[key][gf])
+
+    def compact(keep, update):
+        nonlocal layers, c, eta, my_steps, alive, idx, cap, alive_steps
+        layers = [W[keep].contiguous() for W in layers]
+        c, eta, my_steps, alive, idx, cap, alive_steps = (
+            x[keep] for x in (c, eta, my_steps, alive, idx, cap, alive_steps))
+        if update is None:
+            return None
+        return [G[keep] for G in update] if arch == "gelu" else ([r[keep] for r in update[0]], update[1][keep])
 
     for t in range(T_max + 1):
         update, w, value = state()
@@ -203,31 +225,43 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
         if t in record_index:
             record(record_index[t], w, value, t)
         if t in finish_steps:
-            keep = retire(t, w, value)
+            done = my_steps == t
+            retire(done, w, value, t)
             if t == T_max:
                 break
-            layers = [W[keep].contiguous() for W in layers]
-            c, eta, my_steps, alive, idx, cap, alive_steps = (
-                x[keep] for x in (c, eta, my_steps, alive, idx, cap, alive_steps))
-            update = ([G[keep] for G in update] if arch == "gelu"
-                      else ([r[keep] for r in update[0]], update[1][keep]))
+            update = compact(~done, update)
+            w, value = (None if w is None else w[~done]), value[~done]
             if idx.numel() == 0:
                 break
         alive_steps += alive
+        check = check_every and t % check_every == 0
+        before = [W.clone() for W in layers] if check and exit_fixed else None
         # W ← W − η ∇R, with η = 0 (and a zeroed gradient, in case it is not finite) for frozen networks.
         if arch == "gelu":
             step = torch.where(alive, eta, 0.0)[:, None, None]
             for W, G in zip(layers, update):
-                W.sub_(step * torch.nan_to_num(G))
+                W.addcmul_(step, G.nan_to_num_(), value=-1.0)
         else:
             rows, g = update
             linear_step_(layers, rows, torch.where(alive[:, None], eta[:, None] * g, 0.0))
         net_steps_done += idx.numel()
+        if check:
+            # Leave the batch: frozen (diverged) networks, and networks at a fixed point of the GD map
+            # (this step changed none of their weights, bit for bit, so no later step would either).
+            fixed = torch.zeros_like(alive)
+            if before is not None:
+                fixed = alive & torch.stack([(a == b).flatten(1).all(1) for a, b in zip(before, layers)]).all(0)
+            gone = fixed | ~alive
+            if bool(gone.any()):
+                retire(gone, w, value, t, fixed=fixed)
+                compact(~gone, None)
+                if idx.numel() == 0:
+                    break
         if log_every_s is not None and time.monotonic() - last_log >= log_every_s:
             last_log = time.monotonic()
             rate = net_steps_done / (last_log - t0)
-            remaining = int(np.clip(steps - (t + 1), 0, None).sum())
-            log.info("train %s L=%d m=%d: step %d/%d, %d networks active, %.3g network-steps/s, ETA %.0f s",
+            remaining = int(np.clip(my_steps.cpu().numpy() - (t + 1), 0, None).sum())
+            log.info("train %s L=%d m=%d: step %d/%d, %d networks active, %.3g network-steps/s, ETA <= %.0f s",
                      arch, depth, width, t + 1, T_max, idx.numel(), rate, remaining / max(rate, 1e-9))
 
     status = np.full(B, FAILED, dtype=np.int8)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import dlnpipe
-from dlnpipe.objective import Problem, linear_grad, stack_weights
 from dlnpipe.curvature import dense_hessians
+from dlnpipe.objective import Problem, linear_grad, stack_weights
 
 TINY = {"small": dict(depth=3, width=4), "residual": dict(depth=3, width=6), "gelu": dict(depth=3, width=4)}
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from dlnpipe.config import ExperimentConfig
+from dlnpipe.curvature import sharpness
 from dlnpipe.diagnostics import structure
 from dlnpipe.io import load_npz, save_npz
 from dlnpipe.networks import Weights, init_network
-from dlnpipe.curvature import sharpness
 from dlnpipe.stages.make_data import read
 from dlnpipe.status import CONVERGED, DIVERGED
 
