@@ -8,7 +8,7 @@ CORES ?= all
 PROFILE ?= workflow/profiles/default
 PYTEST_ARGS ?=
 
-.PHONY: install run quick report test lint bench lock clean
+.PHONY: install run quick report ui test lint bench lock clean
 
 $(STAMP): envs/requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,12 @@ quick: $(STAMP)
 
 report: $(STAMP)
 	snakemake --cores 1 --report results/report.html
+
+# The MLflow UI on the default SQLite store, on loopback.
+UI_PORT ?= 5000
+ui: $(STAMP)
+	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store: sqlite:///$(CURDIR)/results/mlflow.db)"
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -15,6 +15,7 @@ include: "workflow/rules/measure.smk"
 include: "workflow/rules/cube.smk"
 include: "workflow/rules/bounds.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/track.smk"
 
 
 report: "workflow/report/workflow.rst"

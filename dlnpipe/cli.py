@@ -125,6 +125,24 @@ def cmd_plot(args):
     plots.run(args.cube, args.experiment, args.figure, args.png, args.pdf)
 
 
+def cmd_track_init(args):
+    from dlnpipe.stages import track
+
+    track.init(args.uri, args.experiments, args.out, artifacts=args.artifacts)
+
+
+def cmd_track(args):
+    from dlnpipe.io import git_revision, load_npz
+    from dlnpipe.stages import track
+    from dlnpipe.stages.make_data import read
+    from dlnpipe.theory import bounds
+
+    _, meta = load_npz(args.train[0])
+    b = bounds(read(args.data), meta["spec"]["cell"]["depth"])
+    track.log_cell(args.uri, args.name, args.cell, args.train, args.measure, s_min=b.s_min, s_upper=b.s_upper,
+                   eta_c=b.eta_c, cube=str(Path(args.cube).resolve()), git_revision=git_revision(), out=args.out)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dlnpipe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,6 +177,24 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("track-init", help="create the MLflow store and experiments (once, before any logging)")
+    p.add_argument("--uri", required=True)
+    p.add_argument("--experiments", nargs="+", required=True, help="MLflow experiment names")
+    p.add_argument("--artifacts", required=True, help="artifact root for a local (SQLite) store")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_track_init)
+
+    p = sub.add_parser("track", help="log one cell's training configurations to MLflow (replacing earlier runs)")
+    p.add_argument("--uri", required=True, help="tracking URI (relative sqlite paths are made absolute)")
+    p.add_argument("--name", required=True, help="MLflow experiment name (created by track-init)")
+    p.add_argument("--cell", required=True, help="cell id without part index")
+    p.add_argument("--data", required=True)
+    p.add_argument("--train", nargs="+", required=True)
+    p.add_argument("--measure", nargs="+", required=True)
+    p.add_argument("--cube", required=True, help="where the cube is (a tag)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_track)
+
     p = sub.add_parser("gather", help="build the cube from the cells' files")
     p.add_argument("--config", required=True, help="the study config: a YAML file or a JSON string")
     p.add_argument("--data", nargs="+", required=True)
@@ -187,9 +223,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     _setup(args)
+    from dlnpipe.stages.track import TrackingUnavailable
+
     try:
         args.func(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except TrackingUnavailable as err:
+        print(f"tracking error: {err}", file=sys.stderr)
+        return 3
     return 0

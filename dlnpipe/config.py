@@ -121,8 +121,10 @@ class ExperimentConfig(Strict):
     record_every: int = Field(100, ge=1, description="trajectory sampling period, in steps")
     record_sharpness: bool = Field(False, description="also record the Lanczos sharpness along trajectories")
     sharpness_k: int = Field(3, ge=1, description="number of top Hessian eigenvalues measured at the end")
-    rtol: Positive = Field(1e-2, description="converged if R − R* ≤ rtol·R* + atol·yᵀy/n at the end")
-    atol: Positive = Field(1e-6, description="absolute part of the convergence test, relative to yᵀy/n")
+    rtol: Positive = Field(1e-6, description="converged if R − R* ≤ rtol·R* + atol·yᵀy/n at the end (the "
+                                             "float32 floor of R − R* is about 1e-8; networks oscillating at "
+                                             "the edge of stability sit at 1e-6 to 1e-3)")
+    atol: Positive = Field(1e-7, description="absolute part of the convergence test, relative to yᵀy/n")
     split: int = Field(1, ge=1, description="jobs per cell: the cell's networks are dealt into this many "
                                             "parts of equal cost (parallelism for long cells)")
     figures: list[Literal["fig1a", "fig1b", "fig3", "trajectories", "fig2", "fig6a", "fig6b"]] = Field(
@@ -145,9 +147,18 @@ class ExperimentConfig(Strict):
         return self
 
 
+class MlflowConfig(Strict):
+    enabled: bool = Field(True, description="log every training configuration to MLflow (local rules only)")
+    tracking_uri: str | None = Field(
+        None, description="tracking store; null: sqlite:///<absolute path>/results/mlflow.db. The environment "
+                          "variable MLFLOW_TRACKING_URI, when set, overrides both (e.g. a server for clusters)")
+    experiment_prefix: str = Field("dlnpipe/", description="MLflow experiment name = prefix + study experiment name")
+
+
 class StudyConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where training and Lanczos run: auto uses CUDA when torch sees a GPU")
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="experiment tracking")
     experiments: Annotated[dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")], ExperimentConfig],
                            Field(min_length=1)] = Field(description="the experiments of the study, by name")
 

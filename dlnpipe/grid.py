@@ -51,9 +51,14 @@ class Cell:
     parts: int
 
     @property
+    def group(self) -> str:
+        """The cell without its part index: what MLflow logs as one parent run."""
+        return f"{self.init}-L{self.depth}-m{self.width}-{self.data}"
+
+    @property
     def id(self) -> str:
         """Canonical cell id (unique within an experiment), e.g. ``small-L10-m5-paper-p0``."""
-        return f"{self.init}-L{self.depth}-m{self.width}-{self.data}-p{self.part}"
+        return f"{self.group}-p{self.part}"
 
     def spec(self, cfg: StudyConfig) -> dict:
         """Everything a train/measure job needs, as plain data (the rule's params)."""

@@ -99,7 +99,7 @@ def _per_network(name, value, B, *, kind=float) -> np.ndarray:
 
 def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, seed, steps,
           dtype="float64", device="cpu", record_every: int | None = None, record_steps=None,
-          record_sharpness: bool = False, rtol: float = 1e-2, atol: float = 1e-6,
+          record_sharpness: bool = False, rtol: float = 1e-6, atol: float = 1e-7,
           explode: float = 1e6, p_seed: int = 0, log_every_s: float = 10.0,
           sharpness_tol: float = 1e-8, check_every: int = 100, exit_fixed: bool | None = None) -> TrainResult:
     """Train B networks by full-batch GD; lr, scale, seed, steps are scalars or length-B sequences.

@@ -16,3 +16,13 @@ def paper_data():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """The quick config run once through Snakemake's CLI with 2 cores (parallel jobs), shared by tests."""
+    from workflow_utils import QUICK, snakemake, workdir
+
+    wd = workdir(tmp_path_factory.mktemp("quick"))
+    snakemake(wd, "--configfile", str(QUICK), "--cores", "2")
+    return wd

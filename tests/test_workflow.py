@@ -4,56 +4,23 @@ The quick config end to end (cube content, bound tables, figures), determinism, 
 killed with SIGKILL and repaired by a rerun, the default config's dry run, snakefmt, config errors.
 """
 
+import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+from workflow_utils import BIN, QUICK, ROOT, env, open_tree, snakemake, workdir
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICK = ROOT / "workflow/configs/quick.yaml"
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-def workdir(tmp: Path) -> Path:
-    """A fresh copy of the workflow (not of results) to run in."""
-    for name in ("Snakefile", "config.yaml", "workflow", "envs"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp / name)
-    return tmp
-
-
-def snakemake(cwd: Path, *args, check=True, timeout=600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    out = subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                         timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return out
-
-
-def open_tree(path: Path) -> xr.DataTree:
-    return xr.open_datatree(path, engine="zarr", consolidated=False)
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    wd = workdir(tmp_path_factory.mktemp("quick"))
-    snakemake(wd, "--configfile", str(QUICK), "--cores", "2")
-    return wd
 
 
 def test_quick_cube_content(quick_run):
     tree = open_tree(quick_run / "results/cube.zarr")
     assert set(tree.children) == {"small", "resid", "traj", "under"}
-    import json
 
     assert json.loads(tree.attrs["config"])["experiments"]["small"]["depths"] == [3]
     assert "torch" in json.loads(tree.attrs["versions"]) and tree.attrs["devices"] == '["cpu"]'
@@ -129,16 +96,16 @@ def test_killed_train_job_is_repaired_by_rerun(tmp_path):
     snakemake(clean, "--configfile", str(fault), "--cores", "1")
 
     wd = workdir(tmp_path / "killed")
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen([str(BIN / "snakemake"), "--configfile", str(fault), "--cores", "1"], cwd=wd, env=env,
+    proc = subprocess.Popen([str(BIN / "snakemake"), "--configfile", str(fault), "--cores", "1"], cwd=wd, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    pid = _wait_for(f"dlnpipe train .*{wd}.*|dlnpipe train .*small-L4-m3-paper-p0", timeout=120)
+    # the python process itself (not the `bash -c` wrapper, whose command line also matches)
+    pid = _wait_for("^python -m dlnpipe train .*gelu-L4-m3-paper-p0", timeout=120)
     time.sleep(1.0)  # mid-run: the cell trains for several seconds
     os.kill(pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0, out
     assert "Error in rule train_cell" in out
-    assert not (wd / "results/train/slow/small-L4-m3-paper-p0.npz").exists()
+    assert not (wd / "results/train/slow/gelu-L4-m3-paper-p0.npz").exists()
     assert not list((wd / "results/train/slow").glob(".*.tmp"))  # no half-written file left behind
     snakemake(wd, "--configfile", str(fault), "--cores", "1", "--rerun-incomplete")
     a, b = open_tree(clean / "results/cube.zarr"), open_tree(wd / "results/cube.zarr")

@@ -41,7 +41,7 @@ def _panels(ds: xr.Dataset, exclude=()):
     return [dict(zip(dims, c)) for c in combos]
 
 
-def _grid(n: int, *, width=4.2, height=3.3):
+def _grid(n: int, *, width=5.4, height=3.6):
     cols = min(n, 3)
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
@@ -52,7 +52,15 @@ def _grid(n: int, *, width=4.2, height=3.3):
 
 def _title(sel: dict, ds: xr.Dataset) -> str:
     parts = [f"{k}={v:g}" if isinstance(v, (float, np.floating)) else f"{k}={v}" for k, v in sel.items()]
-    return ", ".join(parts) if parts else ds.attrs.get("experiment", "")
+    return ", ".join(parts)
+
+
+def _legend(ax, title: str) -> None:
+    """Legends sit outside the axes, right of the panel, so no curve hides behind them."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, title=title, fontsize=7, title_fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def _sel(ds: xr.Dataset, sel: dict) -> xr.Dataset:
@@ -90,7 +98,7 @@ def fig_distance(ds, axes_sel):
         sns.lineplot(df, x="scale", y="distance", hue="lr", palette=pal, errorbar=CI, n_boot=N_BOOT, seed=0,
                      marker="o", ax=ax)
         ax.set(yscale="log", xlabel="initialisation scale s", ylabel="mean (w_prod − w*)²  (‖·‖²/d)")
-        ax.legend(title="η", fontsize=7)
+        _legend(ax, "η")
 
 
 def fig_sharpness(ds, axes_sel):
@@ -107,9 +115,9 @@ def fig_sharpness(ds, axes_sel):
         ax.axhline(_one(ds, "s_min", sel), ls=":", color="k", lw=1.5, label="S_min")
         inits = sel.get("init", ds.init.values[0])
         if inits == "small":
-            ax.axhline(_one(ds, "s_upper", sel), ls="-.", color="0.4", lw=1.2, label="8LΛ‖w*‖^{2−2/L}")
+            ax.axhline(_one(ds, "s_upper", sel), ls="-.", color="0.4", lw=1.2, label=r"$8L\Lambda\|w^*\|^{2-2/L}$")
         ax.set(yscale="log", xlabel="initialisation scale s", ylabel="sharpness S (converged runs)")
-        ax.legend(fontsize=7, title="η / reference")
+        _legend(ax, "η (dashed: 2/η)")
 
 
 def fig_divergence(ds, axes_sel):
@@ -120,7 +128,7 @@ def fig_divergence(ds, axes_sel):
         sns.lineplot(df, x="scale", y="diverged", hue="lr", palette=pal, errorbar=CI, n_boot=N_BOOT, seed=0,
                      marker="o", ax=ax)
         ax.set(ylim=(-0.03, 1.03), xlabel="initialisation scale s", ylabel="probability of divergence")
-        ax.legend(title="η", fontsize=7)
+        _legend(ax, "η")
 
 
 def fig_trajectories(ds, panels):
@@ -147,7 +155,7 @@ def fig_trajectories(ds, panels):
             row[2].axhline(_one(ds, "s_min", sel), ls=":", color="k", label="S_min")
             row[2].set(yscale="log", xlabel="step", ylabel="sharpness (Lanczos)")
         for ax in row:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, frameon=False)
     return fig
 
 
@@ -164,7 +172,7 @@ def fig_lr_sweep(ds, axes_sel):
             ax.axvline(_one(ds, "eta_c", {**sel, "depth": L}), ls="--", color=pal[L], lw=1)
         ax.set(xscale="log", yscale="log", xlabel="learning rate η (dashed: η_c per depth)",
                ylabel="final (w_prod − w*)² / d")
-        ax.legend(title="depth L", fontsize=7)
+        _legend(ax, "depth L")
 
 
 def fig_gap(ds, axes_sel):

@@ -40,13 +40,25 @@ class TrackingUnavailable(RuntimeError):
 
 
 def tracking_uri(configured: str | None = None, results: str | Path = "results") -> str:
-    """MLFLOW_TRACKING_URI, else the configured URI, else SQLite at ``<results>/mlflow.db`` (absolute)."""
+    """MLFLOW_TRACKING_URI, else the configured URI, else SQLite at ``<results>/mlflow.db``.
+
+    The default is relative to the working directory (so that a moved study does not look like a new
+    tracking target); :func:`absolute` turns it into the absolute URI that MLflow is given.
+    """
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     if configured:
         return configured
-    return f"sqlite:///{(Path(results) / 'mlflow.db').resolve()}"
+    return f"sqlite:///{Path(results) / 'mlflow.db'}"
+
+
+def absolute(uri: str) -> str:
+    """sqlite:///relative/path -> sqlite:////absolute/path; other URIs unchanged."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
 
 
 def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
@@ -69,11 +81,14 @@ def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
     check_reachable(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
 
 
 def init(uri: str, names: list[str], out: str | Path, *, artifacts: str | Path) -> dict:
     """Create the store (SQLite: the file and its schema) and one MLflow experiment per name, once."""
+    uri = absolute(uri)
     client = _client(uri)
     ids = {}
     for name in names:
@@ -82,7 +97,9 @@ def init(uri: str, names: list[str], out: str | Path, *, artifacts: str | Path) 
             location = None
             if not uri.startswith(("http://", "https://")):
                 location = (Path(artifacts).resolve() / name.replace("/", "_")).as_uri()
-            ids[name] = client.create_experiment(name, artifact_location=location)
+            # "custom_model_development": the UI opens on the training-runs view, not the GenAI one
+            ids[name] = client.create_experiment(name, artifact_location=location,
+                                                 tags={"mlflow.experimentKind": "custom_model_development"})
         else:
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
@@ -118,13 +135,19 @@ def configurations(parts: list[tuple[dict, dict, dict]]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def log_cell(uri: str, experiment_id: str, cell_id: str, train_files: list[str], measure_files: list[str],
+def log_cell(uri: str, name: str, cell_id: str, train_files: list[str], measure_files: list[str],
              *, s_min: float, s_upper: float, eta_c: float, cube: str, git_revision: str,
              out: str | Path) -> dict:
     """Replace the MLflow runs of one cell (all its parts) by fresh ones; write a marker file."""
     from mlflow.entities import Metric, Param
 
+    uri = absolute(uri)
     client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise TrackingUnavailable(f"MLflow experiment {name!r} does not exist at {uri}: the mlflow_init rule "
+                                  "creates it before any cell logs")
+    experiment_id = exp.experiment_id
     parts = []
     trajectories = []
     for t, m in zip(train_files, measure_files):
@@ -164,10 +187,10 @@ def log_cell(uri: str, experiment_id: str, cell_id: str, train_files: list[str],
         values = {"frac_converged": float(np.mean(conv)), "frac_failed": float(np.mean(status == FAILED)),
                   "frac_diverged": float(np.mean(status == DIVERGED)), "s_min": s_min, "s_upper": s_upper,
                   "eta_c": eta_c, "two_over_lr": 2 / lr}
-        values |= _quantile_metrics("sharpness", group.sharpness.where(conv).to_numpy())
+        ok = status != DIVERGED
+        values |= _quantile_metrics("sharpness", group.sharpness.where(ok).to_numpy())
         values |= _quantile_metrics("sharpness_ratio", (group.sharpness / s_min).where(conv).to_numpy())
         values |= _quantile_metrics("sharpness_init", group.sharpness_init.to_numpy())
-        ok = status != DIVERGED
         for key in ("loss_train", "loss_test", "distance"):
             values |= _quantile_metrics(key, group[key].where(ok).to_numpy())
         metrics = [Metric(k, v, now, 0) for k, v in values.items() if np.isfinite(v)]

@@ -5,6 +5,7 @@ import sys
 from dlnpipe.config import ConfigError, validate
 from dlnpipe.grid import cells as grid_cells
 from dlnpipe.grid import datasets as grid_datasets
+from dlnpipe.stages.track import tracking_uri
 
 # A --configfile on the command line *is* the study (it replaces config.yaml rather than being
 # merged into it); --config key=value alone still adjusts config.yaml.
@@ -17,6 +18,11 @@ except ConfigError as err:
     sys.exit(f"config error: {err}")
 
 CELLS = {(c.experiment, c.id): c for c in grid_cells(STUDY)}
+GROUPS = {}  # (experiment, cell without part) -> its parts
+for _cell in CELLS.values():
+    GROUPS.setdefault((_cell.experiment, _cell.group), []).append(_cell)
+TRACKING_URI = tracking_uri(STUDY.mlflow.tracking_uri, "results")
+MLFLOW_NAMES = {e: STUDY.mlflow.experiment_prefix + e for e in STUDY.experiments}
 DATASETS = {(exp, data): kappa for exp, data, kappa in grid_datasets(STUDY)}
 FIGURES = [(exp, fig) for exp, e in STUDY.experiments.items() for fig in e.figures]
 ENV = "../../envs/dlnpipe.yaml"
@@ -26,6 +32,7 @@ wildcard_constraints:
     exp="|".join(STUDY.experiments),
     cell="|".join(sorted({c.id for c in CELLS.values()})),
     data="|".join(sorted({d for _, d in DATASETS})),
+    group="|".join(sorted({g for _, g in GROUPS})),
     figure="[a-z0-9]+",
 
 
@@ -47,6 +54,25 @@ def cell_spec(wildcards):
 def cell_data(wildcards):
     cell = CELLS[(wildcards.exp, wildcards.cell)]
     return rules.make_dataset.output.npz.format(exp=cell.experiment, data=cell.data)
+
+
+def group_files(template):
+    """Input function: ``template`` (a train or measure file) for every part of a cell group."""
+
+    def files(wildcards):
+        parts = GROUPS[(wildcards.exp, wildcards.group)]
+        return [template.format(exp=c.experiment, cell=c.id) for c in parts]
+
+    return files
+
+
+def group_data(wildcards):
+    cell = GROUPS[(wildcards.exp, wildcards.group)][0]
+    return rules.make_dataset.output.npz.format(exp=cell.experiment, data=cell.data)
+
+
+def mlflow_name(wildcards):
+    return MLFLOW_NAMES[wildcards.exp]
 
 
 def uses_gpu(wildcards):
@@ -71,6 +97,11 @@ def data_keys():
 def all_targets():
     targets = [rules.gather_cube.output.cube]
     targets += expand(rules.compare_bounds.output.csv, exp=list(STUDY.experiments))
+    if STUDY.mlflow.enabled:
+        targets += [
+            rules.track_cell.output.json.format(exp=e, group=g)
+            for e, g in sorted(GROUPS)
+        ]
     for exp, fig in FIGURES:
         targets += [
             rules.plot.output.png.format(exp=exp, figure=fig),

@@ -1,0 +1,161 @@
+"""MLflow tracking through the real workflow: a SQLite store read back through a real ``mlflow server``
+(REST API) and ``mlflow ui`` in headless Chromium; idempotent reruns; a tracking server that is down."""
+
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_utils import QUICK, MlflowServer, free_port, snakemake, workdir
+
+from dlnpipe.config import expand, validate
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def configurations(config_path: Path) -> dict[str, int]:
+    """Training configurations (init, depth, width, κ, η, s) per experiment of a study."""
+    cfg = validate(yaml.safe_load(config_path.read_text()))
+    out = {}
+    for name, exp in cfg.experiments.items():
+        lrs = sum(len(expand(r.lr)) for r in exp.runs)
+        out[name] = (len(exp.inits) * len(exp.depths) * len(exp.widths) * len(exp.data.kappas())
+                     * lrs * len(expand(exp.scales)))
+    return out
+
+
+def rest(url: str, endpoint: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def search_runs(url: str, experiment_id: str, filter_string: str = "") -> list[dict]:
+    runs, token = [], None
+    while True:
+        body = {"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 1000}
+        if token:
+            body["page_token"] = token
+        page = rest(url, "runs/search", body)
+        runs += page.get("runs", [])
+        token = page.get("next_page_token")
+        if not token:
+            return runs
+
+
+def experiments(url: str) -> dict[str, str]:
+    page = rest(url, "experiments/search", {"max_results": 1000})
+    return {e["name"]: e["experiment_id"] for e in page["experiments"]}
+
+
+def count_runs(url: str) -> dict[str, int]:
+    exps = experiments(url)
+    return {name.removeprefix("dlnpipe/"): len(search_runs(url, eid, "tags.`dlnpipe.role` = 'configuration'"))
+            for name, eid in exps.items() if name.startswith("dlnpipe/")}
+
+
+def test_every_configuration_is_a_run(quick_run):
+    db = quick_run / "results/mlflow.db"
+    expected = configurations(QUICK)
+    with MlflowServer(db) as server:
+        assert count_runs(server.url) == expected
+        exps = experiments(server.url)
+        assert len(search_runs(server.url, exps["Default"])) == 0  # nothing mis-filed under "Default"
+        runs = search_runs(server.url, exps["dlnpipe/small"], "tags.`dlnpipe.role` = 'configuration'")
+        run = runs[0]
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert {"init", "depth", "width", "kappa", "lr", "scale", "steps", "seeds"} <= set(params)
+        assert params["init"] == "small" and params["depth"] == "3" and params["seeds"] == "3"
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        for key in ("frac_converged", "frac_failed", "frac_diverged", "loss_train_median", "distance_median",
+                    "s_min", "eta_c"):
+            assert key in metrics, key
+        assert abs(metrics["frac_converged"] + metrics["frac_failed"] + metrics["frac_diverged"] - 1) < 1e-12
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert tags["dlnpipe.cell"] == "small-L3-m3-paper" and "mlflow.parentRunId" in tags
+        assert tags["dlnpipe.cube"].endswith("results/cube.zarr") and tags["dlnpipe.git_revision"]
+        # median trajectories are step metrics
+        hist = urllib.request.urlopen(f"{server.url}/api/2.0/mlflow/metrics/get-history?run_id="
+                                      f"{run['info']['run_id']}&metric_key=traj_loss_train_median").read()
+        steps = [m["step"] for m in json.loads(hist)["metrics"]]
+        assert len(steps) > 5 and steps == sorted(steps)
+        # the per-seed table is an artifact
+        art = json.loads(urllib.request.urlopen(
+            f"{server.url}/api/2.0/mlflow/artifacts/list?run_id={run['info']['run_id']}").read())
+        assert [f["path"] for f in art["files"]] == ["networks.csv"]
+        # the statistics match the cube's networks
+        conv = [r for r in runs if {p["key"]: p["value"] for p in r["data"]["params"]}["lr"] == "0.1"]
+        assert conv and all("sharpness_median" in {m["key"] for m in r["data"]["metrics"]} for r in conv)
+
+
+def test_rerun_and_forced_cell_keep_one_run_per_configuration(quick_run, tmp_path):
+    wd = workdir(tmp_path / "wd")
+    shutil.copytree(quick_run / "results", wd / "results")
+    shutil.copytree(quick_run / ".snakemake", wd / ".snakemake", ignore=shutil.ignore_patterns("log", "locks"))
+    db = wd / "results/mlflow.db"
+    expected = configurations(QUICK)
+    out = snakemake(wd, "--configfile", str(QUICK), "--cores", "2")
+    assert "Nothing to be done" in out.stdout + out.stderr
+    marker = wd / "results/mlflow/logged/small/small-L3-m3-paper.json"
+    assert json.loads(marker.read_text())["tracking_uri"] == f"sqlite:///{quick_run / 'results/mlflow.db'}"
+    before = json.loads(marker.read_text())
+    snakemake(wd, "--configfile", str(QUICK), "--cores", "2",
+              "--forcerun", "results/train/small/small-L3-m3-paper-p0.npz")
+    after = json.loads(marker.read_text())
+    assert after["tracking_uri"] == f"sqlite:///{db}"  # the moved study logs into its own store
+    assert after["replaced"] == len(before["runs"]) + 1  # the cell's configuration runs and its parent
+    assert not set(after["runs"]) & set(before["runs"])
+    with MlflowServer(db) as server:
+        assert count_runs(server.url) == expected
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is installed by .ci/run")
+def test_mlflow_ui_shows_the_runs_in_chromium(quick_run):
+    from playwright.sync_api import sync_playwright
+
+    with MlflowServer(quick_run / "results/mlflow.db", ui_only=True) as server:
+        exp_id = experiments(server.url)["dlnpipe/small"]
+        names = {r["info"]["run_name"] for r in search_runs(server.url, exp_id)}
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"{server.url}/#/experiments/{exp_id}/runs", timeout=60_000)
+            page.get_by_text("small-L3-m3-paper", exact=True).first.wait_for(timeout=60_000)
+            # the configurations are nested under the cell's parent run: expand it
+            row = page.get_by_role("row").filter(has_text="small-L3-m3-paper")
+            row.first.get_by_role("button").first.click()
+            page.get_by_text("small-L3-m3-paper-lr0.1-s0.3", exact=True).first.wait_for(timeout=60_000)
+            text = page.inner_text("body")
+            page.screenshot(path=str(quick_run / "results/mlflow-ui.png"))
+            browser.close()
+    assert f"{len(names)} matching runs" in text  # the parent and its 4 configurations
+    assert all(name in text for name in names), (names, text[:3000])
+
+
+def test_tracking_server_down_then_up(tmp_path):
+    wd = workdir(tmp_path / "wd")
+    cfg = tmp_path / "one.yaml"
+    quick = yaml.safe_load(QUICK.read_text())
+    cfg.write_text(yaml.safe_dump({"device": "cpu", "experiments": {"small": quick["experiments"]["small"]}}))
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    out = snakemake(wd, "--configfile", str(cfg), "--cores", "2", "--keep-going", check=False,
+                    extra_env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode != 0
+    log = (wd / "logs/mlflow_init/mlflow_init.log").read_text()
+    assert f"MLflow tracking server {uri} is not reachable" in log and "run the workflow again" in log
+    assert "Error in rule mlflow_init" in out.stdout + out.stderr
+    # the training results (and, with --keep-going, everything else) are on disk regardless of tracking
+    assert (wd / "results/train/small/small-L3-m3-paper-p0.npz").exists()
+    assert (wd / "results/measure/small/small-L3-m3-paper-p0.npz").exists()
+    assert (wd / "results/cube.zarr/zarr.json").exists() and (wd / "results/figures/small/fig1b.png").exists()
+    assert not (wd / "results/mlflow/logged/small/small-L3-m3-paper.json").exists()
+    with MlflowServer(tmp_path / "server.db", port=port) as server:
+        out = snakemake(wd, "--configfile", str(cfg), "--cores", "2", extra_env={"MLFLOW_TRACKING_URI": uri})
+        assert "train_cell" not in out.stdout.split("Job stats:")[-1].split("Reasons")[0]  # nothing retrained
+        assert count_runs(server.url) == {"small": 4}

@@ -1,0 +1,48 @@
+# Stage track: MLflow runs for every training configuration. Local rules only, so cluster jobs never
+# open the tracking store; the store and its experiments are created once, before any cell logs.
+
+
+localrules:
+    mlflow_init,
+    track_cell,
+
+
+rule mlflow_init:
+    output:
+        json="results/mlflow/experiments.json",
+    log:
+        "logs/mlflow_init/mlflow_init.log",
+    benchmark:
+        "benchmarks/mlflow_init/mlflow_init.tsv"
+    conda:
+        ENV
+    params:
+        uri=TRACKING_URI,
+        names=[MLFLOW_NAMES[e] for e in STUDY.experiments],
+    shell:
+        "python -m dlnpipe track-init --uri {params.uri:q} --experiments {params.names:q}"
+        " --artifacts results/mlflow/artifacts --out {output.json} 2> {log}"
+
+
+rule track_cell:
+    input:
+        init=rules.mlflow_init.output.json,
+        data=group_data,
+        train=group_files(rules.train_cell.output.npz),
+        measure=group_files(rules.measure_sharpness.output.npz),
+    output:
+        json="results/mlflow/logged/{exp}/{group}.json",
+    log:
+        "logs/track_cell/{exp}/{group}.log",
+    benchmark:
+        "benchmarks/track_cell/{exp}/{group}.tsv"
+    conda:
+        ENV
+    params:
+        uri=TRACKING_URI,
+        name=mlflow_name,
+        cube=rules.gather_cube.output.cube,
+    shell:
+        "python -m dlnpipe track --uri {params.uri:q} --name {params.name:q} --cell {wildcards.group}"
+        " --data {input.data} --train {input.train} --measure {input.measure}"
+        " --cube $(dirname {params.cube}) --out {output.json} 2> {log}"
