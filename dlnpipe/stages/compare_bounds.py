@@ -62,12 +62,13 @@ def frame(ds: xr.Dataset) -> pd.DataFrame:
     return df.merge(theory, on=["depth", "kappa"], how="left")
 
 
-def table(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=EXACT_RTOL) -> pd.DataFrame:
+def checks(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=EXACT_RTOL) -> pd.DataFrame:
+    """One row per network with, for each claim, whether it applies (``*_checked``) and fails (``*_fail``)."""
     df = frame(ds)
     conv = df.status == 0
     linear = df["init"] != "gelu"  # the bounds are linear theory: reference lines only for GELU nets
     df["c1_checked"] = conv & linear
-    df["c1_fail"] = conv & (df.sharpness < df.s_min * (1 - tol))
+    df["c1_fail"] = df.c1_checked & (df.sharpness < df.s_min * (1 - tol))
     small_lr = df.lr <= df.eta_c / 4
     df["c2_checked"] = conv & (df["init"] == "small") & small_lr
     df["c2_fail"] = df.c2_checked & (df.sharpness > df.s_upper * (1 + tol))
@@ -77,6 +78,13 @@ def table(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=EX
     df["c3b_fail"] = df.c3b_checked & conv
     df["c4_checked"] = conv & linear & df.sharpness_exact.notna()
     df["c4_fail"] = df.c4_checked & ((df.sharpness - df.sharpness_exact).abs() > exact_rtol * df.sharpness_exact)
+    return df
+
+
+def table(ds: xr.Dataset, **tolerances) -> pd.DataFrame:
+    """Per (init, depth, width, kappa, lr): counts, bounds, sharpness ratios and claim checks."""
+    df = checks(ds, **tolerances)
+    conv = df.status == 0
     keys = ["init", "depth", "width", "kappa", "lr"]
     g = df.groupby(keys, sort=True)
     out = g.agg(networks=("status", "size"), converged=("status", lambda s: int((s == 0).sum())),
@@ -105,8 +113,15 @@ CLAIMS = {
 
 def claims(tab: pd.DataFrame, ds: xr.Dataset) -> pd.DataFrame:
     rows = []
+    per_net = checks(ds)
     for c, text in CLAIMS.items():
         checked, fails = int(tab[f"{c}_checked"].sum()), int(tab[f"{c}_fail"].sum())
+        if c == "c2" and fails:
+            # the small-init bound needs a small enough s (hypotheses unknown, PAPER.md §3.3): say where it stops
+            bad = per_net[per_net.c2_fail]
+            ok_scales = per_net[per_net.c2_checked & (per_net.scale < bad.scale.min())].scale
+            text += (f"; holds for s <= {ok_scales.max():.4g}, first violation at s = {bad.scale.min():.4g}"
+                     if len(ok_scales) else f"; first violation at s = {bad.scale.min():.4g}")
         rows.append({"claim": c, "statement": text, "checked": checked, "violations": fails,
                      "verdict": "n/a" if checked == 0 else ("holds" if fails == 0 else "fails")})
     if ds.attrs.get("n_train", 0) < ds.attrs.get("d", 0):  # underdetermined: PAPER.md §5.6
