@@ -185,11 +185,3 @@ def exact_topk(dataset: Dataset, nets: list[Weights], *, k: int = 1) -> np.ndarr
         top = np.linalg.eigvalsh((M + M.T) / 2)[::-1][:k]
         out[i, : top.size] = 2 * top
     return out
-
-
-def hessian_topk_operator(dataset: Dataset, net: Weights, *, device=None) -> HessianOperator:
-    """The Hessian operator of one network (for users who want to run their own eigensolver)."""
-    layers, c = stack_weights([net], dtype="float64", device=resolve_device(device or "cpu"))
-    prob = Problem.from_dataset(dataset, arch=net.arch, in_dim=layers[0].shape[2], dtype="float64",
-                                device=layers[0].device)
-    return HessianOperator(layers, c, prob)

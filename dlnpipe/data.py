@@ -82,17 +82,6 @@ class Dataset:
         r = self.y - np.asarray(w) @ self.X.T
         return np.mean(r**2, axis=-1)
 
-    def save(self, path: str | Path) -> None:
-        """Write X, y, X_test, y_test and the metadata to an ``.npz`` file (everything else is derived)."""
-        np.savez(
-            path,
-            X=self.X,
-            y=self.y,
-            X_test=self.X_test,
-            y_test=self.y_test,
-            meta=np.array(repr(self.meta)),
-        )
-
 
 def dataset_from_arrays(X, y, X_test=None, y_test=None, *, rescale: bool = True, meta=None,
                         name: str = "data") -> Dataset:

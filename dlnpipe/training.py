@@ -274,16 +274,12 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
     return TrainResult(
         arch=arch, depth=depth, width=width, d=d, lr=lr, scale=scale, seed=seed, steps=steps,
         layers=[W.to(torch.float64).cpu().numpy() for W in out_layers],
-        p=c_global(nets) if arch == "residual" else None,
+        p=np.stack([n.p for n in nets]) if arch == "residual" else None,
         status=status, loss_train=lt, loss_test=final["loss_test"].cpu().numpy(),
         distance=final["distance"].cpu().numpy(), diverged_step=div, record_steps=record_steps,
         traj_loss_train=traj_np["loss_train"], traj_loss_test=traj_np["loss_test"],
         traj_distance=traj_np["distance"], traj_sharpness=traj_sharp,
         dtype=str(tdtype).removeprefix("torch."), device=str(dev), seconds=time.monotonic() - t0)
-
-
-def c_global(nets: list[Weights]) -> np.ndarray:
-    return np.stack([n.p for n in nets])
 
 
 def _snapshot(layers, c, arch: str, rows: np.ndarray) -> list[Weights]:

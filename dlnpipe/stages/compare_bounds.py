@@ -24,6 +24,8 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
+from dlnpipe.stages.cube import open_cube
+
 TOL = 1e-6
 EOS_OVERSHOOT = 0.1
 EXACT_RTOL = 1e-3
@@ -135,7 +137,7 @@ def claims(tab: pd.DataFrame, ds: xr.Dataset) -> pd.DataFrame:
 
 
 def run(cube_path: str | Path, experiment: str, csv: str | Path, md: str | Path) -> pd.DataFrame:
-    ds = xr.open_datatree(cube_path, engine="zarr", consolidated=False)[experiment].to_dataset()
+    ds = open_cube(cube_path)[experiment].to_dataset()
     tab = table(ds)
     cl = claims(tab, ds)
     Path(csv).parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import seaborn as sns  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from dlnpipe.stages.compare_bounds import gap_regression  # noqa: E402
+from dlnpipe.stages.cube import open_cube  # noqa: E402
 
 FACETS = ("init", "depth", "width", "kappa")
 CI = ("ci", 95)
@@ -218,7 +219,7 @@ def draw(ds: xr.Dataset, figure: str):
 
 
 def run(cube_path: str | Path, experiment: str, figure: str, png: str | Path, pdf: str | Path) -> None:
-    ds = xr.open_datatree(cube_path, engine="zarr", consolidated=False)[experiment].to_dataset()
+    ds = open_cube(cube_path)[experiment].to_dataset()
     fig = draw(ds, figure)
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, bbox_inches="tight")
