@@ -166,8 +166,7 @@ def exact_topk(dataset: Dataset, nets: list[Weights], *, k: int = 1) -> np.ndarr
     if nets[0].arch == "gelu":
         raise ValueError("method 'exact' holds for linear networks only, not arch 'gelu'")
     d = dataset.d
-    evals, evecs = np.linalg.eigh(dataset.sigma)
-    root = (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T  # Σ^{1/2}
+    root = dataset.sigma_sqrt()
     out = np.full((len(nets), k), np.nan)
     for i, net in enumerate(nets):
         layers = net.layers

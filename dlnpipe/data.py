@@ -77,6 +77,11 @@ class Dataset:
     def w_norm(self) -> float:
         return float(np.linalg.norm(self.w_star))
 
+    def sigma_sqrt(self) -> np.ndarray:
+        """Σ^{1/2} (symmetric, PSD), for the minimizer formulas of PAPER.md §3.1 and §3.6."""
+        evals, evecs = np.linalg.eigh(self.sigma)
+        return (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T
+
     def loss(self, w: np.ndarray) -> np.ndarray:
         """Training loss R(w) = (1/n)‖y − Xw‖² for w of shape (..., d), computed from the data."""
         r = self.y - np.asarray(w) @ self.X.T

@@ -36,16 +36,11 @@ class Bounds:
         return getattr(self, key)
 
 
-def _sqrtm_psd(S: np.ndarray) -> np.ndarray:
-    evals, evecs = np.linalg.eigh(S)
-    return (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T
-
-
 def balanced_sharpness(dataset: Dataset, depth: int) -> float:
     """2‖w*‖^{2−2/L} λ_max(Σ + (L−1) Σ^{1/2} u_0 u_0ᵀ Σ^{1/2}) (closed form)."""
     L = depth
     u0 = dataset.w_star / dataset.w_norm
-    root = _sqrtm_psd(dataset.sigma)
+    root = dataset.sigma_sqrt()
     v = root @ u0
     M = dataset.sigma + (L - 1) * np.outer(v, v)
     return float(2 * dataset.w_norm ** (2 - 2 / L) * np.linalg.eigvalsh((M + M.T) / 2)[-1])

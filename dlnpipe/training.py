@@ -31,10 +31,10 @@ from dlnpipe.objective import (
     gelu_test_loss,
     linear_state,
     linear_step_,
-    prefix_rows,
     regressor,
     resolve_device,
     resolve_dtype,
+    stack_weights,
     test_loss,
 )
 from dlnpipe.status import CONVERGED, DIVERGED, FAILED, STATUS_MEANINGS  # noqa: F401  (re-exported)
@@ -143,9 +143,7 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
                          p_seed=p_seed) for i in range(B)]
     in_dim = nets[0].layers[0].shape[1]
     prob = Problem.from_dataset(dataset, arch=arch, in_dim=in_dim, dtype=tdtype, device=dev)
-    layers = [torch.tensor(np.stack([n.layers[k] for n in nets]), dtype=tdtype, device=dev)
-              for k in range(depth)]
-    c = prefix_rows(nets, layers[-1].shape[1], dtype=tdtype, device=dev)
+    layers, c = stack_weights(nets, dtype=tdtype, device=dev)
 
     nT = record_steps.size
     traj = {key: torch.full((B, nT), float("nan"), dtype=torch.float64, device=dev)

@@ -30,11 +30,7 @@ def run(spec: dict, data_path: str | Path, train_path: str | Path, out: str | Pa
     cell = spec["cell"]
     exp = ExperimentConfig.model_validate(spec["experiment"])
     arch, depth, width = cell["init"], cell["depth"], cell["width"]
-    device = device or spec.get("device", "auto")
-    if device == "auto":
-        from dlnpipe.objective import resolve_device
-
-        device = str(resolve_device("auto"))
+    device = device or spec.get("device", "auto")  # "auto" is resolved by sharpness()
     ds = read(data_path)
     arrays, _ = load_npz(train_path)
     status, seeds = arrays["status"], arrays["seed"]

@@ -149,12 +149,11 @@ def log_cell(uri: str, name: str, cell_id: str, train_files: list[str], measure_
                                   "creates it before any cell logs")
     experiment_id = exp.experiment_id
     parts = []
-    trajectories = []
     for t, m in zip(train_files, measure_files):
         train, meta = load_npz(t)
         measure, _ = load_npz(m)
         parts.append((meta["spec"], train, measure))
-        trajectories.append(train)
+    trains = {spec["cell"]["part"]: train for spec, train, _ in parts}  # the `part` column of the table
     spec = parts[0][0]
     table = configurations(parts)
     old = client.search_runs([experiment_id], filter_string=f"tags.`{CELL_TAG}` = '{cell_id}'", max_results=50000)
@@ -195,12 +194,12 @@ def log_cell(uri: str, name: str, cell_id: str, train_files: list[str], measure_
             values |= _quantile_metrics(key, group[key].where(ok).to_numpy())
         metrics = [Metric(k, v, now, 0) for k, v in values.items() if np.isfinite(v)]
         for key in ("traj_loss_train", "traj_loss_test", "traj_distance", "traj_sharpness"):
-            rows = [trajectories[p][key][r] for p, r in zip(group.part, group.row) if key in trajectories[p]]
+            rows = [trains[p][key][r] for p, r in zip(group.part, group.row) if key in trains[p]]
             if not rows:
                 continue
-            steps = trajectories[group.part.iloc[0]]["record_steps"]
+            steps = trains[group.part.iloc[0]]["record_steps"]
             with np.errstate(all="ignore"):
-                med = np.nanmedian(np.where(np.isfinite(rows), rows, np.nan), axis=0) if rows else []
+                med = np.nanmedian(np.where(np.isfinite(rows), rows, np.nan), axis=0)
             metrics += [Metric(f"{key}_median", float(v), now, int(s)) for s, v in zip(steps, med) if np.isfinite(v)]
         plist = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, max(len(metrics), 1), 1000):
