@@ -33,6 +33,7 @@ from dlnpipe.objective import (
     stack_weights,
     unflatten,
 )
+from dlnpipe.objective import memory_budget as default_budget
 
 METHODS = ("lanczos", "exact", "dense", "power")
 DENSE_MAX_PARAMS = 4000  # a (P, P) float64 Hessian of 4000 parameters is 128 MB
@@ -91,12 +92,13 @@ def start_vectors(seeds, size: int, *, device) -> torch.Tensor:
 
 def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1, tol: float = 1e-10,
               max_iter: int | None = None, device=None, seeds=None,
-              dense_max_params: int = DENSE_MAX_PARAMS, memory_budget: float = 2e9) -> SharpnessResult:
+              dense_max_params: int = DENSE_MAX_PARAMS, memory_budget: float | None = None) -> SharpnessResult:
     """Top-k Hessian eigenvalues of the training loss at ``weights`` (see the module docstring).
 
     seeds: per-network seeds for the random start vectors (default: the train seeds or 0).
     Networks whose weights are not finite get NaN. Networks are processed in batches whose Lanczos
-    basis (about 100 float64 vectors per network) fits in ``memory_budget`` bytes.
+    basis (about 100 float64 vectors per network) fits in ``memory_budget`` bytes (default: half the
+    free memory of a CUDA device, 4 GB on CPU).
     """
     check_choice("method", method, METHODS)
     k = check_int("k", k, minimum=1)
@@ -110,7 +112,8 @@ def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1,
     res = np.full((len(nets), k), np.nan)
     hvps = 0
     size = sum(W.size for W in nets[0].layers)
-    per_batch = max(1, int(memory_budget // (8 * size * (min(size, 100) + 8 * k + 10))))
+    budget = default_budget(device) if memory_budget is None else memory_budget
+    per_batch = max(1, int(budget // (8 * size * (min(size, 100) + 8 * k + 10))))
     todo = np.flatnonzero(ok)
     for start in range(0, todo.size, per_batch):
         idx = todo[start:start + per_batch]

@@ -46,6 +46,16 @@ def resolve_device(device) -> torch.device:
     return dev
 
 
+def memory_budget(device, *, fraction: float = 0.5, cpu_bytes: float = 4e9) -> float:
+    """Bytes one job may give to batched tensors: ``fraction`` of a CUDA device's free memory, or
+    ``cpu_bytes`` on CPU. Training and Lanczos size their batches from it, so a cell fits its device."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return fraction * free
+    return float(cpu_bytes)
+
+
 @dataclass(frozen=True)
 class Problem:
     """A dataset's moments (and, for GELU, its arrays) on a device, in the input space of the net.

@@ -31,6 +31,7 @@ from dlnpipe.objective import (
     gelu_test_loss,
     linear_state,
     linear_step_,
+    memory_budget,
     regressor,
     resolve_device,
     resolve_dtype,
@@ -101,7 +102,8 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
           dtype="float64", device="cpu", record_every: int | None = None, record_steps=None,
           record_sharpness: bool = False, rtol: float = 1e-6, atol: float = 1e-7,
           explode: float = 1e6, p_seed: int = 0, log_every_s: float = 10.0,
-          sharpness_tol: float = 1e-8, check_every: int = 100, exit_fixed: bool | None = None) -> TrainResult:
+          sharpness_tol: float = 1e-8, check_every: int = 100, exit_fixed: bool | None = None,
+          max_batch: int | None = None) -> TrainResult:
     """Train B networks by full-batch GD; lr, scale, seed, steps are scalars or length-B sequences.
 
     B is the longest of lr, scale, seed, steps. Records train/test loss and ‖w_prod − w*‖² every
@@ -112,6 +114,9 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
     a fixed point of the GD map: a step that changes none of their weights, bit for bit, proves
     every later step would not either, so the result is exactly that of running all the steps
     (``exit_fixed``; default on unless sharpness trajectories are recorded).
+
+    Networks are trained in batches of at most ``max_batch`` (default: as many as fit in half the
+    free memory of a CUDA device, 4 GB on CPU); each network's result does not depend on its batch.
     """
     arch, depth, width, d = check_network_args(arch, depth, width, dataset.d)
     B = max(np.size(lr), np.size(scale), np.size(seed), np.size(steps))
@@ -138,6 +143,18 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
     record_index = {int(t): j for j, t in enumerate(record_steps)}
 
     exit_fixed = (not record_sharpness) if exit_fixed is None else bool(exit_fixed)
+    if max_batch is None:
+        max_batch = max(1, int(memory_budget(dev) // _bytes_per_network(arch, depth, width, d, dataset.n, tdtype)))
+    max_batch = check_int("max_batch", max_batch, minimum=1)
+    if B > max_batch:
+        kwargs = dict(arch=arch, depth=depth, width=width, dtype=dtype, device=device, record_steps=record_steps,
+                      record_sharpness=record_sharpness, rtol=rtol, atol=atol, explode=explode, p_seed=p_seed,
+                      log_every_s=log_every_s, sharpness_tol=sharpness_tol, check_every=check_every,
+                      exit_fixed=exit_fixed, max_batch=max_batch)
+        log.info("train %s L=%d m=%d: %d networks in batches of %d (device memory)", arch, depth, width, B, max_batch)
+        parts = [train(dataset, lr=lr[s], scale=scale[s], seed=seed[s], steps=steps[s], **kwargs)
+                 for s in (slice(i, i + max_batch) for i in range(0, B, max_batch))]
+        return _concatenate(parts)
     t0 = time.monotonic()
     nets = [init_network(arch, depth=depth, width=width, d=d, scale=scale[i], seed=int(seed[i]),
                          p_seed=p_seed) for i in range(B)]
@@ -278,6 +295,30 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
         traj_loss_train=traj_np["loss_train"], traj_loss_test=traj_np["loss_test"],
         traj_distance=traj_np["distance"], traj_sharpness=traj_sharp,
         dtype=str(tdtype).removeprefix("torch."), device=str(dev), seconds=time.monotonic() - t0)
+
+
+def _bytes_per_network(arch: str, depth: int, width: int, d: int, n: int, dtype: torch.dtype) -> int:
+    """Device memory one network needs during training: weights, their copy for the fixed-point
+    check, the update and the output buffer (4 × P), row vectors, and for GELU the activations."""
+    params = depth * max(width, d) ** 2
+    extra = 4 * depth * n * width if arch == "gelu" else 4 * depth * max(width, d)
+    return (4 * params + extra) * torch.finfo(dtype).bits // 8 + 4096
+
+
+def _concatenate(parts: list[TrainResult]) -> TrainResult:
+    """One TrainResult from results of consecutive slices of the networks (same recording steps)."""
+    first = parts[0]
+    cat = lambda name: np.concatenate([getattr(r, name) for r in parts])  # noqa: E731
+    per_net = ("lr", "scale", "seed", "steps", "status", "loss_train", "loss_test", "distance", "diverged_step",
+               "traj_loss_train", "traj_loss_test", "traj_distance")
+    fields = {name: cat(name) for name in per_net}
+    return TrainResult(
+        arch=first.arch, depth=first.depth, width=first.width, d=first.d,
+        layers=[np.concatenate([r.layers[k] for r in parts]) for k in range(len(first.layers))],
+        p=None if first.p is None else cat("p"),
+        traj_sharpness=None if first.traj_sharpness is None else cat("traj_sharpness"),
+        record_steps=first.record_steps, dtype=first.dtype, device=first.device,
+        seconds=sum(r.seconds for r in parts), **fields)
 
 
 def _snapshot(layers, c, arch: str, rows: np.ndarray) -> list[Weights]:

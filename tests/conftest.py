@@ -26,3 +26,13 @@ def quick_run(tmp_path_factory):
     wd = workdir(tmp_path_factory.mktemp("quick"))
     snakemake(wd, "--configfile", str(QUICK), "--cores", "2")
     return wd
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip cleanly (with the reason) where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

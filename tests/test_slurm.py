@@ -56,6 +56,7 @@ def job_state(job_id: int) -> dict[str, str]:
 def test_quick_study_on_slurm_equals_local_run(cluster, quick_run, tmp_path):
     wd = workdir(tmp_path)
     out = snakemake(wd, *PROFILE, *FAST, "--configfile", str(QUICK), timeout=900)
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out.stdout + out.stderr)
     # the cube equals the local run's, group by group (same networks, seeds, steps: bit for bit)
     local, cluster_cube = open_tree(quick_run / "results/cube.zarr"), open_tree(wd / "results/cube.zarr")
     assert sorted(local.children) == sorted(cluster_cube.children)
@@ -74,6 +75,9 @@ def test_quick_study_on_slurm_equals_local_run(cluster, quick_run, tmp_path):
             assert state.get("JobState") == "COMPLETED", state
             assert state.get("WorkDir") == str(wd)
             assert state.get("Comment", "").startswith(f"rule_{rule}")
+    n_logs = sum(len(ids) for r in ("make_dataset", "train_cell", "measure_sharpness", "gather_cube",
+                                     "compare_bounds", "plot") for ids in slurm_logs(wd, r).values())
+    assert len(submitted) == n_logs  # one sbatch submission per job, each with its log
     log_text = next(iter((wd / ".snakemake/slurm_logs/rule_train_cell").rglob("*.log"))).read_text()
     assert "--executor slurm-jobstep" in log_text and "rule train_cell" in log_text
     # MLflow logging ran on the submitting host (local rules): no SLURM job for it

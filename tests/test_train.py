@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import dlnpipe
 from dlnpipe.training import excess
@@ -75,3 +76,35 @@ def test_status_failed_when_not_converged(paper_data):
     res = dlnpipe.train(paper_data, arch="small", depth=10, width=5, lr=0.001, scale=0.1, seed=0, steps=50)
     assert res.status[0] == dlnpipe.FAILED  # stalled near the saddle at 0: finite, not converged
     assert np.isfinite(res.loss_train[0])
+
+
+@pytest.mark.parametrize("arch", ["small", "residual", "gelu"])
+def test_memory_batches_equal_one_batch(paper_data, arch):
+    """A cell larger than the device's memory is trained in slices: same result as one batch."""
+    kw = dict(arch=arch, depth=3, width=6, lr=[0.01, 0.02, 0.05, 0.01, 0.02], scale=[0.3, 0.4, 0.5, 0.6, 0.2],
+              seed=[5, 6, 7, 8, 9], steps=[300, 200, 300, 100, 250], record_every=25)
+    whole = dlnpipe.train(paper_data, **kw)
+    sliced = dlnpipe.train(paper_data, max_batch=2, **kw)
+    assert len(sliced) == 5
+    for key in ("lr", "scale", "seed", "steps", "status", "diverged_step", "record_steps"):
+        np.testing.assert_array_equal(getattr(sliced, key), getattr(whole, key))
+    for Ws, Ww in zip(sliced.layers, whole.layers):
+        np.testing.assert_allclose(Ws, Ww, rtol=1e-12, atol=1e-14)
+    for key in ("loss_train", "traj_loss_train", "traj_distance"):
+        np.testing.assert_allclose(getattr(sliced, key), getattr(whole, key), rtol=1e-12, atol=1e-14)
+    if arch == "residual":
+        np.testing.assert_array_equal(sliced.p, whole.p)
+
+
+def test_batch_size_follows_memory_budget(paper_data, monkeypatch, caplog):
+    """Without max_batch the batch is as large as the device's memory budget allows."""
+    from dlnpipe import training
+
+    one = training._bytes_per_network("small", 3, 6, paper_data.d, paper_data.n, torch.float64)
+    monkeypatch.setattr(training, "memory_budget", lambda device: 2.5 * one)
+    kw = dict(arch="small", depth=3, width=6, lr=0.02, scale=0.4, seed=[1, 2, 3, 4, 5], steps=100)
+    with caplog.at_level("INFO", logger="dlnpipe.training"):
+        res = dlnpipe.train(paper_data, **kw)
+    assert "5 networks in batches of 2" in caplog.text and len(res) == 5
+    for Wa, Wb in zip(res.layers, dlnpipe.train(paper_data, max_batch=5, **kw).layers):
+        np.testing.assert_allclose(Wa, Wb, rtol=1e-12, atol=1e-14)

@@ -134,3 +134,26 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert "config error: experiments.small.depths.0: Input should be greater than or equal to 1 (got 0)" in (
         out.stdout + out.stderr)
     assert not (wd / "results").exists()
+
+
+@pytest.mark.parametrize("device,gpu", [("cuda", 1), ("cpu", 0)])
+def test_gpu_resource_follows_device(tmp_path, device, gpu):
+    """`device: cuda` makes every training and measuring job ask for gpu=1: the local profile caps
+    gpu at 1 (one job per GPU) and the slurm profile passes it on to sbatch as --gpus=1."""
+    import yaml
+
+    cfg = yaml.safe_load(QUICK.read_text())
+    cfg["device"] = device
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    wd = workdir(tmp_path / "wd")
+    out = snakemake(wd, "-n", "--profile", "workflow/profiles/default", "--configfile", str(path)).stdout
+    jobs = out.split("\nrule ")[1:] + out.split("\nlocalrule ")[1:]
+    per_rule = {}
+    for job in jobs:
+        name = job.split(":", 1)[0]
+        per_rule.setdefault(name, set()).add("gpu=1" in job)
+    assert per_rule["train_cell"] == {bool(gpu)} and per_rule["measure_sharpness"] == {bool(gpu)}
+    assert per_rule["gather_cube"] == {False}
+    profile = yaml.safe_load((ROOT / "workflow/profiles/default/config.yaml").read_text())
+    assert profile["resources"] == ["gpu=1"]

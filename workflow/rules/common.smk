@@ -76,9 +76,10 @@ def mlflow_name(wildcards):
 
 
 def uses_gpu(wildcards):
-    """1 when the job trains on CUDA: the profiles cap gpu so one GPU never runs two jobs."""
-    if STUDY.device == "cpu":
-        return 0
+    """1 when the job runs on CUDA (the local profile caps gpu at 1: one job per GPU; the slurm
+    profile asks SLURM for a GPU). `device: cuda` always asks; `auto` asks when this host sees one."""
+    if STUDY.device != "auto":
+        return int(STUDY.device == "cuda")
     import torch
 
     return int(torch.cuda.is_available())

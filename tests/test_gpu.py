@@ -1,0 +1,65 @@
+"""The device path. Tests marked ``gpu`` need CUDA (they skip without it): training, Lanczos and a
+whole train_cell stage on the GPU equal the CPU in float64 within 1e-10. The CPU path of
+benchmarks/gpu_check.py runs everywhere."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from workflow_utils import ROOT
+
+import dlnpipe
+
+TOL = 1e-10
+
+
+@pytest.fixture(scope="module")
+def data():
+    return dlnpipe.make_dataset(30, 5, noise=0.5, seed=2, kappa=20.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch,width", [("small", 5), ("small", 9), ("residual", 7), ("gelu", 4)])
+def test_cuda_training_equals_cpu_float64(data, arch, width):
+    kw = dict(arch=arch, depth=5, width=width, lr=np.linspace(0.005, 0.05, 12), scale=0.4, seed=np.arange(12),
+              steps=600, dtype="float64", record_every=50)
+    cpu, gpu = dlnpipe.train(data, device="cpu", **kw), dlnpipe.train(data, device="cuda", **kw)
+    assert gpu.device.startswith("cuda") and cpu.device == "cpu"
+    np.testing.assert_array_equal(cpu.status, gpu.status)
+    for a, b in zip(cpu.layers, gpu.layers):
+        np.testing.assert_allclose(b, a, rtol=0, atol=TOL)
+    for key in ("traj_loss_train", "traj_distance"):
+        np.testing.assert_allclose(getattr(gpu, key), getattr(cpu, key), rtol=TOL, atol=1e-14)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["small", "residual", "gelu"])
+def test_cuda_lanczos_equals_cpu_float64(data, arch):
+    res = dlnpipe.train(data, arch=arch, depth=4, width=6, lr=0.02, scale=0.4, seed=np.arange(8), steps=300)
+    cpu = dlnpipe.sharpness(data, res, k=3, device="cpu").eigenvalues
+    gpu = dlnpipe.sharpness(data, res, k=3, device="cuda").eigenvalues
+    np.testing.assert_allclose(gpu, cpu, rtol=TOL)
+
+
+@pytest.mark.gpu
+def test_cuda_batches_follow_device_memory(data):
+    """The default batch comes from the free device memory; a smaller cap gives the same networks."""
+    kw = dict(arch="small", depth=4, width=6, lr=0.02, scale=0.4, seed=np.arange(10), steps=200, device="cuda")
+    whole, sliced = dlnpipe.train(data, **kw), dlnpipe.train(data, max_batch=3, **kw)
+    for a, b in zip(whole.layers, sliced.layers):
+        np.testing.assert_allclose(a, b, rtol=0, atol=TOL)
+
+
+def test_gpu_check_cpu_path():
+    """benchmarks/gpu_check.py on the CPU with small sizes: the correctness check passes and the
+    throughput table has one row per width with positive rates."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_check.py"), "--device", "cpu",
+                          "--widths", "8", "16", "--depth", "4", "--steps", "10", "--max-nets", "16"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "correctness PASS" in out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip().split()[:1] in (["8"], ["16"])]
+    assert [r[0] for r in rows] == ["8", "16"]
+    for r in rows:
+        assert float(r[4]) > 0 and float(r[7]) > 0  # net-steps/s, net-HVPs/s
