@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dlnpipe._checks import check_int, check_positive
+from dlnpipe._checks import check_choice, check_int, check_positive
 from dlnpipe.data import Dataset
 from dlnpipe.networks import Weights, check_network_args, init_network
 from dlnpipe.objective import (
@@ -37,6 +37,7 @@ from dlnpipe.objective import (
     resolve_dtype,
     stack_weights,
     test_loss,
+    unflatten,
 )
 from dlnpipe.status import CONVERGED, DIVERGED, FAILED, STATUS_MEANINGS  # noqa: F401  (re-exported)
 
@@ -103,7 +104,8 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
           record_sharpness: bool = False, rtol: float = 1e-6, atol: float = 1e-7,
           explode: float = 1e6, p_seed: int = 0, log_every_s: float = 10.0,
           sharpness_tol: float = 1e-8, check_every: int = 100, exit_fixed: bool | None = None,
-          max_batch: int | None = None) -> TrainResult:
+          max_batch: int | None = None, optimizer: str = "gd", flow_rtol: float = 1e-8,
+          flow_atol: float = 1e-10) -> TrainResult:
     """Train B networks by full-batch GD; lr, scale, seed, steps are scalars or length-B sequences.
 
     B is the longest of lr, scale, seed, steps. Records train/test loss and ‖w_prod − w*‖² every
@@ -114,6 +116,10 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
     a fixed point of the GD map: a step that changes none of their weights, bit for bit, proves
     every later step would not either, so the result is exactly that of running all the steps
     (``exit_fixed``; default on unless sharpness trajectories are recorded).
+
+    ``optimizer="flow"`` integrates gradient flow instead of taking GD steps (dlnpipe.flow): network b
+    is integrated to time lr_b·steps_b with error tolerances ``flow_rtol``/``flow_atol``, and recorded
+    at times lr_b·record_steps; ``diverged_step`` is then the GD-equivalent step t/lr.
 
     Networks are trained in batches of at most ``max_batch`` (default: as many as fit in half the
     free memory of a CUDA device, 4 GB on CPU); each network's result does not depend on its batch.
@@ -132,6 +138,11 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
         raise ValueError(f"scale must be finite and >= 0, got {scale[~(np.isfinite(scale) & (scale >= 0))][0]}")
     check_positive("rtol", rtol)
     check_positive("explode", explode)
+    check_choice("optimizer", optimizer, ("gd", "flow"))
+    if optimizer == "flow" and record_sharpness:
+        raise ValueError("record_sharpness samples GD trajectories; it is not available with optimizer='flow'")
+    check_positive("flow_rtol", flow_rtol)
+    check_positive("flow_atol", flow_atol)
     tdtype, dev = resolve_dtype(dtype), resolve_device(device)
     T_max = int(steps.max())
     if record_steps is None:
@@ -150,7 +161,8 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
         kwargs = dict(arch=arch, depth=depth, width=width, dtype=dtype, device=device, record_steps=record_steps,
                       record_sharpness=record_sharpness, rtol=rtol, atol=atol, explode=explode, p_seed=p_seed,
                       log_every_s=log_every_s, sharpness_tol=sharpness_tol, check_every=check_every,
-                      exit_fixed=exit_fixed, max_batch=max_batch)
+                      exit_fixed=exit_fixed, max_batch=max_batch, optimizer=optimizer, flow_rtol=flow_rtol,
+                      flow_atol=flow_atol)
         log.info("train %s L=%d m=%d: %d networks in batches of %d (device memory)", arch, depth, width, B, max_batch)
         parts = [train(dataset, lr=lr[s], scale=scale[s], seed=seed[s], steps=steps[s], **kwargs)
                  for s in (slice(i, i + max_batch) for i in range(0, B, max_batch))]
@@ -161,6 +173,12 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
     in_dim = nets[0].layers[0].shape[1]
     prob = Problem.from_dataset(dataset, arch=arch, in_dim=in_dim, dtype=tdtype, device=dev)
     layers, c = stack_weights(nets, dtype=tdtype, device=dev)
+
+    if optimizer == "flow":
+        return _train_flow(dataset, nets, layers, c, prob, arch=arch, depth=depth, width=width, d=d, lr=lr,
+                           scale=scale, seed=seed, steps=steps, record_steps=record_steps, rtol=rtol, atol=atol,
+                           flow_rtol=flow_rtol, flow_atol=flow_atol, explode=explode, tdtype=tdtype, dev=dev,
+                           t0=t0)
 
     nT = record_steps.size
     traj = {key: torch.full((B, nT), float("nan"), dtype=torch.float64, device=dev)
@@ -295,6 +313,38 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
         traj_loss_train=traj_np["loss_train"], traj_loss_test=traj_np["loss_test"],
         traj_distance=traj_np["distance"], traj_sharpness=traj_sharp,
         dtype=str(tdtype).removeprefix("torch."), device=str(dev), seconds=time.monotonic() - t0)
+
+
+def _train_flow(dataset, nets, layers, c, prob, *, arch, depth, width, d, lr, scale, seed, steps, record_steps,
+                rtol, atol, flow_rtol, flow_atol, explode, tdtype, dev, t0):
+    """train(optimizer="flow"): gradient flow to times lr·steps, sampled at lr·record_steps."""
+    from dlnpipe.flow import integrate
+
+    B = len(lr)
+    # stop a network once R − R* is 1e-4 of the convergence threshold: the flow has converged
+    stop = 1e-4 * (rtol * dataset.loss_opt + atol * dataset.yty)
+    out = integrate(layers, c, prob, arch, horizon=lr * steps, record_times=lr[:, None] * record_steps[None, :],
+                    rtol=flow_rtol, atol=flow_atol, stop=stop, explode=explode)
+    final = {k: v.cpu().numpy() for k, v in out["final"].items()}
+    div_t = out["diverged_at"].cpu().numpy()
+    diverged = np.isfinite(div_t)
+    status = np.full(B, FAILED, dtype=np.int8)
+    converged = (final["loss_train"] - dataset.loss_opt) <= rtol * dataset.loss_opt + atol * dataset.yty
+    status[converged] = CONVERGED
+    status[diverged] = DIVERGED
+    out_layers = unflatten(out["y"], layers)
+    log.info("flow %s L=%d m=%d: %d networks, %d batched field evaluations, median %d accepted steps",
+             arch, depth, width, B, out["evals"], int(np.median(out["steps"].cpu().numpy())))
+    return TrainResult(
+        arch=arch, depth=depth, width=width, d=d, lr=lr, scale=scale, seed=seed, steps=steps,
+        layers=[W.to(torch.float64).cpu().numpy() for W in out_layers],
+        p=np.stack([n.p for n in nets]) if arch == "residual" else None,
+        status=status, loss_train=final["loss_train"], loss_test=final["loss_test"], distance=final["distance"],
+        diverged_step=np.where(diverged, np.floor(np.nan_to_num(div_t) / lr), -1).astype(np.int64),
+        record_steps=record_steps, traj_loss_train=out["traj"]["loss_train"].cpu().numpy(),
+        traj_loss_test=out["traj"]["loss_test"].cpu().numpy(), traj_distance=out["traj"]["distance"].cpu().numpy(),
+        traj_sharpness=None, dtype=str(tdtype).removeprefix("torch."), device=str(dev),
+        seconds=time.monotonic() - t0)
 
 
 def _bytes_per_network(arch: str, depth: int, width: int, d: int, n: int, dtype: torch.dtype) -> int:
