@@ -74,6 +74,7 @@ def cmd_data(args):
 
     spec = json.loads(args.spec)
     make_data.run(DataConfig.model_validate(spec["data"]), spec["kappa"], args.out,
+                  spectrum=spec.get("spectrum"), wstar=spec.get("wstar"),
                   experiment=spec.get("experiment", ""), data_id=spec.get("data_id", ""))
 
 
@@ -115,7 +116,7 @@ def cmd_gather(args):
 def cmd_bounds(args):
     from dlnpipe.stages import compare_bounds
 
-    claims = compare_bounds.run(args.cube, args.experiment, args.csv, args.md)
+    claims = compare_bounds.run(args.cube, args.experiment, args.csv, args.md, args.constant)
     logging.getLogger("dlnpipe").info("claims for %s:\n%s", args.experiment, claims.to_string(index=False))
 
 
@@ -159,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("data", help="make one dataset")
-    p.add_argument("--spec", required=True, help="JSON: {data: ..., kappa: ..., experiment, data_id}")
+    p.add_argument("--spec", required=True, help="JSON: {data: ..., kappa, spectrum, wstar, experiment, data_id}")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data)
 
@@ -208,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True)
     p.add_argument("--csv", required=True)
     p.add_argument("--md", required=True)
+    p.add_argument("--constant", help="CSV of the empirical constant C(κ) (max S/S_min over depth and width)")
     p.set_defaults(func=cmd_bounds)
 
     p = sub.add_parser("plot", help="draw one figure of one experiment")

@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Positive = Annotated[float, Field(gt=0)]
+Spectrum = Literal["geometric", "linear", "two-level", "spike"]
+WStar = Literal["random", "top", "bottom"]
 
 
 class ConfigError(ValueError):
@@ -59,10 +61,12 @@ class DataConfig(Strict):
     kappa: float | list[float] | None = Field(
         None, description="condition number of Σ = XᵀX/n (exact, >= 1); null: the paper's Gaussian design; "
                           "a list: one dataset (and grid point on the kappa axis) per value")
-    spectrum: Literal["geometric", "linear", "two-level", "spike"] = Field(
-        "geometric", description="shape of Σ's eigenvalue profile when kappa is set")
-    wstar: Literal["random", "top", "bottom"] = Field(
-        "random", description="direction of w* relative to Σ's eigenvectors when kappa is set")
+    spectrum: Spectrum | Annotated[list[Spectrum], Field(min_length=1)] = Field(
+        "geometric", description="shape of Σ's eigenvalue profile when kappa is set; a list: one dataset "
+                                 "(and grid point on the spectrum axis) per value")
+    wstar: WStar | Annotated[list[WStar], Field(min_length=1)] = Field(
+        "random", description="direction of w* relative to Σ's eigenvectors when kappa is set; a list: one "
+                              "dataset (and grid point on the wstar axis) per value")
     file: str | None = Field(None, description="a user's .npz with X, y (optionally X_test, y_test) instead "
                                                "of generated data; n, d, noise, kappa are then ignored")
 
@@ -88,6 +92,20 @@ class DataConfig(Strict):
         if self.file is not None or self.kappa is None:
             return [None]
         return [float(k) for k in (self.kappa if isinstance(self.kappa, list) else [self.kappa])]
+
+    def points(self) -> list[tuple[float | None, str, str]]:
+        """(kappa, spectrum, wstar) of every dataset: ``gaussian`` for the paper's design, ``file``
+        for a user's file (neither has a prescribed spectrum or w* direction)."""
+        if self.file is not None:
+            return [(None, "file", "file")]
+        if self.kappa is None:
+            return [(None, "gaussian", "gaussian")]
+        listed = lambda v: v if isinstance(v, list) else [v]  # noqa: E731
+        return [(k, s, w) for k in self.kappas() for s in listed(self.spectrum) for w in listed(self.wstar)]
+
+    def several_shapes(self) -> bool:
+        """True when the datasets differ in spectrum or w* direction (their ids then say so)."""
+        return len({(s, w) for _, s, w in self.points()}) > 1
 
 
 class RunConfig(Strict):
@@ -121,6 +139,17 @@ class ExperimentConfig(Strict):
     record_every: int = Field(100, ge=1, description="trajectory sampling period, in steps")
     record_sharpness: bool = Field(False, description="also record the Lanczos sharpness along trajectories")
     sharpness_k: int = Field(3, ge=1, description="number of top Hessian eigenvalues measured at the end")
+    optimizer: Literal["gd", "flow"] = Field(
+        "gd", description="gd: gradient descent with step lr; flow: gradient flow dW/dt = −∇R integrated by an "
+                          "adaptive Dormand–Prince 5(4) solver to time lr·steps (lr then only sets the time "
+                          "scale and the sampling times lr·record_every)")
+    flow_rtol: Positive = Field(1e-8, description="relative error tolerance of the flow solver (per step, on the "
+                                                  "weights)")
+    flow_atol: Positive = Field(1e-10, description="absolute error tolerance of the flow solver")
+    scale_unit: Literal["absolute", "inv_sqrt_width"] = Field(
+        "absolute", description="small and gelu inits: absolute: entries N(0, s²) (the paper); inv_sqrt_width: "
+                                "the scales are in units of 1/√m, entries N(0, s²/m), so that grids compare "
+                                "across widths (residual init is always I + s/√(L·m) N)")
     rtol: Positive = Field(1e-6, description="converged if R − R* ≤ rtol·R* + atol·yᵀy/n at the end (the "
                                              "float32 floor of R − R* is about 1e-8; networks oscillating at "
                                              "the edge of stability sit at 1e-6 to 1e-3)")
@@ -137,6 +166,12 @@ class ExperimentConfig(Strict):
         if bad:
             raise ValueError(f"init scales must be >= 0, got {bad[0]}")
         return v
+
+    @model_validator(mode="after")
+    def _flow_sampling(self):
+        if self.optimizer == "flow" and self.record_sharpness:
+            raise ValueError("record_sharpness samples GD trajectories; it is not available with optimizer: flow")
+        return self
 
     @model_validator(mode="after")
     def _residual_width(self):

@@ -54,7 +54,7 @@ class FlowState:
         self.like, self.c, self.prob, self.arch = layers, c, prob, arch
 
     def field(self, y: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(−∇R(y), R(y) − R*) for the rows of y."""
+        """(−∇R(y), R(y) − R*) for the rows of y (the active networks, aligned with ``self.prob``)."""
         layers = unflatten(y, self.like)
         if self.arch == "gelu":
             value, grads = gelu_loss_and_grad(layers, self.prob)
@@ -62,21 +62,21 @@ class FlowState:
         _, _, _, excess = linear_state(layers, c, self.prob)
         return -flatten(linear_grad(layers, c, self.prob)), excess
 
-    def observe(self, y: torch.Tensor, c: torch.Tensor, excess: torch.Tensor) -> dict[str, torch.Tensor]:
-        layers = unflatten(y, self.like)
-        if self.arch == "gelu":
-            w = regressor(layers, c)
-            return {"loss_train": excess + self.prob.loss_opt, "loss_test": gelu_test_loss(layers, self.prob),
-                    "distance": distance(w, self.prob)}
-        w = regressor(layers, c)
-        return {"loss_train": excess + self.prob.loss_opt, "loss_test": test_loss(w, self.prob),
-                "distance": distance(w, self.prob)}
+    def observe(self, y: torch.Tensor, c: torch.Tensor, excess: torch.Tensor, rows: torch.Tensor):
+        """Train loss, test loss and distance of the active networks selected by ``rows``."""
+        prob = self.prob.rows(rows)
+        layers = unflatten(y[rows], self.like)
+        w = regressor(layers, c[rows])
+        loss_opt = prob.loss_opt
+        test = gelu_test_loss(layers, prob) if self.arch == "gelu" else test_loss(w, prob)
+        return {"loss_train": excess[rows] + loss_opt, "loss_test": test, "distance": distance(w, prob)}
 
 
 def integrate(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem, arch: str, *, horizon: np.ndarray,
-              record_times: np.ndarray, rtol: float = 1e-8, atol: float = 1e-10, stop: float = 0.0,
+              record_times: np.ndarray, rtol: float = 1e-8, atol: float = 1e-10, stop=0.0,
               explode: float = 1e6, max_steps: int = 10_000_000):
-    """Integrate the flow of every network to its ``horizon`` (B,). Returns a dict of numpy arrays:
+    """Integrate the flow of every network to its ``horizon`` (B,); ``stop`` (scalar or (B,)) ends a
+    network early once R − R* ≤ stop. Returns a dict of tensors:
     ``y`` final flat parameters (B, P), ``traj`` {loss_train, loss_test, distance} on record_times
     (NaN after a network's horizon or divergence), ``final`` the same at the end, ``diverged_at``
     (time of divergence or NaN), ``t_end`` the time reached, ``steps`` accepted steps, ``evals`` the
@@ -101,7 +101,8 @@ def integrate(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem, arch: 
     t = torch.zeros(B, dtype=y.dtype, device=dev)
     cb = c
     f, excess = state.field(y, cb)
-    cap = explode * torch.clamp(excess.abs() + prob.loss_opt, min=prob.yty)
+    cap = explode * torch.maximum(excess.abs() + prob.loss_opt, torch.as_tensor(prob.yty, dtype=y.dtype, device=dev))
+    stop = torch.as_tensor(stop, dtype=y.dtype, device=dev).expand(B).clone()
     nxt = torch.zeros(B, dtype=torch.int64, device=dev)  # index of the next record time
     # initial step (Hairer, Nørsett & Wanner II.4): h0 = 0.01·‖y‖/‖f‖ in the scaled norm, at most T
     sc = atol + rtol * y.abs()
@@ -120,7 +121,7 @@ def integrate(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem, arch: 
         nonlocal nxt
         due = rows & (t >= next_time() * (1 - 1e-12))
         while bool(due.any()):
-            obs = state.observe(y[due], cb[due], excess[due])
+            obs = state.observe(y, cb, excess, due)
             gi, j = idx[due], nxt[due]
             for k, v in obs.items():
                 traj[k][gi, j] = v.to(torch.float64)
@@ -128,10 +129,10 @@ def integrate(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem, arch: 
             due = due & (t >= next_time() * (1 - 1e-12))
 
     def retire(done: torch.Tensor, frozen: torch.Tensor | None = None):
-        nonlocal y, f, excess, t, h, T, idx, cb, cap, nxt, rec
+        nonlocal y, f, excess, t, h, T, idx, cb, cap, nxt, rec, stop
         gi = idx[done]
         y_out[gi] = y[done]
-        obs = state.observe(y[done], cb[done], excess[done])
+        obs = state.observe(y, cb, excess, done)
         for k, v in obs.items():
             final[k][gi] = v.to(torch.float64)
         t_end[gi] = t[done].to(torch.float64)
@@ -144,8 +145,9 @@ def integrate(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem, arch: 
         for k, v in obs.items():
             traj[k][gi] = torch.where(later & conv[:, None], v.to(torch.float64)[:, None], traj[k][gi])
         keep = ~done
-        y, f, excess, t, h, T, idx, cb, cap, nxt, rec = (
-            x[keep] for x in (y, f, excess, t, h, T, idx, cb, cap, nxt, rec))
+        y, f, excess, t, h, T, idx, cb, cap, nxt, rec, stop = (
+            x[keep] for x in (y, f, excess, t, h, T, idx, cb, cap, nxt, rec, stop))
+        state.prob = state.prob.rows(keep)
 
     take_records(torch.ones_like(t, dtype=torch.bool))
     for _ in range(max_steps):

@@ -1,7 +1,8 @@
 """The grid as data: the study config expanded once into datasets, cells (jobs) and networks.
 
-* a **dataset** is one (experiment, kappa) pair: ``data_id`` is ``paper`` (Gaussian design),
-  ``file`` (a user's .npz) or ``k<κ>``;
+* a **dataset** is one (experiment, kappa, spectrum, w* direction): ``data_id`` is ``paper``
+  (Gaussian design), ``file`` (a user's .npz), ``k<κ>``, or ``k<κ>-<spectrum>-<wstar>`` when the
+  experiment lists several spectra or w* directions;
 * a **cell** is one (experiment, init, depth, width, dataset, part) and one training job; all its
   networks (learning rates × scales × seeds) are trained as one batch. ``split`` > 1 deals a
   cell's networks into parts of equal cost, each its own job;
@@ -27,10 +28,19 @@ def fmt(x: float) -> str:
     return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
 
 
-def data_id(kappa: float | None, *, file: str | None = None) -> str:
+def data_id(kappa: float | None, *, file: str | None = None, shape: tuple[str, str] | None = None) -> str:
+    """Dataset id; ``shape`` = (spectrum, wstar) is spelled out when the experiment varies it."""
     if file is not None:
         return "file"
-    return "paper" if kappa is None else f"k{fmt(kappa)}"
+    if kappa is None:
+        return "paper"
+    return f"k{fmt(kappa)}" if shape is None else f"k{fmt(kappa)}-{shape[0]}-{shape[1]}"
+
+
+def _data_ids(exp: ExperimentConfig) -> list[tuple[str, float | None, str, str]]:
+    several = exp.data.several_shapes()
+    return [(data_id(k, file=exp.data.file, shape=(s, w) if several else None), k, s, w)
+            for k, s, w in exp.data.points()]
 
 
 def derived_seed(*parts) -> int:
@@ -49,6 +59,8 @@ class Cell:
     kappa: float | None
     part: int
     parts: int
+    spectrum: str = "gaussian"
+    wstar: str = "gaussian"
 
     @property
     def group(self) -> str:
@@ -67,13 +79,9 @@ class Cell:
                 "device": cfg.device}
 
 
-def datasets(cfg: StudyConfig) -> list[tuple[str, str, float | None]]:
-    """(experiment, data_id, kappa) for every dataset of the study."""
-    out = []
-    for name, exp in cfg.experiments.items():
-        for k in exp.data.kappas():
-            out.append((name, data_id(k, file=exp.data.file), k))
-    return out
+def datasets(cfg: StudyConfig) -> list[tuple[str, str, float | None, str, str]]:
+    """(experiment, data_id, kappa, spectrum, wstar) for every dataset of the study."""
+    return [(name, *point) for name, exp in cfg.experiments.items() for point in _data_ids(exp)]
 
 
 def cells(cfg: StudyConfig) -> list[Cell]:
@@ -82,10 +90,9 @@ def cells(cfg: StudyConfig) -> list[Cell]:
         for init in exp.inits:
             for depth in exp.depths:
                 for width in exp.widths:
-                    for k in exp.data.kappas():
+                    for data, k, spectrum, wstar in _data_ids(exp):
                         for part in range(exp.split):
-                            out.append(Cell(name, init, depth, width, data_id(k, file=exp.data.file), k, part,
-                                            exp.split))
+                            out.append(Cell(name, init, depth, width, data, k, part, exp.split, spectrum, wstar))
     return out
 
 
@@ -129,3 +136,11 @@ def networks(exp: ExperimentConfig, cell: Cell) -> Networks:
     order = np.lexsort((net.seed_index, net.scale, net.lr, -net.steps))
     mine = np.sort(order[cell.part::cell.parts])
     return Networks(*(getattr(net, f)[mine] for f in ("lr", "scale", "seed_index", "seed", "steps")))
+
+
+def init_scale(exp: ExperimentConfig, init: str, width: int, scale):
+    """The scale s given to init_network for a grid value: ``scale_unit: inv_sqrt_width`` means
+    units of 1/√m for small and gelu inits (entries N(0, s²/m)); residual init is unchanged."""
+    if exp.scale_unit == "inv_sqrt_width" and init in ("small", "gelu"):
+        return np.asarray(scale, dtype=float) / np.sqrt(width)
+    return np.asarray(scale, dtype=float)

@@ -16,7 +16,7 @@ The GELU network needs the data at every step and uses autograd.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -62,6 +62,10 @@ class Problem:
 
     For residual networks of width m > d the inputs are zero-padded to m (the isometry E), so
     sigma is (m, m) with zeros outside the top-left (d, d) block; ``d`` is the unpadded dimension.
+
+    One dataset for the whole batch, or (:meth:`stack`, linear nets) one per network: then sigma is
+    (B, in, in), w_star (B, in) and loss_opt, yty, yty_test are (B,) tensors; every function below
+    takes either form.
     """
 
     arch: str
@@ -69,11 +73,11 @@ class Problem:
     in_dim: int
     sigma: torch.Tensor  # (in_dim, in_dim)
     w_star: torch.Tensor  # (in_dim,)
-    loss_opt: float
-    yty: float
+    loss_opt: float | torch.Tensor
+    yty: float | torch.Tensor
     sigma_test: torch.Tensor  # (in_dim, in_dim)
     xty_test: torch.Tensor  # (in_dim,)
-    yty_test: float
+    yty_test: float | torch.Tensor
     X: torch.Tensor | None  # (n, d), GELU only
     y: torch.Tensor | None
     X_test: torch.Tensor | None
@@ -101,6 +105,42 @@ class Problem:
                    loss_opt=data.loss_opt, yty=data.yty, sigma_test=pad_mat(data.sigma_test),
                    xty_test=pad_vec(data.xty_test), yty_test=data.yty_test, X=arr(data.X), y=arr(data.y),
                    X_test=arr(data.X_test), y_test=arr(data.y_test))
+
+    @classmethod
+    def stack(cls, datasets: list[Dataset], *, arch: str, in_dim: int, dtype, device) -> Problem:
+        """One dataset per network (linear nets): the moments stacked along the batch."""
+        if arch == "gelu":
+            raise ValueError("networks on different datasets are batched for linear nets only, not arch 'gelu'")
+        if len({ds.d for ds in datasets}) != 1:
+            raise ValueError(f"batched datasets must share d, got {sorted({ds.d for ds in datasets})}")
+        dtype, device = resolve_dtype(dtype), resolve_device(device)
+        unique = {id(ds): cls.from_dataset(ds, arch=arch, in_dim=in_dim, dtype=dtype, device=device)
+                  for ds in datasets}
+        each = [unique[id(ds)] for ds in datasets]
+
+        def cat(name):
+            return torch.stack([torch.as_tensor(getattr(p, name), dtype=dtype, device=device) for p in each])
+
+        return cls(arch=arch, d=each[0].d, in_dim=in_dim, sigma=cat("sigma"), w_star=cat("w_star"),
+                   loss_opt=cat("loss_opt"), yty=cat("yty"), sigma_test=cat("sigma_test"),
+                   xty_test=cat("xty_test"), yty_test=cat("yty_test"), X=None, y=None, X_test=None, y_test=None)
+
+    @property
+    def batched(self) -> bool:
+        return self.sigma.ndim == 3
+
+    def rows(self, keep: torch.Tensor) -> Problem:
+        """The problem of the networks selected by ``keep`` (a no-op for a shared dataset)."""
+        if not self.batched:
+            return self
+        pick = {name: getattr(self, name)[keep] for name in ("sigma", "w_star", "loss_opt", "yty", "sigma_test",
+                                                             "xty_test", "yty_test")}
+        return replace(self, **pick)
+
+
+def _vm(v: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """Row vectors times matrices: (B, n) @ (n, n) or, batched, (B, n) @ (B, n, n) -> (B, n)."""
+    return v @ M if M.ndim == 2 else torch.bmm(v[:, None, :], M)[:, 0]
 
 
 def stack_weights(nets: list[Weights], *, dtype, device) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -139,12 +179,12 @@ def regressor(layers: list[torch.Tensor], c: torch.Tensor) -> torch.Tensor:
 def excess_loss(w: torch.Tensor, prob: Problem) -> torch.Tensor:
     """(w − w*)ᵀ Σ (w − w*) = R(w) − R(w*) for w of shape (B, in_dim); accurate near the optimum."""
     e = w - prob.w_star
-    return ((e @ prob.sigma) * e).sum(-1)
+    return (_vm(e, prob.sigma) * e).sum(-1)
 
 
 def test_loss(w: torch.Tensor, prob: Problem) -> torch.Tensor:
     """R_test(w) = wᵀ Σ_test w − 2 wᵀ X_testᵀy_test/n_test + y_testᵀy_test/n_test, shape (B,)."""
-    return ((w @ prob.sigma_test) * w).sum(-1) - 2 * (w @ prob.xty_test) + prob.yty_test
+    return (_vm(w, prob.sigma_test) * w).sum(-1) - 2 * (w * prob.xty_test).sum(-1) + prob.yty_test
 
 
 def distance(w: torch.Tensor, prob: Problem) -> torch.Tensor:
@@ -216,7 +256,7 @@ def linear_state(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem):
     rows = suffix_rows(layers, c)
     w = rows[0][:, 0, :]
     e = w - prob.w_star
-    g = 2 * (e @ prob.sigma)
+    g = 2 * _vm(e, prob.sigma)
     excess = 0.5 * (g * e).sum(-1)
     return rows, w, g, excess
 

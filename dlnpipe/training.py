@@ -99,7 +99,7 @@ def _per_network(name, value, B, *, kind=float) -> np.ndarray:
     return np.broadcast_to(arr, (B,)).copy()
 
 
-def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, seed, steps,
+def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int, lr, scale, seed, steps,
           dtype="float64", device="cpu", record_every: int | None = None, record_steps=None,
           record_sharpness: bool = False, rtol: float = 1e-6, atol: float = 1e-7,
           explode: float = 1e6, p_seed: int = 0, log_every_s: float = 10.0,
@@ -123,9 +123,21 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
 
     Networks are trained in batches of at most ``max_batch`` (default: as many as fit in half the
     free memory of a CUDA device, 4 GB on CPU); each network's result does not depend on its batch.
+
+    ``dataset`` is one Dataset for all networks or, for linear nets, a sequence with one Dataset per
+    network (same d): networks on different datasets then train in one batch.
     """
+    per_data = None if isinstance(dataset, Dataset) else list(dataset)
+    if per_data is not None:
+        if not per_data or not all(isinstance(x, Dataset) for x in per_data):
+            raise ValueError("dataset must be a Dataset or a non-empty sequence of Datasets (one per network)")
+        dataset = per_data[0]
+        if all(x is dataset for x in per_data):
+            per_data = None
     arch, depth, width, d = check_network_args(arch, depth, width, dataset.d)
-    B = max(np.size(lr), np.size(scale), np.size(seed), np.size(steps))
+    B = max(np.size(lr), np.size(scale), np.size(seed), np.size(steps), len(per_data or ()))
+    if per_data is not None and len(per_data) != B:
+        raise ValueError(f"dataset must have one entry per network ({B}), got {len(per_data)}")
     lr = _per_network("lr", lr, B)
     scale = _per_network("scale", scale, B)
     seed = _per_network("seed", seed, B, kind=np.int64)
@@ -164,21 +176,28 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
                       exit_fixed=exit_fixed, max_batch=max_batch, optimizer=optimizer, flow_rtol=flow_rtol,
                       flow_atol=flow_atol)
         log.info("train %s L=%d m=%d: %d networks in batches of %d (device memory)", arch, depth, width, B, max_batch)
-        parts = [train(dataset, lr=lr[s], scale=scale[s], seed=seed[s], steps=steps[s], **kwargs)
+        parts = [train(dataset if per_data is None else per_data[s], lr=lr[s], scale=scale[s], seed=seed[s],
+                       steps=steps[s], **kwargs)
                  for s in (slice(i, i + max_batch) for i in range(0, B, max_batch))]
         return _concatenate(parts)
     t0 = time.monotonic()
     nets = [init_network(arch, depth=depth, width=width, d=d, scale=scale[i], seed=int(seed[i]),
                          p_seed=p_seed) for i in range(B)]
     in_dim = nets[0].layers[0].shape[1]
-    prob = Problem.from_dataset(dataset, arch=arch, in_dim=in_dim, dtype=tdtype, device=dev)
+    if per_data is None:
+        prob = Problem.from_dataset(dataset, arch=arch, in_dim=in_dim, dtype=tdtype, device=dev)
+    else:
+        prob = Problem.stack(per_data, arch=arch, in_dim=in_dim, dtype=tdtype, device=dev)
+    data_of = per_data or [dataset] * B
+    loss_opt = np.array([x.loss_opt for x in data_of])
+    threshold = rtol * loss_opt + atol * np.array([x.yty for x in data_of])  # converged: R − R* ≤ threshold
     layers, c = stack_weights(nets, dtype=tdtype, device=dev)
 
     if optimizer == "flow":
-        return _train_flow(dataset, nets, layers, c, prob, arch=arch, depth=depth, width=width, d=d, lr=lr,
-                           scale=scale, seed=seed, steps=steps, record_steps=record_steps, rtol=rtol, atol=atol,
-                           flow_rtol=flow_rtol, flow_atol=flow_atol, explode=explode, tdtype=tdtype, dev=dev,
-                           t0=t0)
+        return _train_flow(nets, layers, c, prob, arch=arch, depth=depth, width=width, d=d, lr=lr,
+                           scale=scale, seed=seed, steps=steps, record_steps=record_steps, loss_opt=loss_opt,
+                           threshold=threshold, flow_rtol=flow_rtol, flow_atol=flow_atol, explode=explode,
+                           tdtype=tdtype, dev=dev, t0=t0)
 
     nT = record_steps.size
     traj = {key: torch.full((B, nT), float("nan"), dtype=torch.float64, device=dev)
@@ -218,9 +237,11 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
             rows = np.flatnonzero(due.cpu().numpy())
             if rows.size:
                 glob = idx.cpu().numpy()[rows]
-                s = sharpness(dataset, _snapshot(layers, c, arch, rows), method="lanczos",
-                              tol=sharpness_tol, device=dev, seeds=seed[glob])
-                traj_sharp[glob, j] = s.values
+                snaps = _snapshot(layers, c, arch, rows)
+                for group in _by_dataset(data_of, glob):
+                    s = sharpness(data_of[glob[group[0]]], [snaps[i] for i in group], method="lanczos",
+                                  tol=sharpness_tol, device=dev, seeds=seed[glob[group]])
+                    traj_sharp[glob[group], j] = s.values
 
     def retire(done, w, value, t: int, fixed=None):
         """Copy out the networks in ``done`` (state t); ``fixed`` ones keep their state to the end."""
@@ -242,8 +263,9 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
                 traj[key][gf] = torch.where(later, v[fixed].to(torch.float64)[:, None], traj[key][gf])
 
     def compact(keep, update):
-        nonlocal layers, c, eta, my_steps, alive, idx, cap, alive_steps
+        nonlocal layers, c, eta, my_steps, alive, idx, cap, alive_steps, prob
         layers = [W[keep].contiguous() for W in layers]
+        prob = prob.rows(keep)
         c, eta, my_steps, alive, idx, cap, alive_steps = (
             x[keep] for x in (c, eta, my_steps, alive, idx, cap, alive_steps))
         if update is None:
@@ -253,7 +275,7 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
     for t in range(T_max + 1):
         update, w, value = state()
         if cap is None:
-            cap = explode * torch.clamp(value.abs(), min=prob.yty)
+            cap = explode * torch.maximum(value.abs(), torch.as_tensor(prob.yty, dtype=value.dtype, device=dev))
         alive &= value <= cap  # False for NaN and inf too: the network is frozen at this point
         if t in record_index:
             record(record_index[t], w, value, t)
@@ -300,7 +322,7 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
     status = np.full(B, FAILED, dtype=np.int8)
     div = diverged_at.cpu().numpy()
     lt = final["loss_train"].cpu().numpy()
-    converged = (lt - dataset.loss_opt) <= rtol * dataset.loss_opt + atol * dataset.yty
+    converged = (lt - loss_opt) <= threshold
     status[converged] = CONVERGED
     status[div >= 0] = DIVERGED
     traj_np = {key: v.cpu().numpy() for key, v in traj.items()}
@@ -315,21 +337,21 @@ def train(dataset: Dataset, *, arch: str, depth: int, width: int, lr, scale, see
         dtype=str(tdtype).removeprefix("torch."), device=str(dev), seconds=time.monotonic() - t0)
 
 
-def _train_flow(dataset, nets, layers, c, prob, *, arch, depth, width, d, lr, scale, seed, steps, record_steps,
-                rtol, atol, flow_rtol, flow_atol, explode, tdtype, dev, t0):
+def _train_flow(nets, layers, c, prob, *, arch, depth, width, d, lr, scale, seed, steps, record_steps,
+                loss_opt, threshold, flow_rtol, flow_atol, explode, tdtype, dev, t0):
     """train(optimizer="flow"): gradient flow to times lr·steps, sampled at lr·record_steps."""
     from dlnpipe.flow import integrate
 
     B = len(lr)
     # stop a network once R − R* is 1e-4 of the convergence threshold: the flow has converged
-    stop = 1e-4 * (rtol * dataset.loss_opt + atol * dataset.yty)
+    stop = 1e-4 * threshold
     out = integrate(layers, c, prob, arch, horizon=lr * steps, record_times=lr[:, None] * record_steps[None, :],
                     rtol=flow_rtol, atol=flow_atol, stop=stop, explode=explode)
     final = {k: v.cpu().numpy() for k, v in out["final"].items()}
     div_t = out["diverged_at"].cpu().numpy()
     diverged = np.isfinite(div_t)
     status = np.full(B, FAILED, dtype=np.int8)
-    converged = (final["loss_train"] - dataset.loss_opt) <= rtol * dataset.loss_opt + atol * dataset.yty
+    converged = (final["loss_train"] - loss_opt) <= threshold
     status[converged] = CONVERGED
     status[diverged] = DIVERGED
     out_layers = unflatten(out["y"], layers)
@@ -369,6 +391,14 @@ def _concatenate(parts: list[TrainResult]) -> TrainResult:
         traj_sharpness=None if first.traj_sharpness is None else cat("traj_sharpness"),
         record_steps=first.record_steps, dtype=first.dtype, device=first.device,
         seconds=sum(r.seconds for r in parts), **fields)
+
+
+def _by_dataset(data_of: list[Dataset], glob: np.ndarray) -> list[np.ndarray]:
+    """Positions in ``glob`` grouped by the dataset of their network."""
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(glob):
+        groups.setdefault(id(data_of[g]), []).append(i)
+    return [np.array(v) for v in groups.values()]
 
 
 def _snapshot(layers, c, arch: str, rows: np.ndarray) -> list[Weights]:

@@ -108,3 +108,28 @@ def test_batch_size_follows_memory_budget(paper_data, monkeypatch, caplog):
     assert "5 networks in batches of 2" in caplog.text and len(res) == 5
     for Wa, Wb in zip(res.layers, dlnpipe.train(paper_data, max_batch=5, **kw).layers):
         np.testing.assert_allclose(Wa, Wb, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "flow"])
+@pytest.mark.parametrize("arch", ["small", "residual"])
+def test_networks_on_different_datasets_train_in_one_batch(arch, optimizer):
+    """One batch over several datasets (per-network Σ, w*, R*) gives each network's own-dataset result."""
+    sets = [dlnpipe.make_dataset(20, 4, noise=0.3, seed=1, kappa=k, spectrum=sp, wstar=ws)
+            for k, sp, ws in ((1.0, "geometric", "random"), (10.0, "linear", "top"), (100.0, "geometric", "bottom"))]
+    which = [0, 1, 2, 1, 0, 2]
+    kw = dict(arch=arch, depth=3, width=5, lr=[0.02, 0.03, 0.01, 0.02, 0.03, 0.01], scale=0.4,
+              seed=[1, 2, 3, 4, 5, 6], steps=[400, 300, 400, 200, 100, 400], record_every=50, optimizer=optimizer)
+    batch = dlnpipe.train([sets[i] for i in which], **kw)
+    for j, i in enumerate(which):
+        one = dlnpipe.train(sets[i], **{**kw, "lr": kw["lr"][j], "seed": kw["seed"][j], "steps": kw["steps"][j]},
+                            record_steps=batch.record_steps)
+        for Wb, Wo in zip(batch.layers, one.layers):
+            np.testing.assert_allclose(Wb[j], Wo[0], rtol=1e-10, atol=1e-12)
+        for key in ("loss_train", "loss_test", "distance"):
+            np.testing.assert_allclose(getattr(batch, key)[j], getattr(one, key)[0], rtol=1e-10)
+        np.testing.assert_allclose(batch.traj_loss_test[j], one.traj_loss_test[0], rtol=1e-10)
+        assert batch.status[j] == one.status[0]
+    with pytest.raises(ValueError, match="one entry per network"):
+        dlnpipe.train(sets[:2], **{**kw, "lr": 0.01, "seed": [1, 2, 3], "steps": 10})
+    with pytest.raises(ValueError, match="linear nets only"):
+        dlnpipe.train(sets[:2], **{**kw, "arch": "gelu", "lr": 0.01, "seed": [1, 2], "steps": 10})

@@ -1,14 +1,18 @@
 """Stage compare_bounds: each network against the theory (PAPER.md §3, §5), as tables.
 
-Per experiment, one row per (init, depth, width, kappa, lr): counts of converged / failed /
+Per experiment, one row per (init, depth, width, kappa, spectrum, wstar, lr): counts of converged / failed /
 diverged networks, the bounds (S_min, 8LΛ‖w*‖^{2−2/L}, η_c, 2/η), the final sharpness's median
 and extremes, and for each claim of PAPER.md §5 how many networks it was checked on and how many
-violate it. A second table sums the claims over the experiment (``holds`` / ``fails``).
+violate it. A second table sums the claims over the experiment (``holds`` / ``fails``). A third,
+the empirical constant, gives per (init, kappa, spectrum, wstar) the largest S/S_min over depth,
+width, scale and seeds of converged networks, next to 4Λ/a (the small-init bound of PAPER.md §3.3):
+C(κ) of the claim "S ≤ C(κ)·S_min, independent of depth and width".
 
 Claims (numbering of PAPER.md §5); 1, 2, 3b and 4 are linear theory and are not checked on GELU nets:
 1. converged ⇒ S ≥ S_min (relative tolerance ``tol``);
 2. small init, η ≤ η_c/4, converged ⇒ S ≤ 8LΛ‖w*‖^{2−2/L} (linear nets only);
-3a. converged ⇒ S ≤ 2/η·(1 + ``eos_overshoot``); 3b. η > η_c ⇒ not converged;
+3a. converged ⇒ S ≤ 2/η·(1 + ``eos_overshoot``); 3b. η > η_c ⇒ not converged (GD only: with
+    ``optimizer: flow`` there is no step size and 3a, 3b do not apply);
 4. converged ⇒ Lanczos sharpness = exact formula (relative tolerance ``exact_rtol``; linear nets);
 6. underdetermined (n < d): log(test − train loss) against log S has a positive slope (η = the
    smallest learning rate; one-sided p-value of the regression).
@@ -16,6 +20,7 @@ Claims (numbering of PAPER.md §5); 1, 2, 3b and 4 are linear theory and are not
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +29,7 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from dlnpipe.stages.cube import open_cube
+from dlnpipe.stages.cube import DATA_DIMS, open_cube
 
 TOL = 1e-6
 EOS_OVERSHOOT = 0.1
@@ -61,7 +66,12 @@ def frame(ds: xr.Dataset) -> pd.DataFrame:
     df = ds[cols].to_dataframe().reset_index()
     df = df[df.status >= 0]
     theory = ds[["s_min", "s_upper", "eta_c"]].to_dataframe().reset_index()
-    return df.merge(theory, on=["depth", "kappa"], how="left")
+    data = ds[["a", "lam_max"]].to_dataframe().reset_index()
+    return df.merge(theory, on=["depth", *DATA_DIMS], how="left").merge(data, on=list(DATA_DIMS), how="left")
+
+
+def is_flow(ds: xr.Dataset) -> bool:
+    return json.loads(ds.attrs.get("config", "{}")).get("optimizer", "gd") == "flow"
 
 
 def checks(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=EXACT_RTOL) -> pd.DataFrame:
@@ -74,9 +84,10 @@ def checks(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=E
     small_lr = df.lr <= df.eta_c / 4
     df["c2_checked"] = conv & (df["init"] == "small") & small_lr
     df["c2_fail"] = df.c2_checked & (df.sharpness > df.s_upper * (1 + tol))
-    df["c3a_checked"] = conv
-    df["c3a_fail"] = conv & (df.sharpness > 2 / df.lr * (1 + eos_overshoot))
-    df["c3b_checked"] = (df.lr > df.eta_c) & linear
+    gd = not is_flow(ds)
+    df["c3a_checked"] = conv & gd
+    df["c3a_fail"] = df.c3a_checked & (df.sharpness > 2 / df.lr * (1 + eos_overshoot))
+    df["c3b_checked"] = (df.lr > df.eta_c) & linear & gd
     df["c3b_fail"] = df.c3b_checked & conv
     df["c4_checked"] = conv & linear & df.sharpness_exact.notna()
     df["c4_fail"] = df.c4_checked & ((df.sharpness - df.sharpness_exact).abs() > exact_rtol * df.sharpness_exact)
@@ -84,10 +95,10 @@ def checks(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=E
 
 
 def table(ds: xr.Dataset, **tolerances) -> pd.DataFrame:
-    """Per (init, depth, width, kappa, lr): counts, bounds, sharpness ratios and claim checks."""
+    """Per (init, depth, width, kappa, spectrum, wstar, lr): counts, bounds, sharpness ratios, claim checks."""
     df = checks(ds, **tolerances)
     conv = df.status == 0
-    keys = ["init", "depth", "width", "kappa", "lr"]
+    keys = ["init", "depth", "width", *DATA_DIMS, "lr"]
     g = df.groupby(keys, sort=True)
     out = g.agg(networks=("status", "size"), converged=("status", lambda s: int((s == 0).sum())),
                 failed=("status", lambda s: int((s == 1).sum())), diverged=("status", lambda s: int((s == 2).sum())),
@@ -113,6 +124,38 @@ CLAIMS = {
 }
 
 
+def constant(ds: xr.Dataset) -> pd.DataFrame:
+    """The empirical C(κ): per (init, kappa, spectrum, wstar), the largest S/S_min of converged linear
+    networks over depth, width, scale, η and seeds, where it occurs, and 4Λ/a beside it. Also the
+    largest ratio at the smallest scale, the spread of the per-depth and per-width maxima
+    (flat in depth and width if the theory holds), and the networks that did not converge."""
+    df = frame(ds)
+    df = df[df["init"] != "gelu"]
+    if df.empty:
+        return pd.DataFrame()
+    df["ratio"] = df.sharpness / df.s_min
+    keys = ["init", *DATA_DIMS]
+    rows = []
+    for key, g in df.groupby(keys, sort=True):
+        conv = g[g.status == 0]
+        row = dict(zip(keys, key))
+        row.update(networks=len(g), converged=len(conv), failed=int((g.status == 1).sum()),
+                   diverged=int((g.status == 2).sum()), four_lam_over_a=float(4 * g.lam_max.iloc[0] / g.a.iloc[0]))
+        if len(conv):
+            top = conv.loc[conv.ratio.idxmax()]
+            smallest = conv[conv.scale == conv.scale.min()]
+            per_depth = conv.groupby("depth").ratio.max()
+            per_width = conv.groupby("width").ratio.max()
+            row.update(C=float(top.ratio), at_depth=int(top.depth), at_width=int(top.width), at_scale=float(top.scale),
+                       C_smallest_scale=float(smallest.ratio.max()), smallest_scale=float(smallest.scale.iloc[0]),
+                       median_ratio=float(conv.ratio.median()),
+                       depth_spread=float(per_depth.max() / per_depth.min()),
+                       width_spread=float(per_width.max() / per_width.min()))
+            row["C_over_bound"] = row["C"] / row["four_lam_over_a"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def claims(tab: pd.DataFrame, ds: xr.Dataset) -> pd.DataFrame:
     rows = []
     per_net = checks(ds)
@@ -136,14 +179,24 @@ def claims(tab: pd.DataFrame, ds: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(cube_path: str | Path, experiment: str, csv: str | Path, md: str | Path) -> pd.DataFrame:
+def run(cube_path: str | Path, experiment: str, csv: str | Path, md: str | Path,
+        constant_csv: str | Path | None = None) -> pd.DataFrame:
     ds = open_cube(cube_path)[experiment].to_dataset()
     tab = table(ds)
     cl = claims(tab, ds)
+    const = constant(ds)
     Path(csv).parent.mkdir(parents=True, exist_ok=True)
     tab.to_csv(csv, index=False, float_format="%.6g")
+    if constant_csv is not None:
+        const.to_csv(constant_csv, index=False, float_format="%.6g")
     with open(md, "w") as f:
         f.write(f"# Bounds check: {experiment}\n\n{ds.attrs.get('description', '')}\n\n## Claims (PAPER.md §5)\n\n")
-        f.write(cl.to_markdown(index=False) + "\n\n## Per grid point\n\n")
+        f.write(cl.to_markdown(index=False) + "\n\n")
+        if not const.empty:
+            f.write("## Empirical constant C = max S/S_min over depth, width, scale (converged networks)\n\n"
+                    "`four_lam_over_a` = 4Λ/a, the small-init bound on S/S_min; `depth_spread`, `width_spread`: "
+                    "largest over smallest of the per-depth (per-width) maxima (1 = flat).\n\n")
+            f.write(const.to_markdown(index=False, floatfmt=".4g") + "\n\n")
+        f.write("## Per grid point\n\n")
         f.write(tab.to_markdown(index=False, floatfmt=".4g") + "\n")
     return cl

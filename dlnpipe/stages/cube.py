@@ -1,7 +1,7 @@
 """Stage gather_cube: the per-cell files of the study become one labelled store, ``results/cube.zarr``.
 
 An xarray DataTree with one group per experiment. Each group is a Dataset whose dimension
-coordinates are the grid axes ``init, depth, width, kappa, lr, scale, seed`` (plus ``step`` for
+coordinates are the grid axes ``init, depth, width, kappa, spectrum, wstar, lr, scale, seed`` (plus ``step`` for
 trajectories, ``eig`` for the top-k eigenvalues and ``layer`` for per-layer diagnostics). Ragged
 axes (80 seeds for one η, 20 for the others) are NaN-padded; ``valid`` marks real networks and
 ``status`` is -1 there. Units and long names are in each variable's attrs; the resolved config,
@@ -30,7 +30,8 @@ from dlnpipe.theory import bounds
 
 log = logging.getLogger(__name__)
 
-GRID_DIMS = ("init", "depth", "width", "kappa", "lr", "scale", "seed")
+GRID_DIMS = ("init", "depth", "width", "kappa", "spectrum", "wstar", "lr", "scale", "seed")
+DATA_DIMS = ("kappa", "spectrum", "wstar")  # one dataset per combination
 # Integer variables keep their dtype on the padded grid: -1 marks "no network here", NaN elsewhere.
 INT_FILL = {"status": -1, "diverged_step": -1, "steps": -1, "seed_value": -1}
 
@@ -71,6 +72,8 @@ COORD_ATTRS = {
     "depth": "number of trained layers L",
     "width": "hidden width m",
     "kappa": "condition number of Sigma (prescribed, or the achieved value for the paper's design)",
+    "spectrum": "shape of Sigma's eigenvalue profile (gaussian: the paper's Gaussian design; file: user data)",
+    "wstar": "direction of w* relative to Sigma's eigenvectors (top, bottom, random; gaussian / file: not set)",
     "lr": "learning rate eta",
     "scale": "initialisation scale s",
     "seed": "seed index within the grid point",
@@ -133,11 +136,12 @@ def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
         for v, (_, _, t, _) in zip(per_cell, cells):
             v.setdefault("traj_sharpness", np.full((len(t["lr"]), steps.size), np.nan))
         names = list(dict.fromkeys(names + ["traj_sharpness"]))
-    columns = [[], [], [], [], [], [], []]
+    columns = [[] for _ in GRID_DIMS]
     for cell, kappa, train, _ in cells:
         B = len(train["lr"])
         for col, values in zip(columns, ([cell.init] * B, [cell.depth] * B, [cell.width] * B, [kappa] * B,
-                                         train["lr"], train["scale"], train["seed_index"])):
+                                         [cell.spectrum] * B, [cell.wstar] * B, train["lr"], train["scale"],
+                                         train["seed_index"])):
             col.extend(values)
     index = pd.MultiIndex.from_arrays(columns, names=GRID_DIMS)
     extra_dims = {"sharpness_topk": "eig", "sharpness_residual": "eig", "sv_ratio": "layer", "alignment": "layer"}
@@ -170,23 +174,20 @@ def experiment_dataset(cfg: StudyConfig, name: str, cells: list[tuple[Cell, Path
                           "flag_meanings": " ".join(STATUS_MEANINGS),
                           "comment": "-1: no network at this grid point (ragged seed axis)"}
 
-    kappas = [kappa_of(key) for key in data_paths]
-    depths = list(exp.depths)
-    per_k = {v: [] for v in ("a", "lam_max", "lam_min", "kappa_achieved", "loss_opt")}
-    per_dk = {v: np.full((len(depths), len(kappas)), np.nan) for v in ("s_min", "s_upper", "s_balanced", "eta_c")}
-    for j, key in enumerate(data_paths):
-        d = datasets[key]
-        for v, x in (("a", d.a), ("lam_max", d.lam_max), ("lam_min", d.lam_min), ("kappa_achieved", d.kappa),
-                     ("loss_opt", d.loss_opt)):
-            per_k[v].append(x)
-        for i, L in enumerate(depths):
+    # theory constants: per dataset (kappa, spectrum, wstar), the bounds also per depth
+    shape = {c.data: (c.spectrum, c.wstar) for c, _, _ in cells}
+    per_data, per_depth = [], []
+    for key, d in datasets.items():
+        coords = {"kappa": kappa_of(key), "spectrum": shape[key][0], "wstar": shape[key][1]}
+        per_data.append({**coords, "a": d.a, "lam_max": d.lam_max, "lam_min": d.lam_min, "kappa_achieved": d.kappa,
+                         "loss_opt": d.loss_opt})
+        for L in exp.depths:
             b = bounds(d, L)
-            for v in per_dk:
-                per_dk[v][i, j] = getattr(b, v)
-    theory = xr.Dataset({**{v: (("kappa",), np.array(x)) for v, x in per_k.items()},
-                         **{v: (("depth", "kappa"), x) for v, x in per_dk.items()}},
-                        coords={"kappa": kappas, "depth": depths})
-    ds = ds.merge(theory.sortby("kappa"), join="left")
+            per_depth.append({**coords, "depth": L, **{v: getattr(b, v) for v in ("s_min", "s_upper", "s_balanced",
+                                                                                   "eta_c")}})
+    theory = xr.merge([pd.DataFrame(per_data).set_index(list(DATA_DIMS)).to_xarray(),
+                       pd.DataFrame(per_depth).set_index(["depth", *DATA_DIMS]).to_xarray()])
+    ds = ds.merge(theory, join="left")
     for var, (long_name, units) in ATTRS.items():
         if var in ds:
             ds[var].attrs.update({"long_name": long_name, "units": units})

@@ -1,4 +1,5 @@
-"""Stage make_dataset: one dataset per (experiment, kappa), written once and read by every cell."""
+"""Stage make_dataset: one dataset per (experiment, kappa, spectrum, w* direction), written once and
+read by every cell."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ from dlnpipe.io import load_npz, save_npz
 log = logging.getLogger(__name__)
 
 
-def build(data: DataConfig, kappa: float | None) -> Dataset:
+def build(data: DataConfig, kappa: float | None, spectrum: str | None = None, wstar: str | None = None) -> Dataset:
+    """The dataset; ``spectrum`` and ``wstar`` pick one value when the config lists several."""
     if data.file is not None:
         return load_dataset(data.file)
-    return make_dataset(data.n, data.d, noise=data.noise, seed=data.seed, kappa=kappa, spectrum=data.spectrum,
-                        wstar=data.wstar)
+    first = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731
+    return make_dataset(data.n, data.d, noise=data.noise, seed=data.seed, kappa=kappa,
+                        spectrum=spectrum if kappa is not None and spectrum else first(data.spectrum),
+                        wstar=wstar if kappa is not None and wstar else first(data.wstar))
 
 
-def run(data: DataConfig, kappa: float | None, out: str | Path, *, experiment: str = "",
-        data_id: str = "") -> Dataset:
-    ds = build(data, kappa)
+def run(data: DataConfig, kappa: float | None, out: str | Path, *, spectrum: str | None = None,
+        wstar: str | None = None, experiment: str = "", data_id: str = "") -> Dataset:
+    ds = build(data, kappa, spectrum, wstar)
     meta = {**ds.meta, "experiment": experiment, "data_id": data_id, "kappa": ds.kappa, "a": ds.a,
             "lam_max": ds.lam_max, "lam_min": ds.lam_min, "loss_opt": ds.loss_opt}
     save_npz(out, meta=meta, X=ds.X, y=ds.y, X_test=ds.X_test, y_test=ds.y_test)

@@ -11,6 +11,7 @@ import numpy as np
 from dlnpipe.config import ExperimentConfig
 from dlnpipe.curvature import sharpness
 from dlnpipe.diagnostics import structure
+from dlnpipe.grid import init_scale
 from dlnpipe.io import load_npz, save_npz
 from dlnpipe.networks import Weights, init_network
 from dlnpipe.stages.make_data import read
@@ -48,7 +49,7 @@ def run(spec: dict, data_path: str | Path, train_path: str | Path, out: str | Pa
     if conv.size and arch != "gelu":
         exact[conv] = sharpness(ds, [nets[i] for i in conv], method="exact").values
     init = [init_network(arch, depth=depth, width=width, d=ds.d, scale=s, seed=int(sd))
-            for s, sd in zip(arrays["scale"], seeds)]
+            for s, sd in zip(init_scale(exp, arch, width, arrays["scale"]), seeds)]
     s_init = sharpness(ds, init, method="lanczos", seeds=seeds, device=device).values
     st = structure(nets, w_star=ds.w_star)
     log.info("cell %s: sharpness of %d networks, median %.4g; init median %.4g", cell, keep.size,

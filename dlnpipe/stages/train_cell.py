@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dlnpipe.config import ExperimentConfig
-from dlnpipe.grid import Cell, networks
+from dlnpipe.grid import Cell, init_scale, networks
 from dlnpipe.io import save_npz
 from dlnpipe.stages.make_data import read
 from dlnpipe.training import train
@@ -24,9 +24,11 @@ def run(spec: dict, data_path: str | Path, out: str | Path, *, device: str | Non
     device = device or spec.get("device", "auto")
     log.info("cell %s/%s: %d networks, up to %d steps, %s on %s", cell.experiment, cell.id, len(net),
              int(net.steps.max()), exp.dtype, device)
-    res = train(ds, arch=cell.init, depth=cell.depth, width=cell.width, lr=net.lr, scale=net.scale, seed=net.seed,
-                steps=net.steps, dtype=exp.dtype, device=device, record_every=exp.record_every,
-                record_sharpness=exp.record_sharpness, rtol=exp.rtol, atol=exp.atol)
+    res = train(ds, arch=cell.init, depth=cell.depth, width=cell.width, lr=net.lr,
+                scale=init_scale(exp, cell.init, cell.width, net.scale), seed=net.seed, steps=net.steps,
+                dtype=exp.dtype, device=device, record_every=exp.record_every,
+                record_sharpness=exp.record_sharpness, rtol=exp.rtol, atol=exp.atol, optimizer=exp.optimizer,
+                flow_rtol=exp.flow_rtol, flow_atol=exp.flow_atol)
     counts = np.bincount(res.status, minlength=3)
     log.info("cell %s/%s done in %.1f s: %d converged, %d failed, %d diverged", cell.experiment, cell.id,
              res.seconds, *counts)

@@ -12,10 +12,11 @@ rule compare_bounds:
             labels={"experiment": "{exp}"},
         ),
         md="results/bounds/{exp}.md",
+        constant="results/bounds/{exp}_constant.csv",
     log:
         "logs/compare_bounds/{exp}.log",
     conda:
         ENV
     shell:
         "python -m dlnpipe bounds --cube $(dirname {input.cube}) --experiment {wildcards.exp}"
-        " --csv {output.csv} --md {output.md} 2> {log}"
+        " --csv {output.csv} --md {output.md} --constant {output.constant} 2> {log}"

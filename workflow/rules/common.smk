@@ -23,7 +23,7 @@ for _cell in CELLS.values():
     GROUPS.setdefault((_cell.experiment, _cell.group), []).append(_cell)
 TRACKING_URI = tracking_uri(STUDY.mlflow.tracking_uri, "results")
 MLFLOW_NAMES = {e: STUDY.mlflow.experiment_prefix + e for e in STUDY.experiments}
-DATASETS = {(exp, data): kappa for exp, data, kappa in grid_datasets(STUDY)}
+DATASETS = {(exp, data): (kappa, spectrum, wstar) for exp, data, kappa, spectrum, wstar in grid_datasets(STUDY)}
 FIGURES = [(exp, fig) for exp, e in STUDY.experiments.items() for fig in e.figures]
 ENV = "../../envs/dlnpipe.yaml"
 
@@ -40,7 +40,9 @@ def data_spec(wildcards):
     exp = STUDY.experiments[wildcards.exp]
     spec = {
         "data": exp.data.model_dump(mode="json"),
-        "kappa": DATASETS[(wildcards.exp, wildcards.data)],
+        "kappa": DATASETS[(wildcards.exp, wildcards.data)][0],
+        "spectrum": DATASETS[(wildcards.exp, wildcards.data)][1],
+        "wstar": DATASETS[(wildcards.exp, wildcards.data)][2],
         "experiment": wildcards.exp,
         "data_id": wildcards.data,
     }
