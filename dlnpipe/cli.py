@@ -135,13 +135,15 @@ def cmd_track_init(args):
 def cmd_track(args):
     from dlnpipe.io import git_revision, load_npz
     from dlnpipe.stages import track
-    from dlnpipe.stages.make_data import read
+    from dlnpipe.stages.make_data import read_many
     from dlnpipe.theory import bounds
 
     _, meta = load_npz(args.train[0])
-    b = bounds(read(args.data), meta["spec"]["cell"]["depth"])
-    track.log_cell(args.uri, args.name, args.cell, args.train, args.measure, s_min=b.s_min, s_upper=b.s_upper,
-                   eta_c=b.eta_c, cube=str(Path(args.cube).resolve()), git_revision=git_revision(), out=args.out)
+    depth = meta["spec"]["cell"]["depth"]
+    sets = read_many(args.data)
+    theory = {key: bounds(ds, depth) for key, ds in sets.items()}
+    track.log_cell(args.uri, args.name, args.cell, args.train, args.measure, theory=theory, datasets=sets,
+                   cube=str(Path(args.cube).resolve()), git_revision=git_revision(), out=args.out)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -170,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="a study config, with --experiment and --cell (by hand)")
         p.add_argument("--experiment")
         p.add_argument("--cell")
-        p.add_argument("--data", required=True)
+        p.add_argument("--data", nargs="+", required=True, help="the cell's dataset file(s)")
         for e in extra:
             p.add_argument(e, required=True)
         p.add_argument("--out", required=True)
@@ -189,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--uri", required=True, help="tracking URI (relative sqlite paths are made absolute)")
     p.add_argument("--name", required=True, help="MLflow experiment name (created by track-init)")
     p.add_argument("--cell", required=True, help="cell id without part index")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", nargs="+", required=True, help="the cell's dataset file(s)")
     p.add_argument("--train", nargs="+", required=True)
     p.add_argument("--measure", nargs="+", required=True)
     p.add_argument("--cube", required=True, help="where the cube is (a tag)")

@@ -154,6 +154,10 @@ class ExperimentConfig(Strict):
                                              "float32 floor of R − R* is about 1e-8; networks oscillating at "
                                              "the edge of stability sit at 1e-6 to 1e-3)")
     atol: Positive = Field(1e-7, description="absolute part of the convergence test, relative to yᵀy/n")
+    batch_datasets: bool = Field(
+        False, description="one job per (init, depth, width) trains the networks of all the experiment's datasets "
+                           "(kappa × spectrum × wstar) in one batch; linear inits only, GELU cells stay one per "
+                           "dataset. Makes dataset sweeps cheap (fewer, larger jobs)")
     split: int = Field(1, ge=1, description="jobs per cell: the cell's networks are dealt into this many "
                                             "parts of equal cost (parallelism for long cells)")
     figures: list[Literal["fig1a", "fig1b", "fig3", "trajectories", "fig2", "fig6a", "fig6b"]] = Field(

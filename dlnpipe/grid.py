@@ -5,7 +5,9 @@
   experiment lists several spectra or w* directions;
 * a **cell** is one (experiment, init, depth, width, dataset, part) and one training job; all its
   networks (learning rates × scales × seeds) are trained as one batch. ``split`` > 1 deals a
-  cell's networks into parts of equal cost, each its own job;
+  cell's networks into parts of equal cost, each its own job. With ``batch_datasets`` a linear
+  cell holds every dataset of the experiment (data id ``all``): κ / spectrum / w* sweeps then cost
+  one job per (init, depth, width) instead of one per dataset;
 * a **network** is one (lr, scale, seed index) inside a cell. Its seed is a hash of every
   coordinate, so adding a grid point never changes another network's result.
 
@@ -37,7 +39,8 @@ def data_id(kappa: float | None, *, file: str | None = None, shape: tuple[str, s
     return f"k{fmt(kappa)}" if shape is None else f"k{fmt(kappa)}-{shape[0]}-{shape[1]}"
 
 
-def _data_ids(exp: ExperimentConfig) -> list[tuple[str, float | None, str, str]]:
+def data_points(exp: ExperimentConfig) -> list[tuple[str, float | None, str, str]]:
+    """(data_id, kappa, spectrum, wstar) of each dataset of an experiment."""
     several = exp.data.several_shapes()
     return [(data_id(k, file=exp.data.file, shape=(s, w) if several else None), k, s, w)
             for k, s, w in exp.data.points()]
@@ -81,7 +84,15 @@ class Cell:
 
 def datasets(cfg: StudyConfig) -> list[tuple[str, str, float | None, str, str]]:
     """(experiment, data_id, kappa, spectrum, wstar) for every dataset of the study."""
-    return [(name, *point) for name, exp in cfg.experiments.items() for point in _data_ids(exp)]
+    return [(name, *point) for name, exp in cfg.experiments.items() for point in data_points(exp)]
+
+
+ALL_DATA = "all"  # the data id of a cell that holds every dataset of its experiment (batch_datasets)
+
+
+def merged(exp: ExperimentConfig, init: str) -> bool:
+    """Whether cells of this init hold all the experiment's datasets (GELU nets need their own data)."""
+    return exp.batch_datasets and init != "gelu" and len(exp.data.points()) > 1
 
 
 def cells(cfg: StudyConfig) -> list[Cell]:
@@ -90,7 +101,8 @@ def cells(cfg: StudyConfig) -> list[Cell]:
         for init in exp.inits:
             for depth in exp.depths:
                 for width in exp.widths:
-                    for data, k, spectrum, wstar in _data_ids(exp):
+                    points = ([(ALL_DATA, None, ALL_DATA, ALL_DATA)] if merged(exp, init) else data_points(exp))
+                    for data, k, spectrum, wstar in points:
                         for part in range(exp.split):
                             out.append(Cell(name, init, depth, width, data, k, part, exp.split, spectrum, wstar))
     return out
@@ -98,31 +110,37 @@ def cells(cfg: StudyConfig) -> list[Cell]:
 
 @dataclass(frozen=True)
 class Networks:
-    """The networks of one cell (part), as aligned arrays of length B."""
+    """The networks of one cell (part), as aligned arrays of length B; ``data`` is each network's data id."""
 
     lr: np.ndarray
     scale: np.ndarray
     seed_index: np.ndarray
     seed: np.ndarray
     steps: np.ndarray
+    data: np.ndarray
+
+    FIELDS = ("lr", "scale", "seed_index", "seed", "steps", "data")
 
     def __len__(self) -> int:
         return len(self.lr)
 
 
 def all_networks(exp: ExperimentConfig, experiment: str, init: str, depth: int, width: int,
-                 kappa: float | None) -> Networks:
+                 points: list[tuple[str, float | None]]) -> Networks:
+    """Every network on the datasets ``points`` = [(data_id, kappa)]; seeds do not depend on the
+    spectrum or w* direction, so the networks of datasets that differ only there start alike."""
     rows = []
-    for run in exp.runs:
-        for lr in expand(run.lr):
-            for scale in expand(exp.scales):
-                for i in range(run.seeds):
-                    seed = derived_seed(experiment, init, depth, width, "paper" if kappa is None else kappa,
-                                        lr, scale, i)
-                    rows.append((lr, scale, i, seed, run.steps))
-    lr, scale, idx, seed, steps = (np.array(c) for c in zip(*rows))
+    for data, kappa in points:
+        for run in exp.runs:
+            for lr in expand(run.lr):
+                for scale in expand(exp.scales):
+                    for i in range(run.seeds):
+                        seed = derived_seed(experiment, init, depth, width, "paper" if kappa is None else kappa,
+                                            lr, scale, i)
+                        rows.append((lr, scale, i, seed, run.steps, data))
+    lr, scale, idx, seed, steps, data = (np.array(c) for c in zip(*rows))
     return Networks(lr=lr.astype(float), scale=scale.astype(float), seed_index=idx.astype(np.int64),
-                    seed=seed.astype(np.int64), steps=steps.astype(np.int64))
+                    seed=seed.astype(np.int64), steps=steps.astype(np.int64), data=data.astype(str))
 
 
 def networks(exp: ExperimentConfig, cell: Cell) -> Networks:
@@ -130,12 +148,13 @@ def networks(exp: ExperimentConfig, cell: Cell) -> Networks:
 
     Parts are dealt round-robin in decreasing order of steps, so each part costs about the same.
     """
-    net = all_networks(exp, cell.experiment, cell.init, cell.depth, cell.width, cell.kappa)
+    points = ([(d, k) for d, k, _, _ in data_points(exp)] if cell.data == ALL_DATA else [(cell.data, cell.kappa)])
+    net = all_networks(exp, cell.experiment, cell.init, cell.depth, cell.width, points)
     if cell.parts == 1:
         return net
     order = np.lexsort((net.seed_index, net.scale, net.lr, -net.steps))
     mine = np.sort(order[cell.part::cell.parts])
-    return Networks(*(getattr(net, f)[mine] for f in ("lr", "scale", "seed_index", "seed", "steps")))
+    return Networks(*(getattr(net, f)[mine] for f in Networks.FIELDS))
 
 
 def init_scale(exp: ExperimentConfig, init: str, width: int, scale):

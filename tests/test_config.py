@@ -87,9 +87,9 @@ def test_default_config_holds_the_paper_experiments():
 def test_seeds_are_derived_from_coordinates():
     cfg = validate(study(scales=[0.1, 0.2]))
     exp = cfg.experiments["e"]
-    base = all_networks(exp, "e", "small", 2, 3, None)
+    base = all_networks(exp, "e", "small", 2, 3, [("paper", None)])
     grown = validate(study(scales=[0.1, 0.15, 0.2], runs=[{"lr": 0.1, "steps": 10, "seeds": 3}]))
-    more = all_networks(grown.experiments["e"], "e", "small", 2, 3, None)
+    more = all_networks(grown.experiments["e"], "e", "small", 2, 3, [("paper", None)])
     lookup = {(lr, s, i): seed for lr, s, i, seed in zip(more.lr, more.scale, more.seed_index, more.seed)}
     for lr, s, i, seed in zip(base.lr, base.scale, base.seed_index, base.seed):
         assert lookup[(lr, s, i)] == seed

@@ -22,7 +22,7 @@ import pandas as pd
 import xarray as xr
 
 from dlnpipe.config import StudyConfig
-from dlnpipe.grid import Cell
+from dlnpipe.grid import Cell, data_points
 from dlnpipe.io import git_revision, load_npz, replace_dir, versions
 from dlnpipe.stages.make_data import read
 from dlnpipe.status import STATUS_MEANINGS
@@ -127,7 +127,10 @@ def cell_variables(cell: Cell, train: dict, measure: dict, steps: np.ndarray, la
 
 
 def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
-    """All networks of an experiment on the grid dims: one flat ``net`` axis, unstacked once."""
+    """All networks of an experiment on the grid dims: one flat ``net`` axis, unstacked once.
+
+    ``cells``: (cell, point, train arrays, measure arrays) with ``point`` mapping a data id to its
+    (kappa, spectrum, wstar) coordinates."""
     steps = np.unique(np.concatenate([t["record_steps"] for _, _, t, _ in cells]))
     layers = max(c.depth for c, _, _, _ in cells)
     per_cell = [cell_variables(c, t, m, steps, layers) for c, _, t, m in cells]
@@ -137,11 +140,12 @@ def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
             v.setdefault("traj_sharpness", np.full((len(t["lr"]), steps.size), np.nan))
         names = list(dict.fromkeys(names + ["traj_sharpness"]))
     columns = [[] for _ in GRID_DIMS]
-    for cell, kappa, train, _ in cells:
+    for cell, point, train, _ in cells:
         B = len(train["lr"])
-        for col, values in zip(columns, ([cell.init] * B, [cell.depth] * B, [cell.width] * B, [kappa] * B,
-                                         [cell.spectrum] * B, [cell.wstar] * B, train["lr"], train["scale"],
-                                         train["seed_index"])):
+        data = train["data"] if "data" in train else [cell.data] * B
+        kappa, spectrum, wstar = zip(*(point[k] for k in data))
+        for col, values in zip(columns, ([cell.init] * B, [cell.depth] * B, [cell.width] * B, kappa, spectrum,
+                                         wstar, train["lr"], train["scale"], train["seed_index"])):
             col.extend(values)
     index = pd.MultiIndex.from_arrays(columns, names=GRID_DIMS)
     extra_dims = {"sharpness_topk": "eig", "sharpness_residual": "eig", "sv_ratio": "layer", "alignment": "layer"}
@@ -165,9 +169,14 @@ def experiment_dataset(cfg: StudyConfig, name: str, cells: list[tuple[Cell, Path
         k = datasets[data_key].meta.get("kappa_target")
         return float(k) if k is not None else float(datasets[data_key].kappa)
 
+    point = {key: (kappa_of(key), spectrum, wstar) for key, _, spectrum, wstar in data_points(exp)
+             if key in datasets}
+    if len(datasets) == 1 and not point:  # e.g. a user's file: whatever its id
+        key = next(iter(datasets))
+        point = {key: (kappa_of(key), "file", "file")}
     loaded = []
     for cell, train_path, measure_path in sorted(cells, key=lambda c: c[0].id):
-        loaded.append((cell, kappa_of(cell.data), load_npz(train_path)[0], load_npz(measure_path)[0]))
+        loaded.append((cell, point, load_npz(train_path)[0], load_npz(measure_path)[0]))
     ds = grid_dataset(loaded).transpose(*GRID_DIMS, ...)
     ds["valid"] = ds["status"] >= 0
     ds["status"].attrs = {"long_name": "status at the end of training", "flag_values": np.array([0, 1, 2], np.int8),
@@ -175,10 +184,9 @@ def experiment_dataset(cfg: StudyConfig, name: str, cells: list[tuple[Cell, Path
                           "comment": "-1: no network at this grid point (ragged seed axis)"}
 
     # theory constants: per dataset (kappa, spectrum, wstar), the bounds also per depth
-    shape = {c.data: (c.spectrum, c.wstar) for c, _, _ in cells}
     per_data, per_depth = [], []
     for key, d in datasets.items():
-        coords = {"kappa": kappa_of(key), "spectrum": shape[key][0], "wstar": shape[key][1]}
+        coords = dict(zip(DATA_DIMS, point[key]))
         per_data.append({**coords, "a": d.a, "lam_max": d.lam_max, "lam_min": d.lam_min, "kappa_achieved": d.kappa,
                          "loss_opt": d.loss_opt})
         for L in exp.depths:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from dlnpipe.config import DataConfig
 from dlnpipe.data import Dataset, dataset_from_arrays, load_dataset, make_dataset
 from dlnpipe.io import load_npz, save_npz
@@ -39,3 +41,23 @@ def read(path: str | Path) -> Dataset:
     arrays, meta = load_npz(path)
     return dataset_from_arrays(arrays["X"], arrays["y"], arrays["X_test"], arrays["y_test"], rescale=False,
                                meta=meta, name=str(path))
+
+
+def read_many(paths) -> dict[str, Dataset]:
+    """Datasets written by :func:`run`, by their data id (a cell may use several)."""
+    out = {}
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        ds = read(path)
+        out[ds.meta.get("data_id") or "paper"] = ds
+    return out
+
+
+def per_network(sets: dict[str, Dataset], data: np.ndarray, cell_id: str = ""):
+    """The dataset of every network (a list), or the one dataset when they share it. A single file
+    serves a single-dataset cell whatever its id (e.g. one written by hand)."""
+    if len(sets) == 1 and len(set(data)) == 1:
+        return next(iter(sets.values()))
+    missing = sorted(set(data) - set(sets))
+    if missing:
+        raise ValueError(f"cell {cell_id}: no data file for dataset(s) {missing} among {sorted(sets)}")
+    return [sets[k] for k in data] if len(set(data)) > 1 else sets[data[0]]

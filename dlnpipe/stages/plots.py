@@ -6,7 +6,8 @@ S_min (dotted) and 8LΛ‖w*‖^{2−2/L} (dash-dot, small init) reference lines
 divergence; ``trajectories`` distance and sharpness along training (Fig 1c/1d); ``fig2`` final
 distance against η per depth with η_c lines; ``fig6a`` sharpness (underdetermined); ``fig6b`` log
 generalisation gap against log sharpness with its regression. Lines are means over seeds with 95%
-bootstrap intervals; grid axes with several values (init, depth, width, kappa) become panels.
+bootstrap intervals; grid axes with several values (init, depth, width, kappa, spectrum, wstar)
+become panels. The figures of the bounds experiment are in :mod:`dlnpipe.stages.bounds_figures`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import xarray as xr  # noqa: E402
 from dlnpipe.stages.compare_bounds import gap_regression  # noqa: E402
 from dlnpipe.stages.cube import open_cube  # noqa: E402
 
-FACETS = ("init", "depth", "width", "kappa")
+FACETS = ("init", "depth", "width", "kappa", "spectrum", "wstar")
+THEORY_DIMS = ("depth", "kappa", "spectrum", "wstar")  # what the theory constants depend on
 CI = ("ci", 95)
 N_BOOT = 500
 
@@ -81,9 +83,9 @@ def _lr_palette(ds: xr.Dataset):
 
 
 def _one(ds: xr.Dataset, var: str, sel: dict) -> float:
-    """A theory constant (on depth, kappa) for a panel."""
+    """A theory constant (on depth and the dataset) for a panel."""
     da = ds[var]
-    for d in ("depth", "kappa"):
+    for d in THEORY_DIMS:
         if d in da.dims:
             da = da.sel({d: sel[d]}) if d in sel else da.isel({d: 0})
     return float(da)

@@ -14,6 +14,7 @@ Only the workflow's local rules call this module: cluster jobs never open the tr
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -118,14 +119,25 @@ def _quantile_metrics(prefix: str, values: np.ndarray) -> dict[str, float]:
     return {f"{prefix}_q{int(p * 100):02d}" if p != 0.5 else f"{prefix}_median": float(x) for p, x in zip(QUANTILES, q)}
 
 
-def configurations(parts: list[tuple[dict, dict, dict]]) -> pd.DataFrame:
-    """All networks of a cell (its parts concatenated), one row each, with their measurements."""
+def _dataset_info(found: dict, data: np.ndarray, key: str, default) -> list:
+    """``meta[key]`` of each network's dataset (``default`` where the dataset is not known)."""
+    return [found[k].meta.get(key, default) if found[k] is not None else default for k in data]
+
+
+def configurations(parts: list[tuple[dict, dict, dict]], datasets: dict | None = None) -> pd.DataFrame:
+    """All networks of a cell (its parts concatenated), one row each, with their measurements;
+    ``datasets`` (data id -> Dataset) gives each network's κ, spectrum and w* direction."""
     frames = []
     for spec, train, measure in parts:
         cell = spec["cell"]
+        B = len(train["lr"])
+        data = train["data"] if "data" in train else np.full(B, cell["data"])
+        found = {k: (datasets or {}).get(k) for k in set(data)}
+        info = functools.partial(_dataset_info, found, data)
         frames.append(pd.DataFrame({
-            "init": cell["init"], "depth": cell["depth"], "width": cell["width"], "data": cell["data"],
-            "kappa": cell["kappa"] if cell["kappa"] is not None else np.nan,
+            "init": cell["init"], "depth": cell["depth"], "width": cell["width"], "data": data,
+            "kappa": [np.nan if v is None else float(v) for v in info("kappa_target", cell["kappa"])],
+            "spectrum": info("spectrum", cell.get("spectrum", "")), "wstar": info("wstar", cell.get("wstar", "")),
             "lr": train["lr"], "scale": train["scale"], "seed_index": train["seed_index"], "seed": train["seed"],
             "steps": train["steps"], "status": train["status"], "diverged_step": train["diverged_step"],
             "loss_train": train["loss_train"], "loss_test": train["loss_test"], "distance": train["distance"],
@@ -136,9 +148,12 @@ def configurations(parts: list[tuple[dict, dict, dict]]) -> pd.DataFrame:
 
 
 def log_cell(uri: str, name: str, cell_id: str, train_files: list[str], measure_files: list[str],
-             *, s_min: float, s_upper: float, eta_c: float, cube: str, git_revision: str,
+             *, theory: dict, datasets: dict | None = None, cube: str, git_revision: str,
              out: str | Path) -> dict:
-    """Replace the MLflow runs of one cell (all its parts) by fresh ones; write a marker file."""
+    """Replace the MLflow runs of one cell (all its parts) by fresh ones; write a marker file.
+
+    ``theory``: data id -> bounds (s_min, s_upper, eta_c) of the cell's depth on that dataset (a cell
+    holds one dataset, or all of its experiment's with ``batch_datasets``)."""
     from mlflow.entities import Metric, Param
 
     uri = absolute(uri)
@@ -155,7 +170,10 @@ def log_cell(uri: str, name: str, cell_id: str, train_files: list[str], measure_
         parts.append((meta["spec"], train, measure))
     trains = {spec["cell"]["part"]: train for spec, train, _ in parts}  # the `part` column of the table
     spec = parts[0][0]
-    table = configurations(parts)
+    table = configurations(parts, datasets)
+    if len(theory) == 1:  # a single dataset serves the cell whatever its id
+        only = next(iter(theory.values()))
+        theory = {k: only for k in table.data.unique()}
     old = client.search_runs([experiment_id], filter_string=f"tags.`{CELL_TAG}` = '{cell_id}'", max_results=50000)
     for run in old:
         client.delete_run(run.info.run_id)
@@ -172,14 +190,18 @@ def log_cell(uri: str, name: str, cell_id: str, train_files: list[str], measure_
     client.log_batch(parent.info.run_id, params=[Param(k, str(v)) for k, v in parent_params.items()],
                      metrics=[Metric("networks", float(len(table)), now, 0)])
     children = []
-    for (lr, scale), group in table.groupby(["lr", "scale"], sort=True):
-        name = f"{cell['init']}-L{cell['depth']}-m{cell['width']}-{cell['data']}-lr{lr:g}-s{scale:g}"
+    for (data, lr, scale), group in table.groupby(["data", "lr", "scale"], sort=True):
+        name = f"{cell['init']}-L{cell['depth']}-m{cell['width']}-{data}-lr{lr:g}-s{scale:g}"
+        b = theory[data]
+        s_min, s_upper, eta_c = b.s_min, b.s_upper, b.eta_c
         child = client.create_run(experiment_id, run_name=name, tags={
             **common_tags, "mlflow.parentRunId": parent.info.run_id, "dlnpipe.role": "configuration"})
         rid = child.info.run_id
         params = {"experiment": cell["experiment"], "init": cell["init"], "depth": cell["depth"],
-                  "width": cell["width"], "kappa": cell["kappa"], "data": cell["data"], "lr": lr, "scale": scale,
+                  "width": cell["width"], "kappa": group.kappa.iloc[0], "spectrum": group.spectrum.iloc[0],
+                  "wstar": group.wstar.iloc[0], "data": data, "lr": lr, "scale": scale,
                   "steps": int(group.steps.iloc[0]), "seeds": len(group), "dtype": exp_cfg["dtype"],
+                  "optimizer": exp_cfg.get("optimizer", "gd"), "scale_unit": exp_cfg.get("scale_unit", "absolute"),
                   "n": exp_cfg["data"]["n"], "d": exp_cfg["data"]["d"], "noise": exp_cfg["data"]["noise"]}
         status = group.status.to_numpy()
         conv = status == CONVERGED

@@ -10,17 +10,20 @@ import numpy as np
 from dlnpipe.config import ExperimentConfig
 from dlnpipe.grid import Cell, init_scale, networks
 from dlnpipe.io import save_npz
-from dlnpipe.stages.make_data import read
+from dlnpipe.stages.make_data import per_network, read_many
 from dlnpipe.training import train
 
 log = logging.getLogger(__name__)
 
 
-def run(spec: dict, data_path: str | Path, out: str | Path, *, device: str | None = None) -> None:
+def run(spec: dict, data_paths, out: str | Path, *, device: str | None = None) -> None:
+    """Train the cell's networks; ``data_paths`` holds its dataset file (or, for a cell with
+    ``batch_datasets``, every dataset of the experiment)."""
     cell = Cell(**spec["cell"])
     exp = ExperimentConfig.model_validate(spec["experiment"])
-    ds = read(data_path)
+    sets = read_many(data_paths)
     net = networks(exp, cell)
+    ds = per_network(sets, net.data, cell.id)
     device = device or spec.get("device", "auto")
     log.info("cell %s/%s: %d networks, up to %d steps, %s on %s", cell.experiment, cell.id, len(net),
              int(net.steps.max()), exp.dtype, device)
@@ -38,7 +41,7 @@ def run(spec: dict, data_path: str | Path, out: str | Path, *, device: str | Non
     if res.traj_sharpness is not None:
         arrays["traj_sharpness"] = res.traj_sharpness
     save_npz(out, meta={"spec": spec, "device": res.device, "dtype": res.dtype},
-             lr=net.lr, scale=net.scale, seed_index=net.seed_index, seed=net.seed, steps=net.steps,
+             lr=net.lr, scale=net.scale, seed_index=net.seed_index, seed=net.seed, steps=net.steps, data=net.data,
              status=res.status, loss_train=res.loss_train, loss_test=res.loss_test, distance=res.distance,
              diverged_step=res.diverged_step, record_steps=res.record_steps, traj_loss_train=res.traj_loss_train,
              traj_loss_test=res.traj_loss_test, traj_distance=res.traj_distance, **arrays)

@@ -3,6 +3,7 @@ import json
 import sys
 
 from dlnpipe.config import ConfigError, validate
+from dlnpipe.grid import ALL_DATA
 from dlnpipe.grid import cells as grid_cells
 from dlnpipe.grid import datasets as grid_datasets
 from dlnpipe.stages.track import tracking_uri
@@ -53,9 +54,15 @@ def cell_spec(wildcards):
     return json.dumps(CELLS[(wildcards.exp, wildcards.cell)].spec(STUDY))
 
 
+def experiment_data(exp, data):
+    """The dataset file(s) of a cell: its own, or all of the experiment's (batch_datasets)."""
+    keys = [d for e, d in DATASETS if e == exp] if data == ALL_DATA else [data]
+    return [rules.make_dataset.output.npz.format(exp=exp, data=d) for d in keys]
+
+
 def cell_data(wildcards):
     cell = CELLS[(wildcards.exp, wildcards.cell)]
-    return rules.make_dataset.output.npz.format(exp=cell.experiment, data=cell.data)
+    return experiment_data(cell.experiment, cell.data)
 
 
 def group_files(template):
@@ -70,7 +77,7 @@ def group_files(template):
 
 def group_data(wildcards):
     cell = GROUPS[(wildcards.exp, wildcards.group)][0]
-    return rules.make_dataset.output.npz.format(exp=cell.experiment, data=cell.data)
+    return experiment_data(cell.experiment, cell.data)
 
 
 def mlflow_name(wildcards):
