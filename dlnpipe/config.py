@@ -146,6 +146,9 @@ class ExperimentConfig(Strict):
     flow_rtol: Positive = Field(1e-8, description="relative error tolerance of the flow solver (per step, on the "
                                                   "weights)")
     flow_atol: Positive = Field(1e-10, description="absolute error tolerance of the flow solver")
+    flow_max_steps: int = Field(100_000, ge=1, description="accepted solver steps after which a network's flow stops "
+                                                           "(stiff trajectories, e.g. from a large init); it is then "
+                                                           "reported as failed unless it had converged")
     scale_unit: Literal["absolute", "inv_sqrt_width"] = Field(
         "absolute", description="small and gelu inits: absolute: entries N(0, s²) (the paper); inv_sqrt_width: "
                                 "the scales are in units of 1/√m, entries N(0, s²/m), so that grids compare "
@@ -160,7 +163,8 @@ class ExperimentConfig(Strict):
                            "dataset. Makes dataset sweeps cheap (fewer, larger jobs)")
     split: int = Field(1, ge=1, description="jobs per cell: the cell's networks are dealt into this many "
                                             "parts of equal cost (parallelism for long cells)")
-    figures: list[Literal["fig1a", "fig1b", "fig3", "trajectories", "fig2", "fig6a", "fig6b"]] = Field(
+    figures: list[Literal["fig1a", "fig1b", "fig3", "trajectories", "fig2", "fig6a", "fig6b", "ratio_kappa",
+                          "ratio_depth", "ratio_width", "structure", "topk"]] = Field(
         default_factory=list, description="figures drawn from this experiment")
 
     @field_validator("scales")

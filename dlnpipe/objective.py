@@ -275,13 +275,19 @@ def linear_step_(layers: list[torch.Tensor], rows: list[torch.Tensor], g_scaled:
 
 def linear_grad(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem) -> list[torch.Tensor]:
     """∂R/∂W_k = b_kᵀ h_k for every layer, as full (B, out_k, in_k) tensors (for checks and tools)."""
-    rows, _, g, _ = linear_state(layers, c, prob)
+    return linear_grad_and_excess(layers, c, prob)[0]
+
+
+def linear_grad_and_excess(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem):
+    """(∂R/∂W_k for every layer, R − R*) from one forward pass."""
+    rows, _, g, excess = linear_state(layers, c, prob)
     h = g[:, None, :]
     grads = []
     for k, W in enumerate(layers):
         grads.append(torch.bmm(rows[k + 1].mT, h))
-        h = torch.bmm(h, W.mT)
-    return grads
+        if k + 1 < len(layers):
+            h = torch.bmm(h, W.mT)
+    return grads, excess
 
 
 def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:

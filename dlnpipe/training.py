@@ -105,7 +105,7 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
           explode: float = 1e6, p_seed: int = 0, log_every_s: float = 10.0,
           sharpness_tol: float = 1e-8, check_every: int = 100, exit_fixed: bool | None = None,
           max_batch: int | None = None, optimizer: str = "gd", flow_rtol: float = 1e-8,
-          flow_atol: float = 1e-10) -> TrainResult:
+          flow_atol: float = 1e-10, flow_max_steps: int = 100_000) -> TrainResult:
     """Train B networks by full-batch GD; lr, scale, seed, steps are scalars or length-B sequences.
 
     B is the longest of lr, scale, seed, steps. Records train/test loss and ‖w_prod − w*‖² every
@@ -118,7 +118,8 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
     (``exit_fixed``; default on unless sharpness trajectories are recorded).
 
     ``optimizer="flow"`` integrates gradient flow instead of taking GD steps (dlnpipe.flow): network b
-    is integrated to time lr_b·steps_b with error tolerances ``flow_rtol``/``flow_atol``, and recorded
+    is integrated to time lr_b·steps_b with error tolerances ``flow_rtol``/``flow_atol`` (at most
+    ``flow_max_steps`` accepted steps per network), and recorded
     at times lr_b·record_steps; ``diverged_step`` is then the GD-equivalent step t/lr.
 
     Networks are trained in batches of at most ``max_batch`` (default: as many as fit in half the
@@ -174,7 +175,7 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
                       record_sharpness=record_sharpness, rtol=rtol, atol=atol, explode=explode, p_seed=p_seed,
                       log_every_s=log_every_s, sharpness_tol=sharpness_tol, check_every=check_every,
                       exit_fixed=exit_fixed, max_batch=max_batch, optimizer=optimizer, flow_rtol=flow_rtol,
-                      flow_atol=flow_atol)
+                      flow_atol=flow_atol, flow_max_steps=flow_max_steps)
         log.info("train %s L=%d m=%d: %d networks in batches of %d (device memory)", arch, depth, width, B, max_batch)
         parts = [train(dataset if per_data is None else per_data[s], lr=lr[s], scale=scale[s], seed=seed[s],
                        steps=steps[s], **kwargs)
@@ -197,7 +198,8 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
         return _train_flow(nets, layers, c, prob, arch=arch, depth=depth, width=width, d=d, lr=lr,
                            scale=scale, seed=seed, steps=steps, record_steps=record_steps, loss_opt=loss_opt,
                            threshold=threshold, flow_rtol=flow_rtol, flow_atol=flow_atol, explode=explode,
-                           tdtype=tdtype, dev=dev, t0=t0)
+                           tdtype=tdtype, dev=dev, t0=t0, max_steps=check_int("flow_max_steps", flow_max_steps,
+                                                                                minimum=1))
 
     nT = record_steps.size
     traj = {key: torch.full((B, nT), float("nan"), dtype=torch.float64, device=dev)
@@ -338,7 +340,7 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
 
 
 def _train_flow(nets, layers, c, prob, *, arch, depth, width, d, lr, scale, seed, steps, record_steps,
-                loss_opt, threshold, flow_rtol, flow_atol, explode, tdtype, dev, t0):
+                loss_opt, threshold, flow_rtol, flow_atol, explode, tdtype, dev, t0, max_steps):
     """train(optimizer="flow"): gradient flow to times lr·steps, sampled at lr·record_steps."""
     from dlnpipe.flow import integrate
 
@@ -346,7 +348,7 @@ def _train_flow(nets, layers, c, prob, *, arch, depth, width, d, lr, scale, seed
     # stop a network once R − R* is 1e-4 of the convergence threshold: the flow has converged
     stop = 1e-4 * threshold
     out = integrate(layers, c, prob, arch, horizon=lr * steps, record_times=lr[:, None] * record_steps[None, :],
-                    rtol=flow_rtol, atol=flow_atol, stop=stop, explode=explode)
+                    rtol=flow_rtol, atol=flow_atol, stop=stop, explode=explode, max_steps=max_steps)
     final = {k: v.cpu().numpy() for k, v in out["final"].items()}
     div_t = out["diverged_at"].cpu().numpy()
     diverged = np.isfinite(div_t)

@@ -17,12 +17,12 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def configurations(config_path: Path) -> dict[str, int]:
-    """Training configurations (init, depth, width, κ, η, s) per experiment of a study."""
+    """Training configurations (init, depth, width, dataset (κ, spectrum, w*), η, s) per experiment."""
     cfg = validate(yaml.safe_load(config_path.read_text()))
     out = {}
     for name, exp in cfg.experiments.items():
         lrs = sum(len(expand(r.lr)) for r in exp.runs)
-        out[name] = (len(exp.inits) * len(exp.depths) * len(exp.widths) * len(exp.data.kappas())
+        out[name] = (len(exp.inits) * len(exp.depths) * len(exp.widths) * len(exp.data.points())
                      * lrs * len(expand(exp.scales)))
     return out
 

@@ -20,12 +20,13 @@ pytestmark = pytest.mark.slow
 
 def test_quick_cube_content(quick_run):
     tree = open_tree(quick_run / "results/cube.zarr")
-    assert set(tree.children) == {"small", "resid", "traj", "under"}
+    assert set(tree.children) == {"small", "resid", "traj", "under", "bounds"}
 
     assert json.loads(tree.attrs["config"])["experiments"]["small"]["depths"] == [3]
     assert "torch" in json.loads(tree.attrs["versions"]) and tree.attrs["devices"] == '["cpu"]'
     small = tree["small"].to_dataset()
-    assert small.sharpness.dims == ("init", "depth", "width", "kappa", "lr", "scale", "seed")
+    assert small.sharpness.dims == ("init", "depth", "width", "kappa", "spectrum", "wstar", "lr", "scale", "seed")
+    assert list(small.spectrum.values) == ["gaussian"] and list(small.wstar.values) == ["gaussian"]
     for var in ("sharpness", "sharpness_exact", "sharpness_init", "loss_train", "loss_test", "distance", "status",
                 "s_min", "s_upper", "eta_c", "traj_loss_train", "traj_distance", "sharpness_topk", "sv_ratio"):
         assert var in small, var
@@ -41,11 +42,37 @@ def test_quick_cube_content(quick_run):
                                rtol=1e-6)
     resid = tree["resid"].to_dataset()
     np.testing.assert_allclose(resid.kappa.values, [1.0, 10.0])  # controlled κ appear exactly
-    np.testing.assert_allclose(resid.kappa_achieved.values, [1.0, 10.0], rtol=1e-10)
+    np.testing.assert_allclose(resid.kappa_achieved.values.ravel(), [1.0, 10.0], rtol=1e-10)
     under = tree["under"].to_dataset()
     assert int(under.valid.sum()) == 8 and (under.status >= 0).all()  # the two parts of the split cell
     traj = tree["traj"].to_dataset()
     assert np.isfinite(traj.traj_sharpness.values).sum() == 2 * 7
+
+
+def test_quick_bounds_experiment(quick_run):
+    """The bounds experiment in miniature: gradient flow, κ × spectrum × w* datasets batched into one
+    job per (init, depth, width); the controlled κ appear exactly in the cube; the constant table."""
+    ds = open_tree(quick_run / "results/cube.zarr")["bounds"].to_dataset()
+    np.testing.assert_array_equal(ds.kappa.values, [1.0, 10.0])
+    assert list(ds.spectrum.values) == ["geometric", "linear"] and list(ds.wstar.values) == ["random", "top"]
+    # every dataset has exactly the condition number it was asked for
+    np.testing.assert_allclose(ds.kappa_achieved.values, np.broadcast_to(ds.kappa.values[:, None, None], (2, 2, 2)),
+                               rtol=1e-10)
+    assert int(ds.valid.sum()) == 2 * 2 * 2 * 8 * 2 * 2  # inits, depths, widths, datasets, scales, seeds
+    assert len(list((quick_run / "results/train/bounds").glob("*.npz"))) == 2 * 2 * 2  # one job per cell
+    conv = ds.status == 0
+    assert int(conv.sum()) >= 0.9 * int(ds.valid.sum())
+    assert float((ds.sharpness / ds.s_min).where(conv).min()) >= 1 - 1e-6  # claim 1 at the flow's limit
+    np.testing.assert_allclose(ds.sharpness.where(conv).values, ds.sharpness_exact.where(conv).values, rtol=1e-6)
+    const = pd.read_csv(quick_run / "results/bounds/bounds_constant.csv")
+    assert len(const) == 2 * 2 * 2 * 2 and (const.C >= 1).all()
+    # κ = 1: Σ = I whatever the spectrum shape, so both shapes give the same networks and constant
+    k1 = const[const.kappa == 1].set_index(["init", "wstar", "spectrum"]).C.unstack("spectrum")
+    np.testing.assert_allclose(k1.geometric, k1.linear, rtol=1e-8)
+    claims = (quick_run / "results/bounds/bounds.md").read_text()
+    assert "| c1      | converged => S >= S_min" in claims and "c3b" in claims
+    for fig in ("ratio_kappa", "ratio_depth", "ratio_width", "structure", "topk"):
+        assert (quick_run / f"results/figures/bounds/{fig}.png").stat().st_size > 20_000
 
 
 def test_quick_tables_and_figures(quick_run):

@@ -206,7 +206,14 @@ TITLES = {"fig1a": "distance to the optimal regressor", "fig1b": "sharpness afte
 
 
 def draw(ds: xr.Dataset, figure: str):
+    from dlnpipe.stages import bounds_figures
+
     style()
+    if figure in bounds_figures.FIGURES:
+        fig = bounds_figures.FIGURES[figure](ds)
+        fig.suptitle(f"{ds.attrs.get('experiment', '')}: {bounds_figures.TITLES[figure]}", y=1.0)
+        fig.tight_layout()
+        return fig
     if figure == "trajectories":
         fig = fig_trajectories(ds, _panels(ds))
     else:

@@ -34,7 +34,7 @@ wildcard_constraints:
     cell="|".join(sorted({c.id for c in CELLS.values()})),
     data="|".join(sorted({d for _, d in DATASETS})),
     group="|".join(sorted({g for _, g in GROUPS})),
-    figure="[a-z0-9]+",
+    figure="[a-z0-9_]+",
 
 
 def data_spec(wildcards):
