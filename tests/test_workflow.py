@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from workflow_utils import BIN, QUICK, ROOT, env, open_tree, snakemake, workdir
@@ -58,12 +59,12 @@ def test_quick_bounds_experiment(quick_run):
     # every dataset has exactly the condition number it was asked for
     np.testing.assert_allclose(ds.kappa_achieved.values, np.broadcast_to(ds.kappa.values[:, None, None], (2, 2, 2)),
                                rtol=1e-10)
-    assert int(ds.valid.sum()) == 2 * 2 * 2 * 8 * 2 * 2  # inits, depths, widths, datasets, scales, seeds
-    assert len(list((quick_run / "results/train/bounds").glob("*.npz"))) == 2 * 2 * 2  # one job per cell
+    assert int(ds.valid.sum()) == 2 * 2 * 1 * 8 * 2 * 2  # inits, depths, widths, datasets, scales, seeds
+    assert len(list((quick_run / "results/train/bounds").glob("*.npz"))) == 2 * 2  # one job per cell
     conv = ds.status == 0
     assert int(conv.sum()) >= 0.9 * int(ds.valid.sum())
     assert float((ds.sharpness / ds.s_min).where(conv).min()) >= 1 - 1e-6  # claim 1 at the flow's limit
-    np.testing.assert_allclose(ds.sharpness.where(conv).values, ds.sharpness_exact.where(conv).values, rtol=1e-6)
+    np.testing.assert_allclose(ds.sharpness.where(conv).values, ds.sharpness_exact.where(conv).values, rtol=1e-5)
     const = pd.read_csv(quick_run / "results/bounds/bounds_constant.csv")
     assert len(const) == 2 * 2 * 2 * 2 and (const.C >= 1).all()
     # κ = 1: Σ = I whatever the spectrum shape, so both shapes give the same networks and constant

@@ -142,16 +142,17 @@ def fig_trajectories(ds, panels):
     d = ds.attrs.get("d", 1)
     for row, sel in zip(axes, panels):
         sub = _sel(ds, sel).isel(seed=0)
+        dashes = ["-", "--", ":", "-."]
         for lr in sub.lr.values:
-            for s in sub.scale.values:
+            for j, s in enumerate(sub.scale.values):
                 one = sub.sel(lr=lr, scale=s)
-                color = pal[float(lr)]
+                style = dict(color=pal[float(lr)], ls=dashes[j % len(dashes)])
                 label = f"η={lr:g}" + (f", s={s:g}" if sub.sizes["scale"] > 1 else "")
-                row[0].plot(one.step, one.traj_distance / d, color=color, label=label)
-                row[1].plot(one.step, one.traj_loss_train, color=color, label=label)
+                row[0].plot(one.step, one.traj_distance / d, label=label, **style)
+                row[1].plot(one.step, one.traj_loss_train, label=label, **style)
                 if has_sharp:
-                    row[2].plot(one.step, one.traj_sharpness, color=color, label=label)
-                    row[2].axhline(2 / float(lr), ls="--", color=color, lw=1)
+                    row[2].plot(one.step, one.traj_sharpness, label=label, **style)
+                    row[2].axhline(2 / float(lr), ls=(0, (6, 3)), color=pal[float(lr)], lw=0.8)
         row[0].set(yscale="log", xlabel="step", ylabel="(w_prod − w*)² / d", title=_title(sel, ds))
         row[1].set(yscale="log", xlabel="step", ylabel="training loss")
         if has_sharp:

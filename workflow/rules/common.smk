@@ -24,7 +24,10 @@ for _cell in CELLS.values():
     GROUPS.setdefault((_cell.experiment, _cell.group), []).append(_cell)
 TRACKING_URI = tracking_uri(STUDY.mlflow.tracking_uri, "results")
 MLFLOW_NAMES = {e: STUDY.mlflow.experiment_prefix + e for e in STUDY.experiments}
-DATASETS = {(exp, data): (kappa, spectrum, wstar) for exp, data, kappa, spectrum, wstar in grid_datasets(STUDY)}
+DATASETS = {
+    (exp, data): (kappa, spectrum, wstar)
+    for exp, data, kappa, spectrum, wstar in grid_datasets(STUDY)
+}
 FIGURES = [(exp, fig) for exp, e in STUDY.experiments.items() for fig in e.figures]
 ENV = "../../envs/dlnpipe.yaml"
 
@@ -86,7 +89,8 @@ def mlflow_name(wildcards):
 
 def uses_gpu(wildcards):
     """1 when the job runs on CUDA (the local profile caps gpu at 1: one job per GPU; the slurm
-    profile asks SLURM for a GPU). `device: cuda` always asks; `auto` asks when this host sees one."""
+    profile asks SLURM for a GPU). `device: cuda` always asks; `auto` asks when this host sees one.
+    """
     if STUDY.device != "auto":
         return int(STUDY.device == "cuda")
     import torch
