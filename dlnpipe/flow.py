@@ -49,8 +49,8 @@ _E = tuple(b5 - b4 for b5, b4 in zip(_B5, _B4))
 class FlowState:
     """The batch's parameters as flat rows (B, P) and the vector field −∇R on them."""
 
-    def __init__(self, layers: list[torch.Tensor], c: torch.Tensor, prob: Problem, arch: str):
-        self.like, self.c, self.prob, self.arch = layers, c, prob, arch
+    def __init__(self, layers: list[torch.Tensor], prob: Problem, arch: str):
+        self.like, self.prob, self.arch = layers, prob, arch
 
     def field(self, y: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(−∇R(y), R(y) − R*) for the rows of y (the active networks, aligned with ``self.prob``)."""
@@ -82,7 +82,7 @@ def integrate(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem, arch: 
     (time of divergence or NaN), ``t_end`` the time reached, ``steps`` accepted steps, ``evals`` the
     number of batched vector-field evaluations."""
     dev = layers[0].device
-    state = FlowState(layers, c, prob, arch)
+    state = FlowState(layers, prob, arch)
     B = layers[0].shape[0]
     y = flatten(layers).clone()
     T = torch.as_tensor(horizon, dtype=y.dtype, device=dev)
@@ -128,7 +128,8 @@ def integrate(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem, arch: 
             nxt = torch.where(due, nxt + 1, nxt)
             due = due & (t >= next_time() * (1 - 1e-12))
 
-    def retire(done: torch.Tensor, frozen: torch.Tensor | None = None):
+    def retire(done: torch.Tensor, frozen: torch.Tensor):
+        """Copy out the networks in ``done``; ``frozen`` ones diverged (their time is recorded)."""
         nonlocal y, f, excess, t, h, T, idx, cb, cap, nxt, rec, stop
         gi = idx[done]
         y_out[gi] = y[done]
@@ -136,12 +137,11 @@ def integrate(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem, arch: 
         for k, v in obs.items():
             final[k][gi] = v.to(torch.float64)
         t_end[gi] = t[done].to(torch.float64)
-        if frozen is not None:
-            diverged_at[gi] = torch.where(frozen[done], t[done].to(torch.float64), diverged_at[gi])
-        # networks that stopped early (converged) keep their final state at later record times
+        diverged_at[gi] = torch.where(frozen[done], t[done].to(torch.float64), diverged_at[gi])
+        # networks that stopped early because they converged keep their final state at later record times
         r = rec[done]
         later = (r > t[done][:, None] * (1 + 1e-12)) & (r <= T[done][:, None] * (1 + 1e-12))
-        conv = ~frozen[done] if frozen is not None else torch.ones_like(gi, dtype=torch.bool)
+        conv = (excess[done] <= stop[done]) & ~frozen[done]
         for k, v in obs.items():
             traj[k][gi] = torch.where(later & conv[:, None], v.to(torch.float64)[:, None], traj[k][gi])
         keep = ~done

@@ -119,8 +119,8 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
 
     ``optimizer="flow"`` integrates gradient flow instead of taking GD steps (dlnpipe.flow): network b
     is integrated to time lr_b·steps_b with error tolerances ``flow_rtol``/``flow_atol`` (at most
-    ``flow_max_steps`` accepted steps per network), and recorded
-    at times lr_b·record_steps; ``diverged_step`` is then the GD-equivalent step t/lr.
+    ``flow_max_steps`` accepted steps per network) and recorded at times lr_b·record_steps;
+    ``diverged_step`` is then the GD-equivalent step t/lr.
 
     Networks are trained in batches of at most ``max_batch`` (default: as many as fit in half the
     free memory of a CUDA device, 4 GB on CPU); each network's result does not depend on its batch.
@@ -156,6 +156,7 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
         raise ValueError("record_sharpness samples GD trajectories; it is not available with optimizer='flow'")
     check_positive("flow_rtol", flow_rtol)
     check_positive("flow_atol", flow_atol)
+    flow_max_steps = check_int("flow_max_steps", flow_max_steps, minimum=1)
     tdtype, dev = resolve_dtype(dtype), resolve_device(device)
     T_max = int(steps.max())
     if record_steps is None:
@@ -198,8 +199,7 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
         return _train_flow(nets, layers, c, prob, arch=arch, depth=depth, width=width, d=d, lr=lr,
                            scale=scale, seed=seed, steps=steps, record_steps=record_steps, loss_opt=loss_opt,
                            threshold=threshold, flow_rtol=flow_rtol, flow_atol=flow_atol, explode=explode,
-                           tdtype=tdtype, dev=dev, t0=t0, max_steps=check_int("flow_max_steps", flow_max_steps,
-                                                                                minimum=1))
+                           tdtype=tdtype, dev=dev, t0=t0, max_steps=flow_max_steps)
 
     nT = record_steps.size
     traj = {key: torch.full((B, nT), float("nan"), dtype=torch.float64, device=dev)

@@ -149,9 +149,8 @@ def fig_structure(ds: xr.Dataset):
                                 color=pal[k], label=f"W_{k}→W_{k + 1}")
         ia = one.input_alignment.where(ok)
         axes[r, 2].plot(one.scale, ia.median([d for d in ia.dims if d != "scale"]), marker="o", color="k")
-        axes[r, 0].set(yscale="log", ylabel="σ₂/σ₁ (median)", xlabel="init scale s",
+        axes[r, 0].set(ylim=(-0.03, 1.03), ylabel="σ₂/σ₁ (median; 0 = rank one)", xlabel="init scale s",
                        title=f"{init}, L={L}, m={m}: rank one?")
-        _plain_log(axes[r, 0])
         axes[r, 1].set(ylim=(-0.03, 1.03), ylabel="|⟨v_{k+1}, u_k⟩| (median)", xlabel="init scale s",
                        title="consecutive layers aligned?")
         axes[r, 2].set(ylim=(-0.03, 1.03), ylabel="|⟨v_1, w*/‖w*‖⟩| (median)", xlabel="init scale s",
