@@ -142,7 +142,7 @@ def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
     columns = [[] for _ in GRID_DIMS]
     for cell, point, train, _ in cells:
         B = len(train["lr"])
-        data = train["data"] if "data" in train else [cell.data] * B
+        data = train["data"]  # each network's data id
         kappa, spectrum, wstar = zip(*(point[k] for k in data))
         for col, values in zip(columns, ([cell.init] * B, [cell.depth] * B, [cell.width] * B, kappa, spectrum,
                                          wstar, train["lr"], train["scale"], train["seed_index"])):

@@ -34,7 +34,7 @@ def run(spec: dict, data_paths, train_path: str | Path, out: str | Path, *, devi
     arrays, _ = load_npz(train_path)
     status, seeds = arrays["status"], arrays["seed"]
     B, k = len(status), exp.sharpness_k
-    data = arrays["data"] if "data" in arrays else np.full(B, cell["data"])
+    data = arrays["data"]  # each network's data id
     each = per_network(read_many(data_paths), data, cell.get("data", ""))
     nets = trained_networks(arrays, arch, depth)
     scales = init_scale(exp, arch, width, arrays["scale"])

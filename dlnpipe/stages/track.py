@@ -130,8 +130,7 @@ def configurations(parts: list[tuple[dict, dict, dict]], datasets: dict | None =
     frames = []
     for spec, train, measure in parts:
         cell = spec["cell"]
-        B = len(train["lr"])
-        data = train["data"] if "data" in train else np.full(B, cell["data"])
+        data = train["data"]  # each network's data id
         found = {k: (datasets or {}).get(k) for k in set(data)}
         info = functools.partial(_dataset_info, found, data)
         frames.append(pd.DataFrame({
