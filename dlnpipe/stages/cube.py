@@ -171,9 +171,6 @@ def experiment_dataset(cfg: StudyConfig, name: str, cells: list[tuple[Cell, Path
 
     point = {key: (kappa_of(key), spectrum, wstar) for key, _, spectrum, wstar in data_points(exp)
              if key in datasets}
-    if len(datasets) == 1 and not point:  # e.g. a user's file: whatever its id
-        key = next(iter(datasets))
-        point = {key: (kappa_of(key), "file", "file")}
     loaded = []
     for cell, train_path, measure_path in sorted(cells, key=lambda c: c[0].id):
         loaded.append((cell, point, load_npz(train_path)[0], load_npz(measure_path)[0]))

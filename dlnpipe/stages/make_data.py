@@ -52,12 +52,12 @@ def read_many(paths) -> dict[str, Dataset]:
     return out
 
 
-def per_network(sets: dict[str, Dataset], data: np.ndarray, cell_id: str = ""):
-    """The dataset of every network (a list), or the one dataset when they share it. A single file
-    serves a single-dataset cell whatever its id (e.g. one written by hand)."""
+def per_network(sets: dict[str, Dataset], data: np.ndarray, cell_id: str = "") -> list[Dataset]:
+    """The dataset of every network (train() batches networks that share one as a single dataset).
+    A single file serves a single-dataset cell whatever its id (e.g. one written by hand)."""
     if len(sets) == 1 and len(set(data)) == 1:
-        return next(iter(sets.values()))
+        return [next(iter(sets.values()))] * len(data)
     missing = sorted(set(data) - set(sets))
     if missing:
         raise ValueError(f"cell {cell_id}: no data file for dataset(s) {missing} among {sorted(sets)}")
-    return [sets[k] for k in data] if len(set(data)) > 1 else sets[data[0]]
+    return [sets[k] for k in data]

@@ -49,7 +49,7 @@ def run(spec: dict, data_paths, train_path: str | Path, out: str | Path, *, devi
     # one dataset at a time (the Hessian and the exact formula need its Σ)
     for key in dict.fromkeys(data):
         rows = np.flatnonzero(data == key)
-        ds = each if not isinstance(each, list) else each[rows[0]]
+        ds = each[rows[0]]
         keep = rows[status[rows] != DIVERGED]
         if keep.size:
             s = sharpness(ds, [nets[i] for i in keep], method="lanczos", k=k, seeds=seeds[keep], device=device)

@@ -170,9 +170,6 @@ def log_cell(uri: str, name: str, cell_id: str, train_files: list[str], measure_
     trains = {spec["cell"]["part"]: train for spec, train, _ in parts}  # the `part` column of the table
     spec = parts[0][0]
     table = configurations(parts, datasets)
-    if len(theory) == 1:  # a single dataset serves the cell whatever its id
-        only = next(iter(theory.values()))
-        theory = {k: only for k in table.data.unique()}
     old = client.search_runs([experiment_id], filter_string=f"tags.`{CELL_TAG}` = '{cell_id}'", max_results=50000)
     for run in old:
         client.delete_run(run.info.run_id)
