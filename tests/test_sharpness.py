@@ -71,8 +71,8 @@ def test_handwritten_gradient_matches_data_loss_derivative(tiny_data):
         prod = prod @ W[0]
     data_loss = ((y - X @ prod[0]) ** 2).mean()
     auto = torch.autograd.grad(data_loss, params)
-    for g, a in zip(grads, auto):
-        np.testing.assert_allclose(g.numpy(), a.numpy(), rtol=1e-11, atol=1e-13)
+    for g, a in zip(grads, auto):  # entries near zero: absolute tolerance scaled by the largest entry
+        np.testing.assert_allclose(g.numpy(), a.numpy(), rtol=1e-11, atol=1e-11 * np.abs(a.numpy()).max())
 
 
 def test_depth_one_hessian_is_two_sigma(paper_data):
@@ -80,7 +80,7 @@ def test_depth_one_hessian_is_two_sigma(paper_data):
     layers, c = stack_weights([net], dtype="float64", device="cpu")
     prob = Problem.from_dataset(paper_data, arch="small", in_dim=5, dtype="float64", device="cpu")
     H = dense_hessians(layers, c, prob)[0].numpy()
-    np.testing.assert_allclose(H, 2 * paper_data.sigma, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(H, 2 * paper_data.sigma, rtol=1e-13, atol=1e-13 * paper_data.lam_max)
     top = 2 * np.linalg.eigvalsh(paper_data.sigma)[::-1][:3]
     for method in ("lanczos", "dense"):
         np.testing.assert_allclose(dlnpipe.sharpness(paper_data, net, method=method, k=3).eigenvalues[0], top,
@@ -133,5 +133,5 @@ def test_gelu_handwritten_gradient_matches_autograd(tiny_data):
     ref = loss(params, c, prob)
     auto = torch.autograd.grad(ref.sum(), params)
     np.testing.assert_allclose(value.numpy(), ref.detach().numpy(), rtol=1e-13)
-    for g, a in zip(grads, auto):
-        np.testing.assert_allclose(g.numpy(), a.numpy(), rtol=1e-11, atol=1e-14)
+    for g, a in zip(grads, auto):  # entries near zero: absolute tolerance scaled by the largest entry
+        np.testing.assert_allclose(g.numpy(), a.numpy(), rtol=1e-11, atol=1e-11 * np.abs(a.numpy()).max())

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from tolerances import assert_floor_close, assert_weights_close, distance_scale, loss_scale
 
 import dlnpipe
 from dlnpipe.training import excess
@@ -20,9 +21,10 @@ def test_batch_equals_one_at_a_time(paper_data, arch, width):
         one = dlnpipe.train(paper_data, lr=LR[i], scale=SCALE[i], seed=i, steps=STEPS[i],
                             record_steps=batch.record_steps, **kw)
         for Wb, Wo in zip(batch.layers, one.layers):
-            np.testing.assert_allclose(Wb[i], Wo[0], rtol=1e-10, atol=1e-12)
-        for key in ("traj_loss_train", "traj_loss_test", "traj_distance"):
-            np.testing.assert_allclose(getattr(batch, key)[i], getattr(one, key)[0], rtol=1e-10, atol=1e-13)
+            assert_weights_close(Wb[i], Wo[0])
+        for key in ("traj_loss_train", "traj_loss_test"):
+            assert_floor_close(getattr(batch, key)[i], getattr(one, key)[0], scale=loss_scale(paper_data))
+        assert_floor_close(batch.traj_distance[i], one.traj_distance[0], scale=distance_scale(paper_data))
         assert batch.status[i] == one.status[0]
     assert (batch.status != dlnpipe.DIVERGED).all()
     # trajectories stop at each network's own step count
@@ -36,10 +38,12 @@ def test_divergence_is_isolated(paper_data):
     mixed = dlnpipe.train(paper_data, lr=[0.01, 5.0, 0.02], scale=[0.4, 1.5, 0.5], seed=[1, 99, 2], **kw)
     assert mixed.status[1] == dlnpipe.DIVERGED and mixed.diverged_step[1] > 0
     assert (mixed.status[[0, 2]] != dlnpipe.DIVERGED).all() and (mixed.diverged_step[[0, 2]] == -1).all()
-    for key in ("traj_loss_train", "traj_distance"):
-        np.testing.assert_array_equal(getattr(mixed, key)[[0, 2]], getattr(calm, key))
+    # The batches have different sizes (3 then 2, against 2), so kernels may sum in another order:
+    # not bit for bit, but a leak of the diverging network (a NaN, an inf, a wrong mask) would be O(1).
+    assert_floor_close(mixed.traj_loss_train[[0, 2]], calm.traj_loss_train, scale=loss_scale(paper_data))
+    assert_floor_close(mixed.traj_distance[[0, 2]], calm.traj_distance, scale=distance_scale(paper_data))
     for Wm, Wc in zip(mixed.layers, calm.layers):
-        np.testing.assert_array_equal(Wm[[0, 2]], Wc)
+        assert_weights_close(Wm[[0, 2]], Wc)
     # frozen at the point of divergence: trajectory NaN from there on, weights finite and kept
     after = mixed.record_steps >= mixed.diverged_step[1]
     assert np.isnan(mixed.traj_loss_train[1, after]).all()
@@ -55,7 +59,7 @@ def test_fig1_small_lr_converges_within_bounds(paper_data):
     small, large = slice(0, 4), slice(4, 8)
     assert (res.status[small] == dlnpipe.CONVERGED).all()
     assert (res.status[large] != dlnpipe.CONVERGED).all()
-    assert (excess(res, paper_data)[small] < 1e-4).all()  # checked on the data, not the moments
+    assert (excess(res, paper_data)[small] < 1e-4 * loss_scale(paper_data)).all()  # on the data, not the moments
     s = dlnpipe.sharpness(paper_data, res, method="lanczos")
     assert (b.s_min <= s.values[small]).all() and (s.values[small] <= b.s_upper).all()
     assert (s.values[small] <= 2 / 0.005).all()
@@ -88,10 +92,12 @@ def test_memory_batches_equal_one_batch(paper_data, arch):
     assert len(sliced) == 5
     for key in ("lr", "scale", "seed", "steps", "status", "diverged_step", "record_steps"):
         np.testing.assert_array_equal(getattr(sliced, key), getattr(whole, key))
+    # slices are batches of another size: the same claim, and tolerances, as batch = one at a time
     for Ws, Ww in zip(sliced.layers, whole.layers):
-        np.testing.assert_allclose(Ws, Ww, rtol=1e-12, atol=1e-14)
-    for key in ("loss_train", "traj_loss_train", "traj_distance"):
-        np.testing.assert_allclose(getattr(sliced, key), getattr(whole, key), rtol=1e-12, atol=1e-14)
+        assert_weights_close(Ws, Ww)
+    for key in ("loss_train", "traj_loss_train"):
+        assert_floor_close(getattr(sliced, key), getattr(whole, key), scale=loss_scale(paper_data))
+    assert_floor_close(sliced.traj_distance, whole.traj_distance, scale=distance_scale(paper_data))
     if arch == "residual":
         np.testing.assert_array_equal(sliced.p, whole.p)
 
@@ -107,7 +113,7 @@ def test_batch_size_follows_memory_budget(paper_data, monkeypatch, caplog):
         res = dlnpipe.train(paper_data, **kw)
     assert "5 networks in batches of 2" in caplog.text and len(res) == 5
     for Wa, Wb in zip(res.layers, dlnpipe.train(paper_data, max_batch=5, **kw).layers):
-        np.testing.assert_allclose(Wa, Wb, rtol=1e-12, atol=1e-14)
+        assert_weights_close(Wa, Wb)
 
 
 @pytest.mark.parametrize("optimizer", ["gd", "flow"])
@@ -124,10 +130,12 @@ def test_networks_on_different_datasets_train_in_one_batch(arch, optimizer):
         one = dlnpipe.train(sets[i], **{**kw, "lr": kw["lr"][j], "seed": kw["seed"][j], "steps": kw["steps"][j]},
                             record_steps=batch.record_steps)
         for Wb, Wo in zip(batch.layers, one.layers):
-            np.testing.assert_allclose(Wb[j], Wo[0], rtol=1e-10, atol=1e-12)
-        for key in ("loss_train", "loss_test", "distance"):
-            np.testing.assert_allclose(getattr(batch, key)[j], getattr(one, key)[0], rtol=1e-10)
-        np.testing.assert_allclose(batch.traj_loss_test[j], one.traj_loss_test[0], rtol=1e-10)
+            assert_weights_close(Wb[j], Wo[0])
+        # converged networks sit at R − R* ~ 1e-14 and ‖w − w*‖² ~ 1e-21: absolute tolerances
+        for key in ("loss_train", "loss_test"):
+            assert_floor_close(getattr(batch, key)[j], getattr(one, key)[0], scale=loss_scale(*sets))
+        assert_floor_close(batch.distance[j], one.distance[0], scale=distance_scale(*sets))
+        assert_floor_close(batch.traj_loss_test[j], one.traj_loss_test[0], scale=loss_scale(*sets))
         assert batch.status[j] == one.status[0]
     with pytest.raises(ValueError, match="one entry per network"):
         dlnpipe.train(sets[:2], **{**kw, "lr": 0.01, "seed": [1, 2, 3], "steps": 10})
