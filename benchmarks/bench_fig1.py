@@ -22,7 +22,12 @@ import numpy as np
 import torch
 
 import dlnpipe
-from dlnpipe.objective import HessianOperator, Problem, linear_state, loss, stack_weights
+from dlnpipe import archs
+from dlnpipe.hessian import HessianOperator
+from dlnpipe.problem import Problem
+from dlnpipe.tensors import stack_weights
+
+SMALL = archs.get("small")
 
 # fig1 (PAPER.md §4): η -> (steps, seeds); scales linspace(0.25, 0.6, 10); L = 10, m = d = 5, n = 50.
 FIG1 = {0.005: (40_000, 20), 0.02: (10_000, 20), 0.07: (4_000, 20), 0.1: (4_000, 20), 0.2: (2_000, 80)}
@@ -94,14 +99,14 @@ def per_call(fn, repeat=20):
 def hvp_vs_grad(ds, B=200):
     nets = [dlnpipe.init_network("small", depth=DEPTH, width=WIDTH, d=5, scale=0.4, seed=i) for i in range(B)]
     layers, c = stack_weights(nets, dtype="float64", device="cpu")
-    prob = Problem.from_dataset(ds, arch="small", in_dim=5, dtype="float64", device="cpu")
+    prob = Problem.from_dataset(ds, in_dim=5, dtype="float64", device="cpu")
     params = [W.clone().requires_grad_(True) for W in layers]
-    t_grad = per_call(lambda: torch.autograd.grad(loss(params, c, prob).sum(), params))
-    t_hand = per_call(lambda: linear_state(layers, c, prob))
-    op = HessianOperator(layers, c, prob)
+    t_grad = per_call(lambda: torch.autograd.grad(SMALL.loss(params, c, prob).sum(), params))
+    t_hand = per_call(lambda: SMALL.forward(layers, c, prob))
+    op = HessianOperator(SMALL, layers, c, prob)
     v = torch.randn(B, op.size, dtype=torch.float64)
     t_hvp = per_call(lambda: op.matvec(v))
-    t_hvp_full = per_call(lambda: HessianOperator(layers, c, prob).matvec(v))
+    t_hvp_full = per_call(lambda: HessianOperator(SMALL, layers, c, prob).matvec(v))
     return t_grad, t_hand, t_hvp, t_hvp_full
 
 

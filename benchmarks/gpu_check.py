@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 import dlnpipe
-from dlnpipe.objective import memory_budget, resolve_device
-from dlnpipe.training import _bytes_per_network
+from dlnpipe import archs
+from dlnpipe.devices import memory_budget, resolve_device
 
 TOL = 1e-10
 
@@ -68,7 +68,8 @@ def throughput(dev: torch.device, widths: list[int], depth: int, steps: int, lan
     tdtype = getattr(torch, dtype)
     for m in widths:
         params = depth * m * m
-        fit = int(budget // _bytes_per_network("small", depth, m, d, data.n, tdtype))
+        fit = int(budget // archs.get("small").bytes_per_network(depth=depth, width=m, d=d, n=data.n,
+                                                                  itemsize=tdtype.itemsize))
         B = max(1, min(max_nets, fit))
         # small init at scale 1/√m (product of norm ~1) and a tiny step: nothing diverges or stops early
         kw = dict(arch="small", depth=depth, width=m, lr=1e-4, scale=m**-0.5, seed=np.arange(B), dtype=dtype,

@@ -20,8 +20,9 @@ _EXPORTS = {
     "Bounds": "dlnpipe.theory", "balanced_minimizer": "dlnpipe.theory", "bounds": "dlnpipe.theory",
     "random_factorization": "dlnpipe.theory",
     "CONVERGED": "dlnpipe.status", "FAILED": "dlnpipe.status", "DIVERGED": "dlnpipe.status",
-    "STATUS_MEANINGS": "dlnpipe.status",
-    "TrainResult": "dlnpipe.training", "train": "dlnpipe.training",
+    "STATUS_MEANINGS": "dlnpipe.status", "Status": "dlnpipe.status",
+    "TrainResult": "dlnpipe.result", "train": "dlnpipe.training",
+    "Architecture": "dlnpipe.archs",
 }
 
 __all__ = sorted(_EXPORTS)

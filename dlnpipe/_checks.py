@@ -7,8 +7,6 @@ from collections.abc import Iterable
 
 import numpy as np
 
-ARCHS = ("small", "residual", "gelu")
-
 
 def check_int(name: str, value, *, minimum: int) -> int:
     """Return ``value`` as an int, refusing non-integers and values below ``minimum``."""
@@ -35,10 +33,6 @@ def check_choice(name: str, value, choices: Iterable[str]) -> str:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
     return value
-
-
-def check_arch(arch) -> str:
-    return check_choice("arch", arch, ARCHS)
 
 
 def check_finite(name: str, array: np.ndarray) -> np.ndarray:

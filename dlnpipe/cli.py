@@ -91,8 +91,8 @@ def cmd_measure(args):
 
 
 def cmd_gather(args):
+    from dlnpipe.files import read_meta
     from dlnpipe.grid import Cell
-    from dlnpipe.io import load_npz
     from dlnpipe.stages import cube
 
     if args.config.lstrip().startswith("{"):
@@ -103,12 +103,12 @@ def cmd_gather(args):
         raise SystemExit("gather: --train and --measure need one file per cell each, in the same order")
     cells, devices = [], []
     for t, m in zip(args.train, args.measure):
-        _, meta = load_npz(t)
+        meta = read_meta(t)
         cells.append((Cell(**meta["spec"]["cell"]), Path(t), Path(m)))
         devices.append(meta.get("device", "unknown"))
     data_paths = {}
     for p in args.data:
-        _, meta = load_npz(p)
+        meta = read_meta(p)
         data_paths[(meta["experiment"], meta["data_id"])] = Path(p)
     cube.gather(cfg, cells, data_paths, args.out, devices=devices)
 
@@ -129,21 +129,14 @@ def cmd_plot(args):
 def cmd_track_init(args):
     from dlnpipe.stages import track
 
-    track.init(args.uri, args.experiments, args.out, artifacts=args.artifacts)
+    track.run_init(args.uri, args.experiments, args.out, artifacts=args.artifacts)
 
 
 def cmd_track(args):
-    from dlnpipe.io import git_revision, load_npz
     from dlnpipe.stages import track
-    from dlnpipe.stages.make_data import read_many
-    from dlnpipe.theory import bounds
 
-    _, meta = load_npz(args.train[0])
-    depth = meta["spec"]["cell"]["depth"]
-    sets = read_many(args.data)
-    theory = {key: bounds(ds, depth) for key, ds in sets.items()}
-    track.log_cell(args.uri, args.name, args.cell, args.train, args.measure, theory=theory, datasets=sets,
-                   cube=str(Path(args.cube).resolve()), git_revision=git_revision(), out=args.out)
+    track.run(args.uri, args.name, args.cell, args.data, args.train, args.measure,
+              cube=str(Path(args.cube).resolve()), out=args.out)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -227,7 +220,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     _setup(args)
-    from dlnpipe.stages.track import TrackingUnavailable
+    from dlnpipe.tracking import TrackingUnavailable
 
     try:
         args.func(args)

@@ -16,9 +16,14 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dlnpipe import archs, figures, steppers
+
 Positive = Annotated[float, Field(gt=0)]
 Spectrum = Literal["geometric", "linear", "two-level", "spike"]
 WStar = Literal["random", "top", "bottom"]
+ArchName = Literal[archs.NAMES]  # every architecture of the registry (dlnpipe.archs)
+FigureName = Literal[figures.NAMES]  # every figure of the registry (dlnpipe.figures)
+OptimizerName = Literal[steppers.NAMES]  # every stepper of the registry (dlnpipe.steppers)
 
 
 class ConfigError(ValueError):
@@ -125,9 +130,9 @@ class RunConfig(Strict):
 class ExperimentConfig(Strict):
     description: str = Field("", description="what the experiment reproduces (free text)")
     data: DataConfig = Field(default_factory=DataConfig, description="the dataset(s)")
-    inits: Annotated[list[Literal["small", "residual", "gelu"]], Field(min_length=1)] = Field(
-        description="architectures/initialisations: small (Gaussian N(0, s²)), residual (I + s/√(L·m) N), "
-                    "gelu (small init, GELU between layers)")
+    inits: Annotated[list[ArchName], Field(min_length=1)] = Field(
+        description="architectures/initialisations: " + "; ".join(f"{a.name} ({a.description})"
+                                                                   for a in archs.ARCHITECTURES.values()))
     depths: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = Field(
         description="numbers of trained layers L")
     widths: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = Field(
@@ -139,7 +144,7 @@ class ExperimentConfig(Strict):
     record_every: int = Field(100, ge=1, description="trajectory sampling period, in steps")
     record_sharpness: bool = Field(False, description="also record the Lanczos sharpness along trajectories")
     sharpness_k: int = Field(3, ge=1, description="number of top Hessian eigenvalues measured at the end")
-    optimizer: Literal["gd", "flow"] = Field(
+    optimizer: OptimizerName = Field(
         "gd", description="gd: gradient descent with step lr; flow: gradient flow dW/dt = −∇R integrated by an "
                           "adaptive Dormand–Prince 5(4) solver to time lr·steps (lr then only sets the time "
                           "scale and the sampling times lr·record_every)")
@@ -163,8 +168,7 @@ class ExperimentConfig(Strict):
                            "dataset. Makes dataset sweeps cheap (fewer, larger jobs)")
     split: int = Field(1, ge=1, description="jobs per cell: the cell's networks are dealt into this many "
                                             "parts of equal cost (parallelism for long cells)")
-    figures: list[Literal["fig1a", "fig1b", "fig3", "trajectories", "fig2", "fig6a", "fig6b", "ratio_kappa",
-                          "ratio_depth", "ratio_width", "structure", "topk"]] = Field(
+    figures: list[FigureName] = Field(
         default_factory=list, description="figures drawn from this experiment")
 
     @field_validator("scales")
@@ -182,11 +186,13 @@ class ExperimentConfig(Strict):
         return self
 
     @model_validator(mode="after")
-    def _residual_width(self):
-        if "residual" in self.inits and self.data.file is None:
-            narrow = [m for m in self.widths if m < self.data.d]
-            if narrow:
-                raise ValueError(f"residual networks need width >= d = {self.data.d}, got width {narrow[0]}")
+    def _widths(self):
+        if self.data.file is None:  # a user's file: d is known when it is read
+            for init in self.inits:
+                for m in self.widths:
+                    error = archs.get(init).width_error(m, self.data.d)
+                    if error:
+                        raise ValueError(error)
         return self
 
 

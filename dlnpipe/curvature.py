@@ -9,8 +9,9 @@ Methods:
 * ``dense``: the full Hessian by ``torch.func.hessian`` and ``eigvalsh``; small networks only.
 * ``power``: the authors' 20 power iterations (largest *magnitude* eigenvalue), for comparison.
 
-All computations run in float64. ``sharpness`` accepts one network (a :class:`Weights`) or a
-:class:`~dlnpipe.training.TrainResult` (all its networks at once).
+All computations run in float64. :func:`sharpness` accepts one network (a :class:`Weights`), a list
+of them or a :class:`~dlnpipe.result.TrainResult` (all its networks at once); :func:`top_eigenvalues`
+works on a live batch of tensors (training records sharpness trajectories with it, on the device).
 """
 
 from __future__ import annotations
@@ -20,20 +21,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dlnpipe import archs
 from dlnpipe._checks import check_choice, check_int
 from dlnpipe.data import Dataset
+from dlnpipe.devices import memory_budget as default_budget
+from dlnpipe.devices import resolve_device
+from dlnpipe.hessian import HessianOperator, dense_hessians
 from dlnpipe.lanczos import lanczos, power_iteration
 from dlnpipe.networks import Weights
-from dlnpipe.objective import (
-    HessianOperator,
-    Problem,
-    flatten,
-    loss,
-    resolve_device,
-    stack_weights,
-    unflatten,
-)
-from dlnpipe.objective import memory_budget as default_budget
+from dlnpipe.problem import Problem
+from dlnpipe.result import TrainResult
+from dlnpipe.tensors import stack_weights
 
 METHODS = ("lanczos", "exact", "dense", "power")
 DENSE_MAX_PARAMS = 4000  # a (P, P) float64 Hessian of 4000 parameters is 128 MB
@@ -70,17 +68,15 @@ class SharpnessResult:
         return float(self.eigenvalues[0, 0])
 
 
-def _as_batch(weights) -> tuple[list[Weights], str]:
-    from dlnpipe.training import TrainResult  # local import: train depends on this module
-
+def _as_batch(weights) -> list[Weights]:
     if isinstance(weights, TrainResult):
-        return [weights.network(i) for i in range(len(weights))], weights.arch
+        return weights.networks()
     if isinstance(weights, Weights):
-        return [weights], weights.arch
+        return [weights]
     if isinstance(weights, (list, tuple)) and weights and all(isinstance(w, Weights) for w in weights):
-        return list(weights), weights[0].arch
+        return list(weights)
     if isinstance(weights, (list, tuple)):
-        return [Weights(weights, arch="small")], "small"
+        return [Weights(weights, arch=archs.DEFAULT)]
     raise ValueError(f"weights must be Weights, a list of them or a TrainResult, got {type(weights).__name__}")
 
 
@@ -88,6 +84,23 @@ def start_vectors(seeds, size: int, *, device) -> torch.Tensor:
     """One N(0, I) start vector per network from its own seed: results do not depend on batching."""
     v = np.stack([np.random.default_rng([int(s), 1_000_003]).standard_normal(size) for s in seeds])
     return torch.tensor(v, dtype=torch.float64, device=device)
+
+
+def networks_per_batch(size: int, k: int, budget: float) -> int:
+    """How many networks of ``size`` parameters fit a Lanczos basis (about 100 float64 vectors each)."""
+    return max(1, int(budget // (8 * size * (min(size, 100) + 8 * k + 10))))
+
+
+def top_eigenvalues(arch, layers, c, prob: Problem, v0: torch.Tensor, *, k: int = 1, tol: float = 1e-10,
+                    max_iter: int | None = None, method: str = "lanczos"):
+    """Top-k Hessian eigenvalues of a batch given as float64 tensors, from start vectors v0 (B, P);
+    (eigenvalues, residuals, products) with numpy (B, k) arrays."""
+    op = HessianOperator(arch, layers, c, prob)
+    if k > op.size:
+        raise ValueError(f"k={k} exceeds the number of parameters ({op.size})")
+    out = power_iteration(op.matvec, v0) if method == "power" else lanczos(op.matvec, v0, k=k, tol=tol,
+                                                                            max_iter=max_iter)
+    return out.eigenvalues, out.residuals, out.iterations
 
 
 def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1, tol: float = 1e-10,
@@ -102,88 +115,51 @@ def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1,
     """
     check_choice("method", method, METHODS)
     k = check_int("k", k, minimum=1)
-    nets, arch = _as_batch(weights)
+    nets = _as_batch(weights)
+    arch = nets[0].architecture
+    if method == "exact" and not arch.linear:
+        raise ValueError(f"method 'exact' holds for linear networks only, not arch {arch.name!r}")
     if seeds is None:
         seeds = getattr(weights, "seed", None)
         seeds = np.zeros(len(nets), dtype=np.int64) if seeds is None else np.atleast_1d(seeds)
     device = resolve_device(device if device is not None else "cpu")
     ok = np.array([all(np.isfinite(W).all() for W in net) for net in nets])
-    eig = np.full((len(nets), k), np.nan)
-    res = np.full((len(nets), k), np.nan)
+    eig, res = np.full((len(nets), k), np.nan), np.full((len(nets), k), np.nan)
     hvps = 0
     size = sum(W.size for W in nets[0].layers)
     budget = default_budget(device) if memory_budget is None else memory_budget
-    per_batch = max(1, int(budget // (8 * size * (min(size, 100) + 8 * k + 10))))
     todo = np.flatnonzero(ok)
-    for start in range(0, todo.size, per_batch):
-        idx = todo[start:start + per_batch]
+    per_batch = networks_per_batch(size, k, budget)
+    for idx in (todo[i:i + per_batch] for i in range(0, todo.size, per_batch)):
         sub = [nets[i] for i in idx]
         if method == "exact":
-            e = exact_topk(dataset, sub, k=k)
+            e = arch.exact_topk(dataset, sub, k=k)
         else:
             layers, c = stack_weights(sub, dtype="float64", device=device)
-            prob = Problem.from_dataset(dataset, arch=arch, in_dim=layers[0].shape[2], dtype="float64",
-                                        device=device)
+            prob = arch.problem([dataset], in_dim=layers[0].shape[2], dtype="float64", device=device)
             if method == "dense":
-                e = dense_topk(layers, c, prob, k=k, max_params=dense_max_params)
+                e = dense_topk(arch, layers, c, prob, k=k, max_params=dense_max_params)
             else:
-                op = HessianOperator(layers, c, prob)
-                if k > op.size:
-                    raise ValueError(f"k={k} exceeds the number of parameters ({op.size})")
-                v0 = start_vectors(np.asarray(seeds)[idx], op.size, device=device)
-                if method == "power":
-                    out = power_iteration(op.matvec, v0)
-                else:
-                    out = lanczos(op.matvec, v0, k=k, tol=tol, max_iter=max_iter)
-                e, r, hvps = out.eigenvalues, out.residuals, max(hvps, out.iterations)
-                res[idx, : r.shape[1]] = r
+                v0 = start_vectors(np.asarray(seeds)[idx], size, device=device)
+                e, r, n = top_eigenvalues(arch, layers, c, prob, v0, k=k, tol=tol, max_iter=max_iter, method=method)
+                res[idx, : r.shape[1]], hvps = r, max(hvps, n)
         eig[idx, : e.shape[1]] = e
     return SharpnessResult(method=method, eigenvalues=eig, residuals=res, hvps=hvps)
 
 
-def dense_hessians(layers: list[torch.Tensor], c: torch.Tensor, prob: Problem) -> torch.Tensor:
-    """Full Hessians (B, P, P) by forward-over-reverse ``torch.func.hessian`` (not the Lanczos path)."""
-    flat = flatten(layers)
-
-    def one(theta, c_row):
-        return loss(unflatten(theta[None], layers), c_row[None], prob)[0]
-
-    return torch.stack([torch.func.hessian(one)(flat[b], c[b]) for b in range(flat.shape[0])])
-
-
-def dense_topk(layers, c, prob: Problem, *, k: int, max_params: int = DENSE_MAX_PARAMS) -> np.ndarray:
+def dense_topk(arch, layers, c, prob: Problem, *, k: int, max_params: int = DENSE_MAX_PARAMS) -> np.ndarray:
     size = sum(W[0].numel() for W in layers)
     if size > max_params:
         raise ValueError(f"method 'dense' builds the full Hessian and is for small networks: "
                          f"{size} parameters > dense_max_params={max_params}; use method='lanczos'")
-    H = dense_hessians(layers, c, prob)
+    H = dense_hessians(arch, layers, c, prob)
     H = (H + H.mT) / 2
     return torch.flip(torch.linalg.eigvalsh(H)[:, -k:], dims=[1]).cpu().numpy()
 
 
 def exact_topk(dataset: Dataset, nets: list[Weights], *, k: int = 1) -> np.ndarray:
-    """Top-k of 2 Σ^{1/2} K Σ^{1/2} (PAPER.md §3.6) for each network; exact at global minimizers.
-
-    A_k = W_{k-1} ⋯ W_1 E (E: zero padding, identity unless residual with m > d), b_k = c W_L ⋯ W_{k+1}.
-    """
-    if nets[0].arch == "gelu":
-        raise ValueError("method 'exact' holds for linear networks only, not arch 'gelu'")
-    d = dataset.d
-    root = dataset.sigma_sqrt()
-    out = np.full((len(nets), k), np.nan)
-    for i, net in enumerate(nets):
-        layers = net.layers
-        c = net.p[None, :] if net.arch == "residual" else np.ones((1, 1))
-        rows = [c]
-        for W in reversed(layers):
-            rows.append(rows[-1] @ W)
-        rows = rows[::-1]  # rows[k] = b_k (1, out_k), rows[L] = c
-        A = np.eye(layers[0].shape[1])[:, :d]  # E: (in_dim, d)
-        K = np.zeros((d, d))
-        for j, W in enumerate(layers):
-            K += float((rows[j + 1] ** 2).sum()) * (A.T @ A)
-            A = W @ A
-        M = root @ K @ root
-        top = np.linalg.eigvalsh((M + M.T) / 2)[::-1][:k]
-        out[i, : top.size] = 2 * top
-    return out
+    """Top-k of 2 Σ^{1/2} K Σ^{1/2} (PAPER.md §3.6) for each network; exact at global minimizers of linear nets."""
+    arch = nets[0].architecture
+    if not arch.linear:
+        raise ValueError(f"method 'exact' holds for linear networks only, not arch {arch.name!r}")
+    return arch.exact_topk(dataset, nets, k=k)

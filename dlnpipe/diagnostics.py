@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlnpipe.networks import Weights
+from dlnpipe.result import TrainResult
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,6 @@ class Structure:
 
 def structure(weights, w_star: np.ndarray | None = None) -> Structure:
     """Diagnostics for one network (:class:`Weights`), a list of them, or every network of a TrainResult."""
-    from dlnpipe.training import TrainResult
-
     if isinstance(weights, TrainResult):
         layers = weights.layers  # list of (B, out, in)
     elif isinstance(weights, Weights):

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from dlnpipe import archs
 from dlnpipe.config import ExperimentConfig, StudyConfig, expand
 
 
@@ -91,8 +92,9 @@ ALL_DATA = "all"  # the data id of a cell that holds every dataset of its experi
 
 
 def merged(exp: ExperimentConfig, init: str) -> bool:
-    """Whether cells of this init hold all the experiment's datasets (GELU nets need their own data)."""
-    return exp.batch_datasets and init != "gelu" and len(exp.data.points()) > 1
+    """Whether cells of this init hold all the experiment's datasets (only linear nets train on
+    moments, which can differ from network to network; the others need their own data)."""
+    return exp.batch_datasets and archs.get(init).linear and len(exp.data.points()) > 1
 
 
 def cells(cfg: StudyConfig) -> list[Cell]:
@@ -159,7 +161,7 @@ def networks(exp: ExperimentConfig, cell: Cell) -> Networks:
 
 def init_scale(exp: ExperimentConfig, init: str, width: int, scale):
     """The scale s given to init_network for a grid value: ``scale_unit: inv_sqrt_width`` means
-    units of 1/√m for small and gelu inits (entries N(0, s²/m)); residual init is unchanged."""
-    if exp.scale_unit == "inv_sqrt_width" and init in ("small", "gelu"):
+    units of 1/√m for small inits (entries N(0, s²/m)); residual init is unchanged."""
+    if exp.scale_unit == "inv_sqrt_width" and archs.get(init).small_init:
         return np.asarray(scale, dtype=float) / np.sqrt(width)
     return np.asarray(scale, dtype=float)

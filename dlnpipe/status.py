@@ -1,4 +1,26 @@
-"""Status codes of a trained network (stored as CF flags in the cube)."""
+"""The status of a trained network: one named type, used everywhere (stored as CF flags in the cube).
 
-CONVERGED, FAILED, DIVERGED = 0, 1, 2
-STATUS_MEANINGS = ("converged", "failed", "diverged")
+    converged  R − R* ≤ rtol·R* + atol·(yᵀy/n) at the end
+    failed     finite but not converged (stalled at a saddle, oscillating above η_c, a stiff flow)
+    diverged   the loss became non-finite or exploded; the network was frozen where it happened
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    CONVERGED = 0
+    FAILED = 1
+    DIVERGED = 2
+
+    @property
+    def meaning(self) -> str:
+        return self.name.lower()
+
+
+CONVERGED, FAILED, DIVERGED = Status.CONVERGED, Status.FAILED, Status.DIVERGED
+STATUS_MEANINGS = tuple(s.meaning for s in Status)  # ("converged", "failed", "diverged")
+STATUS_VALUES = tuple(int(s) for s in Status)  # (0, 1, 2): the CF flag_values
+NO_NETWORK = -1  # the cube's status where a ragged grid point holds no network

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dlnpipe import archs
 from dlnpipe._checks import check_int
+from dlnpipe.archs.residual import projection_vector
 from dlnpipe.data import Dataset
-from dlnpipe.networks import Weights, check_network_args, projection_vector
+from dlnpipe.networks import Weights
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Bounds:
     eta_c: float  # 2 / S_min
     s_balanced: float  # exact sharpness of the balanced rank-one minimizer
     ratio_bound: float  # 4Λ/a, the small-init bound on S/S_min
-    balanced: Weights  # that minimizer, arch "small" with width d
+    balanced: Weights  # that minimizer, the default (small) architecture with width d
 
     def __getitem__(self, key: str):
         return getattr(self, key)
@@ -46,36 +48,39 @@ def balanced_sharpness(dataset: Dataset, depth: int) -> float:
     return float(2 * dataset.w_norm ** (2 - 2 / L) * np.linalg.eigvalsh((M + M.T) / 2)[-1])
 
 
-def balanced_minimizer(dataset: Dataset, depth: int, *, arch: str = "small", width: int | None = None,
+def balanced_minimizer(dataset: Dataset, depth: int, *, arch=archs.DEFAULT, width: int | None = None,
                        seed: int = 0, p_seed: int = 0) -> Weights:
-    """A balanced rank-one global minimizer: W_k = c u_k u_{k−1}ᵀ with random unit u_1..u_{L−1}.
-
-    For ``residual`` nets the last layer is c p u_{L−1}ᵀ so that pᵀ W_L = c u_{L−1}ᵀ (p unit).
-    """
+    """A balanced rank-one global minimizer of a linear architecture: W_k = c u_k u_{k−1}ᵀ with random
+    unit u_1..u_{L−1}. With a projection p (residual nets) the last layer is c p u_{L−1}ᵀ, so that
+    pᵀ W_L = c u_{L−1}ᵀ (p unit)."""
     width = dataset.d if width is None else width
-    arch, depth, width, d = check_network_args(arch, depth, width, dataset.d)
+    architecture = archs.get(arch)
+    if not architecture.linear:
+        raise ValueError(f"the balanced minimizer is a minimizer of linear networks, not arch {architecture.name!r}")
+    depth, width, d = architecture.check(depth=depth, width=width, d=dataset.d)
     rng = np.random.default_rng(seed)
     cst = dataset.w_norm ** (1 / depth)
-    in_dim = width if arch == "residual" else d
-    u = [np.zeros(in_dim)]
+    u = [np.zeros(architecture.in_dim(width, d))]
     u[0][:d] = dataset.w_star / dataset.w_norm
     for _ in range(depth - 1):
         v = rng.standard_normal(width)
         u.append(v / np.linalg.norm(v))
-    if arch == "residual":
+    if architecture.has_projection:
         p = projection_vector(width, seed=p_seed)
         layers = [cst * np.outer(u[k + 1], u[k]) for k in range(depth - 1)]
         layers.append(cst * np.outer(p, u[depth - 1]))
-        return Weights([*layers, p], arch=arch)
+        return Weights([*layers, p], arch=architecture)
     u.append(np.ones(1))
-    return Weights([cst * np.outer(u[k + 1], u[k]) for k in range(depth)], arch=arch)
+    return Weights([cst * np.outer(u[k + 1], u[k]) for k in range(depth)], arch=architecture)
 
 
 def random_factorization(dataset: Dataset, depth: int, *, width: int | None = None, scale: float = 1.0,
                          seed: int = 0) -> Weights:
-    """A random global minimizer of a ``small`` net: random W_1..W_{L−1}, W_L = w*ᵀ A_L⁺ (needs m ≥ d)."""
+    """A random global minimizer of the default (small) architecture: random W_1..W_{L−1}, W_L = w*ᵀ A_L⁺
+    (needs m ≥ d)."""
     width = dataset.d if width is None else width
-    arch, depth, width, d = check_network_args("small", depth, width, dataset.d)
+    arch = archs.get(archs.DEFAULT)
+    depth, width, d = arch.check(depth=depth, width=width, d=dataset.d)
     if depth > 1 and width < d:
         raise ValueError(f"a random factorisation needs width >= d, got width={width} with d={d}")
     rng = np.random.default_rng(seed)

@@ -36,7 +36,8 @@ def study(**overrides):
      r"^experiments\.e\.runs\.0\.lr: learning rates must be > 0, got 0\.0$"),
     (study(runs=[{"lr": [0.1, -1], "steps": 10, "seeds": 1}]), r"runs\.0\.lr: learning rates must be > 0, got -1\.0$"),
     (study(scales=[-0.1]), r"^experiments\.e\.scales: init scales must be >= 0, got -0\.1$"),
-    (study(inits=["residual"], widths=[2]), r"^experiments\.e: residual networks need width >= d = 3, got width 2$"),
+    (study(inits=["residual"], widths=[2]),
+     r"^experiments\.e: residual networks need width >= d \(.*\), got width=2 with d=3$"),
     (study(inits=["cnn"]), r"^experiments\.e\.inits\.0: .* \(got \"cnn\"\)$"),
     (study(data={"file": "/nonexistent/data.npz"}), r"data\.file: data file '/nonexistent/data\.npz' does not exist"),
 ])

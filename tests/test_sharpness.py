@@ -5,10 +5,13 @@ import pytest
 import torch
 
 import dlnpipe
-from dlnpipe.curvature import dense_hessians
-from dlnpipe.objective import Problem, linear_grad, stack_weights
+from dlnpipe import archs
+from dlnpipe.hessian import dense_hessians
+from dlnpipe.problem import Problem
+from dlnpipe.tensors import stack_weights
 
-TINY = {"small": dict(depth=3, width=4), "residual": dict(depth=3, width=6), "gelu": dict(depth=3, width=4)}
+TINY = {"small": dict(depth=3, width=4), "residual": dict(depth=3, width=6), "gelu": dict(depth=3, width=4),
+        "relu": dict(depth=3, width=4)}
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +23,7 @@ def tiny_net(arch, ds, seed=0, scale=0.9):
     return dlnpipe.init_network(arch, d=ds.d, scale=scale, seed=seed, p_seed=1, **TINY[arch])
 
 
-@pytest.mark.parametrize("arch", ["small", "residual", "gelu"])
+@pytest.mark.parametrize("arch", archs.NAMES)
 def test_lanczos_equals_dense_off_minimum(tiny_data, arch):
     nets = [tiny_net(arch, tiny_data, seed=s) for s in range(3)]
     for net in nets:
@@ -39,9 +42,10 @@ def test_lanczos_equals_dense_off_minimum(tiny_data, arch):
 def test_dense_hessian_matches_finite_differences_of_handwritten_gradient(tiny_data, arch):
     """Ground truth independent of autograd: central differences of the closed-form gradient b_kᵀh_k."""
     net = tiny_net(arch, tiny_data, seed=4)
+    a = archs.get(arch)
     layers, c = stack_weights([net], dtype="float64", device="cpu")
-    prob = Problem.from_dataset(tiny_data, arch=arch, in_dim=layers[0].shape[2], dtype="float64", device="cpu")
-    H = dense_hessians(layers, c, prob)[0].numpy()
+    prob = a.problem([tiny_data], in_dim=layers[0].shape[2], dtype="float64", device="cpu")
+    H = dense_hessians(a, layers, c, prob)[0].numpy()
     flat = torch.cat([W.reshape(-1) for W in layers])
     sizes = [W[0].numel() for W in layers]
 
@@ -50,7 +54,7 @@ def test_dense_hessian_matches_finite_differences_of_handwritten_gradient(tiny_d
         for W, s in zip(layers, sizes):
             ws.append(theta[start:start + s].reshape(W.shape))
             start += s
-        return torch.cat([g.reshape(-1) for g in linear_grad(ws, c, prob)]).numpy()
+        return torch.cat([g.reshape(-1) for g in a.gradient(ws, c, prob)[0]]).numpy()
 
     eps = 1e-5
     fd = np.stack([(grad(flat + eps * e) - grad(flat - eps * e)) / (2 * eps)
@@ -62,8 +66,8 @@ def test_handwritten_gradient_matches_data_loss_derivative(tiny_data):
     """∂R/∂W from the moment form equals the derivative of (1/n)‖y − X w‖² computed on the data."""
     net = tiny_net("small", tiny_data, seed=2)
     layers, c = stack_weights([net], dtype="float64", device="cpu")
-    prob = Problem.from_dataset(tiny_data, arch="small", in_dim=3, dtype="float64", device="cpu")
-    grads = linear_grad(layers, c, prob)
+    prob = Problem.from_dataset(tiny_data, in_dim=3, dtype="float64", device="cpu")
+    grads, _ = archs.get("small").gradient(layers, c, prob)
     X, y = torch.tensor(tiny_data.X), torch.tensor(tiny_data.y)
     params = [W.clone().requires_grad_(True) for W in layers]
     prod = params[-1][0]
@@ -78,8 +82,8 @@ def test_handwritten_gradient_matches_data_loss_derivative(tiny_data):
 def test_depth_one_hessian_is_two_sigma(paper_data):
     net = dlnpipe.init_network("small", depth=1, width=5, d=5, scale=1.0, seed=0)
     layers, c = stack_weights([net], dtype="float64", device="cpu")
-    prob = Problem.from_dataset(paper_data, arch="small", in_dim=5, dtype="float64", device="cpu")
-    H = dense_hessians(layers, c, prob)[0].numpy()
+    prob = Problem.from_dataset(paper_data, in_dim=5, dtype="float64", device="cpu")
+    H = dense_hessians(archs.get("small"), layers, c, prob)[0].numpy()
     np.testing.assert_allclose(H, 2 * paper_data.sigma, rtol=1e-13, atol=1e-13 * paper_data.lam_max)
     top = 2 * np.linalg.eigvalsh(paper_data.sigma)[::-1][:3]
     for method in ("lanczos", "dense"):
@@ -121,17 +125,55 @@ def test_exact_refuses_gelu(paper_data):
         dlnpipe.sharpness(paper_data, net, method="exact")
 
 
-def test_gelu_handwritten_gradient_matches_autograd(tiny_data):
-    """The batch-last GELU gradient used in training equals autograd's on the data loss."""
-    from dlnpipe.objective import gelu_loss_and_grad, loss
-
-    nets = [dlnpipe.init_network("gelu", depth=4, width=5, d=3, scale=0.8, seed=s) for s in range(3)]
+@pytest.mark.parametrize("arch", archs.names(linear=False))
+def test_nonlinear_handwritten_gradient_matches_autograd(tiny_data, arch):
+    """The batch-last hand-written gradient used in training (GELU, ReLU) equals autograd's on the data loss."""
+    a = archs.get(arch)
+    nets = [dlnpipe.init_network(arch, depth=4, width=5, d=3, scale=0.8, seed=s) for s in range(3)]
     layers, c = stack_weights(nets, dtype="float64", device="cpu")
-    prob = Problem.from_dataset(tiny_data, arch="gelu", in_dim=3, dtype="float64", device="cpu")
-    value, grads = gelu_loss_and_grad(layers, prob)
+    prob = a.problem([tiny_data], in_dim=3, dtype="float64", device="cpu")
+    value, grads = a.loss_and_grad(layers, prob)
     params = [W.clone().requires_grad_(True) for W in layers]
-    ref = loss(params, c, prob)
+    ref = a.loss(params, c, prob)
     auto = torch.autograd.grad(ref.sum(), params)
     np.testing.assert_allclose(value.numpy(), ref.detach().numpy(), rtol=1e-13)
     for g, a in zip(grads, auto):  # entries near zero: absolute tolerance scaled by the largest entry
         np.testing.assert_allclose(g.numpy(), a.numpy(), rtol=1e-11, atol=1e-11 * np.abs(a.numpy()).max())
+
+
+@pytest.mark.parametrize("arch", archs.names(linear=False))
+def test_nonlinear_dense_hessian_matches_finite_differences(tiny_data, arch):
+    """Ground truth independent of autograd's second derivatives: central differences of the
+    hand-written gradient. For ReLU the loss is smooth where no pre-activation of a training input
+    is 0; the test checks that none is within the difference step's reach."""
+    a = archs.get(arch)
+    net = tiny_net(arch, tiny_data, seed=3)
+    layers, c = stack_weights([net], dtype="float64", device="cpu")
+    prob = a.problem([tiny_data], in_dim=3, dtype="float64", device="cpu")
+    H = dense_hessians(a, layers, c, prob)[0].numpy()
+    sizes = [W[0].numel() for W in layers]
+    flat = torch.cat([W.reshape(-1) for W in layers])
+
+    def unflat(theta):
+        ws, start = [], 0
+        for W, s in zip(layers, sizes):
+            ws.append(theta[start:start + s].reshape(W.shape))
+            start += s
+        return ws
+
+    ws = unflat(flat)
+    h = torch.tensor(tiny_data.X)
+    margin = np.inf
+    for W in ws[:-1]:
+        z = h @ W[0].T
+        margin = min(margin, float(z.abs().min()))
+        h = a.activation(z)
+    eps = 1e-6
+    assert margin > 1e3 * eps, margin  # every pre-activation keeps its sign under the perturbation
+
+    def grad(theta):
+        return torch.cat([g.reshape(-1) for g in a.loss_and_grad(unflat(theta), prob)[1]]).numpy()
+
+    fd = np.stack([(grad(flat + eps * e) - grad(flat - eps * e)) / (2 * eps)
+                   for e in torch.eye(flat.numel(), dtype=torch.float64)], axis=1)
+    np.testing.assert_allclose(H, (fd + fd.T) / 2, atol=1e-6 * np.abs(H).max())

@@ -13,7 +13,7 @@ SCALE = [0.3, 0.5, 0.4, 0.35]
 STEPS = [300, 200, 300, 150]
 
 
-@pytest.mark.parametrize("arch,width", [("small", 5), ("small", 7), ("residual", 6), ("gelu", 4)])
+@pytest.mark.parametrize("arch,width", [("small", 5), ("small", 7), ("residual", 6), ("gelu", 4), ("relu", 4)])
 def test_batch_equals_one_at_a_time(paper_data, arch, width):
     kw = dict(arch=arch, depth=4, width=width, record_every=10)
     batch = dlnpipe.train(paper_data, lr=LR, scale=SCALE, seed=[0, 1, 2, 3], steps=STEPS, **kw)
@@ -82,7 +82,7 @@ def test_status_failed_when_not_converged(paper_data):
     assert np.isfinite(res.loss_train[0])
 
 
-@pytest.mark.parametrize("arch", ["small", "residual", "gelu"])
+@pytest.mark.parametrize("arch", ["small", "residual", "gelu", "relu"])
 def test_memory_batches_equal_one_batch(paper_data, arch):
     """A cell larger than the device's memory is trained in slices: same result as one batch."""
     kw = dict(arch=arch, depth=3, width=6, lr=[0.01, 0.02, 0.05, 0.01, 0.02], scale=[0.3, 0.4, 0.5, 0.6, 0.2],
@@ -104,9 +104,10 @@ def test_memory_batches_equal_one_batch(paper_data, arch):
 
 def test_batch_size_follows_memory_budget(paper_data, monkeypatch, caplog):
     """Without max_batch the batch is as large as the device's memory budget allows."""
-    from dlnpipe import training
+    from dlnpipe import archs, training
 
-    one = training._bytes_per_network("small", 3, 6, paper_data.d, paper_data.n, torch.float64)
+    one = archs.get("small").bytes_per_network(depth=3, width=6, d=paper_data.d, n=paper_data.n,
+                                               itemsize=torch.float64.itemsize)
     monkeypatch.setattr(training, "memory_budget", lambda device: 2.5 * one)
     kw = dict(arch="small", depth=3, width=6, lr=0.02, scale=0.4, seed=[1, 2, 3, 4, 5], steps=100)
     with caplog.at_level("INFO", logger="dlnpipe.training"):

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def test_quick_cube_content(quick_run):
     tree = open_tree(quick_run / "results/cube.zarr")
-    assert set(tree.children) == {"small", "resid", "traj", "under", "bounds"}
+    assert set(tree.children) == {"small", "relu", "resid", "traj", "under", "bounds"}
 
     assert json.loads(tree.attrs["config"])["experiments"]["small"]["depths"] == [3]
     assert "torch" in json.loads(tree.attrs["versions"]) and tree.attrs["devices"] == '["cpu"]'
@@ -48,6 +48,11 @@ def test_quick_cube_content(quick_run):
     assert int(under.valid.sum()) == 8 and (under.status >= 0).all()  # the two parts of the split cell
     traj = tree["traj"].to_dataset()
     assert np.isfinite(traj.traj_sharpness.values).sum() == 2 * 7
+    # an architecture beyond the paper, in an experiment like gelu: trained, measured, not held to linear theory
+    relu = tree["relu"].to_dataset()
+    assert list(relu.init.values) == ["relu"] and int((relu.status == 0).sum()) >= 3
+    assert np.isfinite(relu.sharpness.where(relu.status == 0)).sum() == (relu.status == 0).sum()
+    assert np.isnan(relu.sharpness_exact.values).all()  # the exact formula is for linear networks only
 
 
 def test_quick_bounds_experiment(quick_run):
@@ -81,13 +86,15 @@ def test_quick_tables_and_figures(quick_run):
     import pandas as pd
     from matplotlib.image import imread
 
-    for exp in ("small", "resid", "traj", "under"):
+    for exp in ("small", "relu", "resid", "traj", "under"):
         table = pd.read_csv(res / f"bounds/{exp}.csv")
         assert {"converged", "failed", "diverged", "s_min", "c1_fail", "c3a_fail"} <= set(table.columns)
         assert (table.c1_fail == 0).all()
         assert "## Claims" in (res / f"bounds/{exp}.md").read_text()
-    expected = {"small": ["fig1a", "fig1b", "fig3"], "resid": ["fig2"], "traj": ["trajectories"],
-                "under": ["fig6a", "fig6b"]}
+    relu = pd.read_csv(res / "bounds/relu.csv")
+    assert (relu.c1_checked == 0).all() and (relu.c4_checked == 0).all()  # linear theory: not checked on ReLU
+    expected = {"small": ["fig1a", "fig1b", "fig3"], "relu": ["fig1a", "fig1b", "fig3"], "resid": ["fig2"],
+                "traj": ["trajectories"], "under": ["fig6a", "fig6b"]}
     for exp, figs in expected.items():
         for fig in figs:
             img = imread(res / f"figures/{exp}/{fig}.png")

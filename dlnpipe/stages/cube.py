@@ -1,235 +1,32 @@
-"""Stage gather_cube: the per-cell files of the study become one labelled store, ``results/cube.zarr``.
-
-An xarray DataTree with one group per experiment. Each group is a Dataset whose dimension
-coordinates are the grid axes ``init, depth, width, kappa, spectrum, wstar, lr, scale, seed`` (plus ``step`` for
-trajectories, ``eig`` for the top-k eigenvalues and ``layer`` for per-layer diagnostics). Ragged
-axes (80 seeds for one η, 20 for the others) are NaN-padded; ``valid`` marks real networks and
-``status`` is -1 there. Units and long names are in each variable's attrs; the resolved config,
-versions, git revision and devices in the root's attrs.
-
-Open it without dlnpipe:  ``xr.open_datatree("results/cube.zarr", engine="zarr", consolidated=False)``.
-"""
+"""Stage gather_cube: the per-cell files of the study become one labelled store, ``results/cube.zarr``
+(its schema and layout: :mod:`dlnpipe.cube`)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import xarray as xr
-
 from dlnpipe.config import StudyConfig
-from dlnpipe.grid import Cell, data_points
-from dlnpipe.io import git_revision, load_npz, replace_dir, versions
-from dlnpipe.stages.make_data import read
-from dlnpipe.status import STATUS_MEANINGS
-from dlnpipe.theory import bounds
+from dlnpipe.cube import experiment_dataset, write_cube
+from dlnpipe.files import read_cell, read_dataset
+from dlnpipe.grid import Cell
+from dlnpipe.io import git_revision, versions
 
 log = logging.getLogger(__name__)
 
-GRID_DIMS = ("init", "depth", "width", "kappa", "spectrum", "wstar", "lr", "scale", "seed")
-DATA_DIMS = ("kappa", "spectrum", "wstar")  # one dataset per combination
-# Integer variables keep their dtype on the padded grid: -1 marks "no network here", NaN elsewhere.
-INT_FILL = {"status": -1, "diverged_step": -1, "steps": -1, "seed_value": -1}
-
-ATTRS = {
-    "sharpness": ("largest algebraic Hessian eigenvalue at the end of training (Lanczos)", "1"),
-    "sharpness_topk": ("top-k algebraic Hessian eigenvalues at the end of training (Lanczos)", "1"),
-    "sharpness_residual": ("Lanczos certificate ||Hv - lambda v|| of each Ritz pair", "1"),
-    "sharpness_exact": ("sharpness by the exact d×d formula (PAPER.md §3.6), converged networks only", "1"),
-    "sharpness_init": ("largest algebraic Hessian eigenvalue at initialisation (Lanczos)", "1"),
-    "loss_train": ("final training loss R = (1/n)||y - X w||^2 (no factor 1/2)", "1"),
-    "loss_test": ("final test loss", "1"),
-    "distance": ("final squared distance ||w_prod - w*||^2 (the paper's figures plot it divided by d)", "1"),
-    "diverged_step": ("step at which the network diverged (-1: never, or no network)", "step"),
-    "steps": ("number of gradient steps of the network (-1: no network)", "step"),
-    "seed_value": ("derived seed of the network, a hash of its grid coordinates (-1: no network)", "1"),
-    "sv_ratio": ("sigma_2 / sigma_1 of the layer's weight matrix (NaN for a vector layer)", "1"),
-    "alignment": ("|<v_{k+1}, u_k>|: top right singular vector of the next layer against this layer's top "
-                  "left singular vector", "1"),
-    "input_alignment": ("|<v_1, w*/||w*||>|: first layer's top right singular vector against w*", "1"),
-    "traj_loss_train": ("training loss along the trajectory", "1"),
-    "traj_loss_test": ("test loss along the trajectory", "1"),
-    "traj_distance": ("||w_prod - w*||^2 along the trajectory", "1"),
-    "traj_sharpness": ("Lanczos sharpness along the trajectory", "1"),
-    "s_min": ("lower bound on the sharpness of any global minimizer, 2 L a ||w*||^(2-2/L)", "1"),
-    "s_upper": ("small-init gradient-flow bound 8 L Lambda ||w*||^(2-2/L)", "1"),
-    "s_balanced": ("exact sharpness of the balanced rank-one minimizer", "1"),
-    "eta_c": ("critical learning rate 2 / S_min", "1"),
-    "a": ("w*^T Sigma w* / ||w*||^2", "1"),
-    "lam_max": ("largest eigenvalue Lambda of Sigma = X^T X / n", "1"),
-    "lam_min": ("smallest non-zero eigenvalue of Sigma", "1"),
-    "kappa_achieved": ("condition number of the dataset's Sigma (non-zero spectrum)", "1"),
-    "loss_opt": ("optimal training loss R(w*)", "1"),
-    "valid": ("true where a network exists at this grid point (ragged seed axes)", "1"),
-}
-
-COORD_ATTRS = {
-    "init": "architecture / initialisation (small, residual, gelu)",
-    "depth": "number of trained layers L",
-    "width": "hidden width m",
-    "kappa": "condition number of Sigma (prescribed, or the achieved value for the paper's design)",
-    "spectrum": "shape of Sigma's eigenvalue profile (gaussian: the paper's Gaussian design; file: user data)",
-    "wstar": "direction of w* relative to Sigma's eigenvectors (top, bottom, random; gaussian / file: not set)",
-    "lr": "learning rate eta",
-    "scale": "initialisation scale s",
-    "seed": "seed index within the grid point",
-    "step": "gradient step",
-    "eig": "rank of the Hessian eigenvalue (0 = largest)",
-    "layer": "layer index k (W_k, 1-based)",
-}
-
-
-def _pad(a: np.ndarray, size: int, fill=np.nan) -> np.ndarray:
-    """Pad the last axis of ``a`` to ``size``."""
-    out = np.full(a.shape[:-1] + (size,), fill, dtype=np.result_type(a.dtype, np.float64))
-    out[..., : a.shape[-1]] = a
-    return out
-
-
-def cell_variables(cell: Cell, train: dict, measure: dict, steps: np.ndarray, layers: int) -> dict:
-    """One cell's per-network arrays, trajectories reindexed to ``steps``, layers padded to ``layers``."""
-    B = len(train["lr"])
-    pos = np.searchsorted(steps, train["record_steps"])
-
-    def traj(a):
-        out = np.full((B, steps.size), np.nan)
-        out[:, pos] = a
-        return out
-
-    align = measure["alignment"] if cell.depth > 1 else np.zeros((B, 0))
-    out = {
-        "sharpness": measure["sharpness_topk"][:, 0],
-        "sharpness_topk": measure["sharpness_topk"],
-        "sharpness_residual": measure["sharpness_residual"],
-        "sharpness_exact": measure["sharpness_exact"],
-        "sharpness_init": measure["sharpness_init"],
-        "loss_train": train["loss_train"],
-        "loss_test": train["loss_test"],
-        "distance": train["distance"],
-        "status": train["status"].astype(np.int8),
-        "diverged_step": train["diverged_step"].astype(np.int64),
-        "steps": train["steps"].astype(np.int64),
-        "seed_value": train["seed"].astype(np.int64),
-        "sv_ratio": _pad(measure["sv_ratio"], layers),
-        "alignment": _pad(align, layers),
-        "input_alignment": measure["input_alignment"],
-        "traj_loss_train": traj(train["traj_loss_train"]),
-        "traj_loss_test": traj(train["traj_loss_test"]),
-        "traj_distance": traj(train["traj_distance"]),
-    }
-    if "traj_sharpness" in train:
-        out["traj_sharpness"] = traj(train["traj_sharpness"])
-    return out
-
-
-def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
-    """All networks of an experiment on the grid dims: one flat ``net`` axis, unstacked once.
-
-    ``cells``: (cell, point, train arrays, measure arrays) with ``point`` mapping a data id to its
-    (kappa, spectrum, wstar) coordinates."""
-    steps = np.unique(np.concatenate([t["record_steps"] for _, _, t, _ in cells]))
-    layers = max(c.depth for c, _, _, _ in cells)
-    per_cell = [cell_variables(c, t, m, steps, layers) for c, _, t, m in cells]
-    names = list(per_cell[0])
-    if any("traj_sharpness" in v for v in per_cell):
-        for v, (_, _, t, _) in zip(per_cell, cells):
-            v.setdefault("traj_sharpness", np.full((len(t["lr"]), steps.size), np.nan))
-        names = list(dict.fromkeys(names + ["traj_sharpness"]))
-    columns = [[] for _ in GRID_DIMS]
-    for cell, point, train, _ in cells:
-        B = len(train["lr"])
-        data = train["data"]  # each network's data id
-        kappa, spectrum, wstar = zip(*(point[k] for k in data))
-        for col, values in zip(columns, ([cell.init] * B, [cell.depth] * B, [cell.width] * B, kappa, spectrum,
-                                         wstar, train["lr"], train["scale"], train["seed_index"])):
-            col.extend(values)
-    index = pd.MultiIndex.from_arrays(columns, names=GRID_DIMS)
-    extra_dims = {"sharpness_topk": "eig", "sharpness_residual": "eig", "sv_ratio": "layer", "alignment": "layer"}
-    data = {}
-    for name in names:
-        value = np.concatenate([v[name] for v in per_cell])
-        dims = ("net",) if value.ndim == 1 else ("net", "step" if name.startswith("traj_") else extra_dims[name])
-        data[name] = (dims, value)
-    k = per_cell[0]["sharpness_topk"].shape[1]
-    ds = xr.Dataset(data, coords={"step": steps, "eig": np.arange(k), "layer": np.arange(1, layers + 1)})
-    ds = ds.assign_coords(xr.Coordinates.from_pandas_multiindex(index, "net"))
-    return ds.unstack("net", fill_value={**{v: np.nan for v in names}, **INT_FILL})
-
-
-def experiment_dataset(cfg: StudyConfig, name: str, cells: list[tuple[Cell, Path, Path]],
-                       data_paths: dict[str, Path]) -> xr.Dataset:
-    exp = cfg.experiments[name]
-    datasets = {key: read(path) for key, path in data_paths.items()}
-
-    def kappa_of(data_key: str) -> float:
-        k = datasets[data_key].meta.get("kappa_target")
-        return float(k) if k is not None else float(datasets[data_key].kappa)
-
-    point = {key: (kappa_of(key), spectrum, wstar) for key, _, spectrum, wstar in data_points(exp)
-             if key in datasets}
-    loaded = []
-    for cell, train_path, measure_path in sorted(cells, key=lambda c: c[0].id):
-        loaded.append((cell, point, load_npz(train_path)[0], load_npz(measure_path)[0]))
-    ds = grid_dataset(loaded).transpose(*GRID_DIMS, ...)
-    ds["valid"] = ds["status"] >= 0
-    ds["status"].attrs = {"long_name": "status at the end of training", "flag_values": np.array([0, 1, 2], np.int8),
-                          "flag_meanings": " ".join(STATUS_MEANINGS),
-                          "comment": "-1: no network at this grid point (ragged seed axis)"}
-
-    # theory constants: per dataset (kappa, spectrum, wstar), the bounds also per depth
-    per_data, per_depth = [], []
-    for key, d in datasets.items():
-        coords = dict(zip(DATA_DIMS, point[key]))
-        per_data.append({**coords, "a": d.a, "lam_max": d.lam_max, "lam_min": d.lam_min, "kappa_achieved": d.kappa,
-                         "loss_opt": d.loss_opt})
-        for L in exp.depths:
-            b = bounds(d, L)
-            per_depth.append({**coords, "depth": L, **{v: getattr(b, v) for v in ("s_min", "s_upper", "s_balanced",
-                                                                                   "eta_c")}})
-    theory = xr.merge([pd.DataFrame(per_data).set_index(list(DATA_DIMS)).to_xarray(),
-                       pd.DataFrame(per_depth).set_index(["depth", *DATA_DIMS]).to_xarray()])
-    ds = ds.merge(theory, join="left")
-    for var, (long_name, units) in ATTRS.items():
-        if var in ds:
-            ds[var].attrs.update({"long_name": long_name, "units": units})
-    for coord, text in COORD_ATTRS.items():
-        if coord in ds.coords:
-            ds[coord].attrs["long_name"] = text
-    first = next(iter(datasets.values()))
-    ds.attrs = {"experiment": name, "description": exp.description, "n_train": first.n, "d": first.d,
-                "config": json.dumps(exp.model_dump(mode="json"))}
-    return ds
-
 
 def gather(cfg: StudyConfig, cells: list[tuple[Cell, Path, Path]], data_paths: dict[tuple[str, str], Path],
-           out: str | Path, *, devices: list[str] | None = None) -> xr.DataTree:
+           out: str | Path, *, devices: list[str] | None = None):
     """Write the cube; ``cells`` lists (cell, train file, measure file), ``data_paths`` (exp, data_id) -> file."""
     groups = {}
-    for name in cfg.experiments:
-        mine = [c for c in cells if c[0].experiment == name]
+    for name, exp in cfg.experiments.items():
+        mine = [(cell, read_cell(t)[0], read_cell(m)[0]) for cell, t, m in cells if cell.experiment == name]
         if not mine:
             continue
-        paths = {key: p for (e, key), p in sorted(data_paths.items()) if e == name}
-        groups[name] = experiment_dataset(cfg, name, mine, paths)
+        datasets = {key: read_dataset(p) for (e, key), p in sorted(data_paths.items()) if e == name}
+        groups[name] = experiment_dataset(name, exp, mine, datasets)
         log.info("experiment %s: %s", name, dict(groups[name].sizes))
-    tree = xr.DataTree.from_dict(groups)
-    tree.attrs = {"title": "dlnpipe study cube", "config": json.dumps(cfg.model_dump(mode="json")),
-                  "versions": json.dumps(versions()), "git_revision": git_revision(),
-                  "devices": json.dumps(sorted(set(devices or []))),
-                  "conventions": "Sigma = X^T X / n; R = (1/n)||y - X w||^2 (no 1/2); sharpness = largest "
-                                 "algebraic Hessian eigenvalue"}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    tree.to_zarr(tmp / "store.zarr", mode="w", consolidated=False)
-    replace_dir(tmp / "store.zarr", out)
-    tmp.rmdir()
-    return tree
-
-
-def open_cube(path: str | Path) -> xr.DataTree:
-    return xr.open_datatree(path, engine="zarr", consolidated=False)
+    attrs = {"config": json.dumps(cfg.model_dump(mode="json")), "versions": json.dumps(versions()),
+             "git_revision": git_revision(), "devices": json.dumps(sorted(set(devices or [])))}
+    return write_cube(groups, attrs, out)

@@ -6,7 +6,7 @@ from dlnpipe.config import ConfigError, validate
 from dlnpipe.grid import ALL_DATA
 from dlnpipe.grid import cells as grid_cells
 from dlnpipe.grid import datasets as grid_datasets
-from dlnpipe.stages.track import tracking_uri
+from dlnpipe.tracking import tracking_uri
 
 # A --configfile on the command line *is* the study (it replaces config.yaml rather than being
 # merged into it); --config key=value alone still adjusts config.yaml.

@@ -1,6 +1,6 @@
 """Figures of the bounds experiment (beyond the paper): the sharpness ratio S/S_min of converged
 networks across condition number, depth and width, the structure of the learned layers, and the
-top of the Hessian spectrum. Drawn by the plot stage (:mod:`dlnpipe.stages.plots`).
+top of the Hessian spectrum.
 
 ``ratio_kappa``  S/S_min at the smallest converged init scale (max over seeds) against κ, one line
                  per (depth, width), a panel per (init, spectrum, w* direction), with the small-init
@@ -22,7 +22,8 @@ import pandas as pd
 import seaborn as sns
 import xarray as xr
 
-from dlnpipe.stages.compare_bounds import ratios, small_init_ratio
+from dlnpipe.analysis import LINEAR, ratios, small_init_ratio
+from dlnpipe.status import Status
 
 RATIO_LABEL = "S / S_min"
 
@@ -30,7 +31,7 @@ RATIO_LABEL = "S / S_min"
 def _ratios(ds: xr.Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(converged linear networks with S/S_min and 4Λ/a, the small-init ratio per cell and dataset)."""
     df = ratios(ds)
-    return df[df.status == 0], small_init_ratio(df)
+    return df[df.status == Status.CONVERGED], small_init_ratio(df)
 
 
 def _panel_grid(rows: list, cols: list, *, w=4.2, h=3.2):
@@ -54,7 +55,7 @@ def _legend_right(fig, ax, title: str) -> None:
                    fontsize=8, title_fontsize=9)
 
 
-def fig_ratio_kappa(ds: xr.Dataset):
+def ratio_kappa(ds: xr.Dataset):
     df, small = _ratios(ds)
     rows = [(i, s) for i in ds.init.values for s in ds.spectrum.values]
     cols = list(ds.wstar.values)
@@ -117,15 +118,15 @@ def _ratio_against(ds: xr.Dataset, axis: str):
     return fig
 
 
-def fig_ratio_depth(ds: xr.Dataset):
+def ratio_depth(ds: xr.Dataset):
     return _ratio_against(ds, "depth")
 
 
-def fig_ratio_width(ds: xr.Dataset):
+def ratio_width(ds: xr.Dataset):
     return _ratio_against(ds, "width")
 
 
-def fig_structure(ds: xr.Dataset):
+def structure(ds: xr.Dataset):
     """σ₂/σ₁ and alignment per layer against the init scale (converged networks, median over datasets
     and seeds), for the middle depth and smallest width."""
     depths = sorted(int(x) for x in ds.depth.values)
@@ -138,7 +139,7 @@ def fig_structure(ds: xr.Dataset):
     pal = dict(zip(layers, sns.color_palette("crest", len(layers))))
     for r, init in enumerate(inits):
         one = sub.sel(init=init)
-        ok = one.status == 0
+        ok = one.status == Status.CONVERGED
         for k in layers:
             ratio = one.sv_ratio.sel(layer=k).where(ok)
             med = ratio.median([d for d in ratio.dims if d != "scale"])
@@ -160,10 +161,10 @@ def fig_structure(ds: xr.Dataset):
     return fig
 
 
-def fig_topk(ds: xr.Dataset):
+def topk(ds: xr.Dataset):
     """The top-k Hessian eigenvalues of converged networks over S_min, against depth."""
     df = ds[["sharpness_topk", "status"]].to_dataframe().reset_index()
-    df = df[(df.status == 0) & (df["init"] != "gelu")]
+    df = df[(df.status == Status.CONVERGED) & df["init"].isin(LINEAR)]
     theory = ds[["s_min"]].to_dataframe().reset_index()
     df = df.merge(theory, on=["depth", "kappa", "spectrum", "wstar"])
     df["ratio"] = df.sharpness_topk / df.s_min
@@ -190,10 +191,3 @@ def fig_topk(ds: xr.Dataset):
         fig.legend(handles, [f"λ_{int(x) + 1}" for x in labels], title="eigenvalue", loc="upper left",
                    bbox_to_anchor=(1.0, 0.98), frameon=False)
     return fig
-
-
-FIGURES = {"ratio_kappa": fig_ratio_kappa, "ratio_depth": fig_ratio_depth, "ratio_width": fig_ratio_width,
-           "structure": fig_structure, "topk": fig_topk}
-TITLES = {"ratio_kappa": "sharpness ratio against the condition number",
-          "ratio_depth": "sharpness ratio against depth", "ratio_width": "sharpness ratio against width",
-          "structure": "structure of the learned layers", "topk": "top of the Hessian spectrum at the minimizer"}

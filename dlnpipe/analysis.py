@@ -1,0 +1,211 @@
+"""Each network against the theory (PAPER.md §3, §5): the analysis behind the bound tables and figures.
+
+Per experiment, one row per (init, depth, width, kappa, spectrum, wstar, lr): counts of converged / failed /
+diverged networks, the bounds (S_min, 8LΛ‖w*‖^{2−2/L}, η_c, 2/η), the final sharpness's median
+and extremes, and for each claim of PAPER.md §5 how many networks it was checked on and how many
+violate it. A second table sums the claims over the experiment (``holds`` / ``fails``). A third,
+the empirical constant, gives per (init, kappa, spectrum, wstar) the largest S/S_min over depth,
+width, scale and seeds of converged networks, next to 4Λ/a (the small-init bound of PAPER.md §3.3):
+C(κ) of the claim "S ≤ C(κ)·S_min, independent of depth and width".
+
+Claims (numbering of PAPER.md §5); 1, 2, 3b and 4 are linear theory and are checked on linear
+architectures only (``Architecture.linear``; for GELU or ReLU nets the bounds are reference lines):
+1. converged ⇒ S ≥ S_min (relative tolerance ``tol``);
+2. small init (``Architecture.small_init``), η ≤ η_c/4 (or gradient flow), converged ⇒ S ≤ 8LΛ‖w*‖^{2−2/L};
+3a. converged ⇒ S ≤ 2/η·(1 + ``eos_overshoot``); 3b. η > η_c ⇒ not converged (GD only: with
+    ``optimizer: flow`` there is no step size and 3a, 3b do not apply);
+4. converged ⇒ Lanczos sharpness = exact formula (relative tolerance ``exact_rtol``; linear nets);
+6. underdetermined (n < d): log(test − train loss) against log S has a positive slope (η = the
+   smallest learning rate; one-sided p-value of the regression).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+from dlnpipe import archs
+from dlnpipe.cube import DATA_DIMS
+from dlnpipe.status import NO_NETWORK, Status
+
+LINEAR = archs.names(linear=True)  # the architectures the paper's bounds are about
+SMALL_INIT_LINEAR = archs.names(linear=True, small_init=True)  # ... and its small-init theorem
+
+TOL = 1e-6
+EOS_OVERSHOOT = 0.1
+EXACT_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Regression:
+    slope: float
+    intercept: float
+    r2: float
+    p_value: float  # one-sided, H1: slope > 0
+    n: int
+
+
+def gap_regression(ds: xr.Dataset, lr: float | None = None) -> Regression | None:
+    """log(gen. gap) against log(sharpness) over converged networks at ``lr`` (default: smallest η)."""
+    lr = float(ds.lr.min()) if lr is None else lr
+    sel = ds.sel(lr=lr)
+    ok = (sel.status == Status.CONVERGED) & (sel.loss_test > sel.loss_train) & (sel.sharpness > 0)
+    gap = (sel.loss_test - sel.loss_train).where(ok).values.ravel()
+    s = sel.sharpness.where(ok).values.ravel()
+    keep = np.isfinite(gap) & np.isfinite(s)
+    if keep.sum() < 3:
+        return None
+    fit = stats.linregress(np.log(s[keep]), np.log(gap[keep]), alternative="greater")
+    return Regression(slope=float(fit.slope), intercept=float(fit.intercept), r2=float(fit.rvalue**2),
+                      p_value=float(fit.pvalue), n=int(keep.sum()))
+
+
+def frame(ds: xr.Dataset) -> pd.DataFrame:
+    """One row per network (valid grid points only) with the bounds attached."""
+    cols = ["sharpness", "sharpness_exact", "status", "loss_train", "loss_test", "distance"]
+    df = ds[cols].to_dataframe().reset_index()
+    df = df[df.status != NO_NETWORK]
+    theory = ds[["s_min", "s_upper", "eta_c"]].to_dataframe().reset_index()
+    data = ds[["a", "lam_max"]].to_dataframe().reset_index()
+    return df.merge(theory, on=["depth", *DATA_DIMS], how="left").merge(data, on=list(DATA_DIMS), how="left")
+
+
+def is_flow(ds: xr.Dataset) -> bool:
+    return json.loads(ds.attrs.get("config", "{}")).get("optimizer", "gd") == "flow"
+
+
+def checks(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=EXACT_RTOL) -> pd.DataFrame:
+    """One row per network with, for each claim, whether it applies (``*_checked``) and fails (``*_fail``)."""
+    df = frame(ds)
+    conv = df.status == Status.CONVERGED
+    linear = df["init"].isin(LINEAR)  # the bounds are linear theory: reference lines only for other nets
+    df["c1_checked"] = conv & linear
+    df["c1_fail"] = df.c1_checked & (df.sharpness < df.s_min * (1 - tol))
+    gd = not is_flow(ds)
+    small_lr = (df.lr <= df.eta_c / 4) | (not gd)  # gradient flow: the η → 0 limit itself
+    df["c2_checked"] = conv & df["init"].isin(SMALL_INIT_LINEAR) & small_lr
+    df["c2_fail"] = df.c2_checked & (df.sharpness > df.s_upper * (1 + tol))
+    df["c3a_checked"] = conv & gd
+    df["c3a_fail"] = df.c3a_checked & (df.sharpness > 2 / df.lr * (1 + eos_overshoot))
+    df["c3b_checked"] = (df.lr > df.eta_c) & linear & gd
+    df["c3b_fail"] = df.c3b_checked & conv
+    df["c4_checked"] = conv & linear & df.sharpness_exact.notna()
+    df["c4_fail"] = df.c4_checked & ((df.sharpness - df.sharpness_exact).abs() > exact_rtol * df.sharpness_exact)
+    return df
+
+
+def table(ds: xr.Dataset, **tolerances) -> pd.DataFrame:
+    """Per (init, depth, width, kappa, spectrum, wstar, lr): counts, bounds, sharpness ratios, claim checks."""
+    df = checks(ds, **tolerances)
+    conv = df.status == Status.CONVERGED
+    keys = ["init", "depth", "width", *DATA_DIMS, "lr"]
+    g = df.groupby(keys, sort=True)
+    count = lambda status: lambda s: int((s == status).sum())  # noqa: E731
+    out = g.agg(networks=("status", "size"), converged=("status", count(Status.CONVERGED)),
+                failed=("status", count(Status.FAILED)), diverged=("status", count(Status.DIVERGED)),
+                s_min=("s_min", "first"), s_upper=("s_upper", "first"), eta_c=("eta_c", "first"),
+                sharpness_median=("sharpness", "median"), sharpness_max=("sharpness", "max"))
+    conv_df = df[conv]
+    ratio = (conv_df.sharpness / conv_df.s_min).groupby([conv_df[k] for k in keys]).agg(["min", "median", "max"])
+    ratio.columns = ["ratio_min", "ratio_median", "ratio_max"]
+    out = out.join(ratio)
+    out.insert(out.columns.get_loc("eta_c") + 1, "two_over_lr", 2 / out.index.get_level_values("lr"))
+    for c in ("c1", "c2", "c3a", "c3b", "c4"):
+        out[f"{c}_checked"] = g[f"{c}_checked"].sum().astype(int)
+        out[f"{c}_fail"] = g[f"{c}_fail"].sum().astype(int)
+    return out.reset_index()
+
+
+CLAIMS = {
+    "c1": "converged => S >= S_min",
+    "c2": "small init, eta <= eta_c/4, converged => S <= 8 L Lambda ||w*||^(2-2/L)",
+    "c3a": "converged => S <= 2/eta (10% edge-of-stability overshoot allowed)",
+    "c3b": "eta > eta_c => not converged",
+    "c4": "converged => Lanczos sharpness = exact formula (rel. 1e-3)",
+}
+
+
+GROUP = ["init", *DATA_DIMS]
+
+
+def ratios(ds: xr.Dataset) -> pd.DataFrame:
+    """Linear networks, one row each, with S/S_min (``ratio``) and 4Λ/a (``four_lam_over_a``)."""
+    df = frame(ds)
+    df = df[df["init"].isin(LINEAR)].copy()
+    df["ratio"] = df.sharpness / df.s_min
+    df["four_lam_over_a"] = 4 * df.lam_max / df.a
+    return df
+
+
+def small_init_ratio(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (init, dataset, depth, width): the largest S/S_min over seeds at the *smallest* init scale
+    where at least half the seeds converged — the run closest to the theorem's small init that
+    reached a minimizer (smaller scales stall at the saddle, more so at large depth)."""
+    conv = df.assign(ok=df.status == Status.CONVERGED)
+    frac = conv.groupby([*GROUP, "depth", "width", "scale"]).ok.mean().rename("frac").reset_index()
+    first = frac[frac.frac >= 0.5].groupby([*GROUP, "depth", "width"]).scale.min().rename("small_scale")
+    pick = conv.merge(first.reset_index(), on=[*GROUP, "depth", "width"])
+    pick = pick[(pick.scale == pick.small_scale) & pick.ok]
+    return pick.groupby([*GROUP, "depth", "width"], as_index=False).agg(ratio=("ratio", "max"),
+                                                                       scale=("scale", "first"))
+
+
+def constant(ds: xr.Dataset) -> pd.DataFrame:
+    """The empirical C(κ) per (init, kappa, spectrum, wstar), next to 4Λ/a:
+
+    * ``C``: the largest S/S_min of converged networks over depth, width, scale and seeds, and where;
+    * ``C_small_init``: the largest over depth and width of the ratio at the smallest converged
+      scale (:func:`small_init_ratio`), the theorem's regime; ``depth_spread`` / ``width_spread``:
+      largest over smallest of its per-depth (per-width) maxima (1 = flat in depth / width).
+    """
+    df = ratios(ds)
+    if df.empty:
+        return pd.DataFrame()
+    small = small_init_ratio(df)
+    rows = []
+    for key, g in df.groupby(GROUP, sort=True):
+        conv = g[g.status == Status.CONVERGED]
+        row = dict(zip(GROUP, key))
+        row.update(networks=len(g), converged=len(conv), failed=int((g.status == Status.FAILED).sum()),
+                   diverged=int((g.status == Status.DIVERGED).sum()), four_lam_over_a=float(g.four_lam_over_a.iloc[0]))
+        if len(conv):
+            top = conv.loc[conv.ratio.idxmax()]
+            row.update(C=float(top.ratio), at_depth=int(top.depth), at_width=int(top.width),
+                       at_scale=float(top.scale))
+        sm = small[(small[GROUP] == pd.Series(dict(zip(GROUP, key)))).all(axis=1)]
+        if len(sm):
+            per_depth, per_width = sm.groupby("depth").ratio.max(), sm.groupby("width").ratio.max()
+            row.update(C_small_init=float(sm.ratio.max()), median_small_init=float(sm.ratio.median()),
+                       depth_spread=float(per_depth.max() / per_depth.min()),
+                       width_spread=float(per_width.max() / per_width.min()))
+            row["C_small_over_bound"] = row["C_small_init"] / row["four_lam_over_a"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def claims(tab: pd.DataFrame, ds: xr.Dataset) -> pd.DataFrame:
+    rows = []
+    per_net = checks(ds)
+    for c, text in CLAIMS.items():
+        checked, fails = int(tab[f"{c}_checked"].sum()), int(tab[f"{c}_fail"].sum())
+        if c == "c2" and fails:
+            # the small-init bound needs a small enough s (hypotheses unknown, PAPER.md §3.3): say where it stops
+            bad = per_net[per_net.c2_fail]
+            ok_scales = per_net[per_net.c2_checked & (per_net.scale < bad.scale.min())].scale
+            text += (f"; holds for s <= {ok_scales.max():.4g}, first violation at s = {bad.scale.min():.4g}"
+                     if len(ok_scales) else f"; first violation at s = {bad.scale.min():.4g}")
+        rows.append({"claim": c, "statement": text, "checked": checked, "violations": fails,
+                     "verdict": "n/a" if checked == 0 else ("holds" if fails == 0 else "fails")})
+    if ds.attrs.get("n_train", 0) < ds.attrs.get("d", 0):  # underdetermined: PAPER.md §5.6
+        reg = gap_regression(ds)
+        if reg is not None:
+            rows.append({"claim": "c6", "statement": f"log gap vs log S slope > 0 (slope {reg.slope:.3f}, "
+                                                     f"R² {reg.r2:.3f}, one-sided p {reg.p_value:.2g}, n {reg.n})",
+                         "checked": reg.n, "violations": int(not (reg.slope > 0 and reg.p_value < 0.05)),
+                         "verdict": "holds" if reg.slope > 0 and reg.p_value < 0.05 else "fails"})
+    return pd.DataFrame(rows)

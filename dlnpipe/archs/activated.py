@@ -1,0 +1,86 @@
+"""Small-init networks with an elementwise nonlinearity σ after every layer but the last.
+
+f(x) = W_L σ(W_{L−1} ⋯ σ(W_1 x)), layers as for the small init (PAPER.md §2). These networks are not
+linear: the loss needs the data at every step, the exact sharpness formula does not hold, and the
+paper's bounds are reference lines only. An architecture of this family only names σ and its
+derivative (:mod:`dlnpipe.archs.gelu`, :mod:`dlnpipe.archs.relu`).
+
+The hand-written loss and gradient keep the activations in a batch-last layout (n, m, B): every
+tiny per-network matrix product is one broadcast multiply and one sum over an (n, m, m, B) block
+instead of B separate (n×m)(m×m) GEMMs (1.1–1.7× faster than the GEMM path on a CPU for m = 5).
+"""
+
+from __future__ import annotations
+
+from dlnpipe.archs.base import Architecture, Evaluation
+from dlnpipe.lazy import torch
+
+
+class ActivatedArchitecture(Architecture):
+    linear = False
+
+    def activation(self, z):
+        """σ(z), elementwise."""
+        raise NotImplementedError
+
+    def activation_backward(self, dh, z):
+        """dh · σ'(z), elementwise (the chain rule through σ, as autograd computes it)."""
+        raise NotImplementedError
+
+    def work_entries(self, *, depth: int, width: int, d: int, n: int) -> int:
+        return 4 * depth * n * width  # the activations of the forward pass
+
+    def outputs(self, layers, X):
+        """Outputs of B networks on inputs X (n, d): shape (B, n)."""
+        h = X.expand(layers[0].shape[0], *X.shape)  # (B, n, d)
+        for W in layers[:-1]:
+            h = self.activation(torch.matmul(h, W.mT))
+        return torch.matmul(h, layers[-1].mT)[..., 0]
+
+    def loss(self, layers, c, prob):
+        return ((prob.y - self.outputs(layers, prob.X)) ** 2).mean(-1)
+
+    def test_loss(self, layers, c, prob, w):
+        return ((prob.y_test - self.outputs(layers, prob.X_test)) ** 2).mean(-1)
+
+    def loss_and_grad(self, layers, prob):
+        """Loss (B,) and hand-written gradients (B, out, in) of B networks, in the batch-last layout."""
+        X, y = prob.X, prob.y
+        n, d = X.shape
+        B = layers[0].shape[0]
+        Wt = [W.permute(1, 2, 0).contiguous() for W in layers]  # (out, in, B)
+        z = (X @ Wt[0].permute(1, 0, 2).reshape(d, -1)).reshape(n, -1, B)  # first layer: one GEMM
+        zs, hs = [z], [None]
+        h = self.activation(z)
+        for W in Wt[1:-1]:
+            hs.append(h)
+            z = (h[:, None, :, :] * W[None]).sum(2)  # z[n, j, b] = Σ_i W[j, i, b] h[n, i, b]
+            zs.append(z)
+            h = self.activation(z)
+        r = (h * Wt[-1][0][None]).sum(1) - y[:, None]  # (n, B) residuals
+        value = (r * r).mean(0)
+        dout = (2.0 / n) * r
+        grads = [None] * len(layers)
+        grads[-1] = (dout[:, None, :] * h).sum(0)[None]
+        dh = dout[:, None, :] * Wt[-1][0][None]
+        for k in range(len(layers) - 2, -1, -1):
+            dz = self.activation_backward(dh, zs[k])
+            if k == 0:
+                grads[0] = (X.T @ dz.reshape(n, -1)).reshape(d, -1, B).permute(1, 0, 2)
+            else:
+                grads[k] = (dz[:, :, None, :] * hs[k][:, None, :, :]).sum(0)  # Σ_n dz[n, j] h[n, i]
+                dh = (dz[:, :, None, :] * Wt[k][None]).sum(1)  # Σ_j dz[n, j] W[j, i]
+        return value, [G.permute(2, 0, 1) for G in grads]
+
+    def evaluate(self, layers, c, prob) -> Evaluation:
+        value, grads = self.loss_and_grad(layers, prob)
+        return Evaluation(value=value, w=None, parts=grads)  # w only when recording
+
+    def descend_(self, layers, ev: Evaluation, lr, alive) -> None:
+        step = torch.where(alive, lr, 0.0)[:, None, None]  # a frozen network's gradient may not be finite
+        for W, G in zip(layers, ev.parts):
+            W.addcmul_(step, G.nan_to_num_(), value=-1.0)
+
+    def gradient(self, layers, c, prob):
+        value, grads = self.loss_and_grad(layers, prob)
+        return grads, value - prob.loss_opt

@@ -1,0 +1,144 @@
+"""What every architecture tells the rest of dlnpipe, and the defaults most of them share.
+
+An architecture is one object, defined in a module of its own in this package and listed once in
+the registry (:mod:`dlnpipe.archs`). Everything else asks it; nobody compares its name.
+
+* **what it is**: ``name``, ``description``; ``linear`` (f(x) = w_prodᵀx: the loss depends on the
+  data only through moments, the exact sharpness formula of PAPER.md §3.6 and the paper's bounds
+  apply, networks on different datasets share a batch); ``small_init`` (layers drawn N(0, s²) with
+  no identity: the setting of the small-init theorem, PAPER.md §3.3, and the one ``scale_unit``
+  rescales); ``has_projection`` (a fixed, untrained row p in front of the layers);
+* **its shapes and initialisation** (numpy; the default: W_1 (m, d), W_2..W_{L−1} (m, m), W_L (1, m),
+  entries N(0, s²), no 1/√m factor, PAPER.md §2);
+* **its batched maths** on torch tensors: the loss as a differentiable expression (Hessian-vector
+  products, dense Hessians), a hand-written loss and gradient, one gradient step in place, the
+  test loss. A batch holds the layers as tensors W_k of shape (B, out_k, in_k) and the row prefix
+  c of shape (B, 1, out_L) (c = pᵀ with a projection, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dlnpipe._checks import check_int
+from dlnpipe.lazy import torch
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The loss of the live batch at its current point and what one gradient step needs from it.
+
+    value: (b,) training loss R; w: (b, in_dim) the regressors when the forward pass had them on
+    the way (else None); parts: the step's factors, (b, ...) tensors or (nested) lists of them.
+    """
+
+    value: Any
+    w: Any
+    parts: Any
+
+    def take(self, keep) -> Evaluation:
+        """The evaluation of the rows selected by ``keep``."""
+        return Evaluation(self.value[keep], None if self.w is None else self.w[keep], _take(self.parts, keep))
+
+
+def _take(x, keep):
+    if isinstance(x, (list, tuple)):
+        return type(x)(_take(v, keep) for v in x)
+    return x[keep]
+
+
+class Architecture:
+    name = ""
+    description = ""
+    linear = False
+    small_init = True
+    has_projection = False
+
+    def __repr__(self) -> str:
+        return f"<architecture {self.name}>"
+
+    # -- shapes and initialisation (numpy) ---------------------------------------------------------
+
+    def width_error(self, width: int, d: int) -> str | None:
+        """Why this width cannot take inputs of dimension d (None: it can)."""
+        return None
+
+    def check(self, *, depth, width, d) -> tuple[int, int, int]:
+        """(depth, width, d) as ints, refusing values this architecture cannot build."""
+        depth = check_int("depth", depth, minimum=1)
+        width = check_int("width", width, minimum=1)
+        d = check_int("d", d, minimum=1)
+        error = self.width_error(width, d)
+        if error:
+            raise ValueError(error)
+        return depth, width, d
+
+    def in_dim(self, width: int, d: int) -> int:
+        """Input dimension of the first layer (d, unless inputs are padded)."""
+        return d
+
+    def layer_shapes(self, *, depth: int, width: int, d: int) -> list[tuple[int, int]]:
+        """Shapes (out, in) of W_1..W_L."""
+        dims = [d] + [width] * (depth - 1) + [1]
+        return [(dims[k + 1], dims[k]) for k in range(depth)]
+
+    def init_arrays(self, *, depth: int, width: int, d: int, scale: float, seed: int,
+                    p_seed: int = 0) -> list[np.ndarray]:
+        """Initial layers (and p last, with a projection) of one network: entries N(0, s²)."""
+        rng = np.random.default_rng(seed)
+        return [scale * rng.standard_normal(s) for s in self.layer_shapes(depth=depth, width=width, d=d)]
+
+    def bytes_per_network(self, *, depth: int, width: int, d: int, n: int, itemsize: int) -> int:
+        """Device memory one network needs while training: weights, their copy for the fixed-point
+        check, the update and the output buffer (4 × P), plus the forward pass's work space."""
+        params = depth * max(width, d) ** 2
+        return (4 * params + self.work_entries(depth=depth, width=width, d=d, n=n)) * itemsize + 4096
+
+    def work_entries(self, *, depth: int, width: int, d: int, n: int) -> int:
+        """Entries of the forward pass kept for the backward one (row vectors by default)."""
+        return 4 * depth * max(width, d)
+
+    # -- batched maths (torch) ----------------------------------------------------------------------
+
+    def problem(self, datasets: list, *, in_dim: int, dtype, device):
+        """The batch's problem: one dataset for all networks, or one per network (linear nets)."""
+        from dlnpipe.problem import Problem
+
+        if all(ds is datasets[0] for ds in datasets):
+            return Problem.from_dataset(datasets[0], in_dim=in_dim, dtype=dtype, device=device,
+                                        with_data=not self.linear)
+        if not self.linear:
+            raise ValueError(f"networks on different datasets are batched for linear nets only, not arch "
+                             f"{self.name!r}")
+        return Problem.stack(datasets, in_dim=in_dim, dtype=dtype, device=device)
+
+    @staticmethod
+    def regressor(layers, c):
+        """w_prod = (c W_L ⋯ W_1)ᵀ for each network, shape (B, in_dim)."""
+        row = c
+        for W in reversed(layers):
+            row = torch.bmm(row, W)
+        return row[:, 0, :]
+
+    def loss(self, layers, c, prob):
+        """Per-network training loss R, shape (B,), as a differentiable expression."""
+        raise NotImplementedError
+
+    def test_loss(self, layers, c, prob, w):
+        """Per-network test loss, shape (B,); ``w`` is the batch's regressors."""
+        raise NotImplementedError
+
+    def evaluate(self, layers, c, prob) -> Evaluation:
+        """The loss and what :meth:`descend_` needs, at the batch's current point."""
+        raise NotImplementedError
+
+    def descend_(self, layers, ev: Evaluation, lr, alive) -> None:
+        """One gradient step in place, W ← W − η ∇R, with η = lr (b,) where ``alive`` and 0 elsewhere."""
+        raise NotImplementedError
+
+    def gradient(self, layers, c, prob):
+        """(∂R/∂W_k for every layer as (B, out_k, in_k) tensors, R − R* (B,))."""
+        raise NotImplementedError

@@ -1,0 +1,107 @@
+"""Deep *linear* networks: the maths shared by the small and residual architectures.
+
+The loss depends on the data only through moments (PAPER.md §1):
+    R(w) = R(w*) + (w − w*)ᵀ Σ (w − w*),
+so a step costs O(L m²) per network whatever n is. The gradient is written out by hand: with rows
+b_k = c W_L ⋯ W_{k+1} (b_L = c) and h_k = g W_1ᵀ ⋯ W_{k−1}ᵀ (h_1 = g = 2(w − w*)Σ),
+    ∂R/∂W_k = b_kᵀ h_k   (an outer product),
+which needs two row-vector recursions through the layers and no matrix-matrix product.
+
+At a global minimizer the Hessian is its Gauss–Newton part and the sharpness has a closed form
+(PAPER.md §3.6), :meth:`LinearArchitecture.exact_topk`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlnpipe.archs.base import Architecture, Evaluation
+from dlnpipe.lazy import torch
+
+
+def row_times(v, M):
+    """Row vectors times matrices: (B, n) @ (n, n) or, one matrix per network, (B, n) @ (B, n, n) -> (B, n)."""
+    return v @ M if M.ndim == 2 else torch.bmm(v[:, None, :], M)[:, 0]
+
+
+class LinearArchitecture(Architecture):
+    linear = True
+
+    @staticmethod
+    def suffix_rows(layers, c):
+        """Rows b_k = c W_L ⋯ W_{k+1} for k = 0..L (b_L = c); b_0 = c W_L ⋯ W_1 is w_prodᵀ. Shapes (B, 1, ·)."""
+        rows = [c]
+        for W in reversed(layers):
+            rows.append(torch.bmm(rows[-1], W))
+        return rows[::-1]
+
+    @staticmethod
+    def excess_loss(w, prob):
+        """(w − w*)ᵀ Σ (w − w*) = R(w) − R(w*) for w of shape (B, in_dim); accurate near the optimum."""
+        e = w - prob.w_star
+        return (row_times(e, prob.sigma) * e).sum(-1)
+
+    def loss(self, layers, c, prob):
+        return prob.loss_opt + self.excess_loss(self.regressor(layers, c), prob)
+
+    def test_loss(self, layers, c, prob, w):
+        """R_test(w) = wᵀ Σ_test w − 2 wᵀ X_testᵀy_test/n_test + y_testᵀy_test/n_test, shape (B,)."""
+        return (row_times(w, prob.sigma_test) * w).sum(-1) - 2 * (w * prob.xty_test).sum(-1) + prob.yty_test
+
+    def forward(self, layers, c, prob):
+        """(rows, w, g, excess): rows[k] = b_k (B, 1, out_k) for k = 0..L (rows[0] = w_prodᵀ), w (B, in_dim)
+        the regressors, g = ∂R/∂w = 2 Σ (w − w*) (B, in_dim), excess = R − R* (B,)."""
+        rows = self.suffix_rows(layers, c)
+        w = rows[0][:, 0, :]
+        e = w - prob.w_star
+        g = 2 * row_times(e, prob.sigma)
+        excess = 0.5 * (g * e).sum(-1)
+        return rows, w, g, excess
+
+    def evaluate(self, layers, c, prob) -> Evaluation:
+        rows, w, g, excess = self.forward(layers, c, prob)
+        return Evaluation(value=prob.loss_opt + excess, w=w, parts=(rows, g))
+
+    def descend_(self, layers, ev: Evaluation, lr, alive) -> None:
+        """W_k ← W_k − b_kᵀ h_k with h_1 = η ∂R/∂w; h_{k+1} = h_k W_kᵀ is taken before W_k moves, so
+        every layer sees the same (old) point. The masked product zeroes a non-finite gradient too."""
+        rows, g = ev.parts
+        h = torch.where(alive[:, None], lr[:, None] * g, 0.0)[:, None, :]
+        for k, W in enumerate(layers):
+            h_next = torch.bmm(h, W.mT) if k + 1 < len(layers) else None
+            W.baddbmm_(rows[k + 1].mT, h, alpha=-1.0)
+            h = h_next
+
+    def gradient(self, layers, c, prob):
+        rows, _, g, excess = self.forward(layers, c, prob)
+        h = g[:, None, :]
+        grads = []
+        for k, W in enumerate(layers):
+            grads.append(torch.bmm(rows[k + 1].mT, h))
+            if k + 1 < len(layers):
+                h = torch.bmm(h, W.mT)
+        return grads, excess
+
+    @staticmethod
+    def exact_topk(dataset, nets, *, k: int = 1) -> np.ndarray:
+        """Top-k of 2 Σ^{1/2} K Σ^{1/2}, K = Σ_k ‖b_k‖² A_kᵀA_k (PAPER.md §3.6), for each network (numpy,
+        float64); the Hessian's top eigenvalues at a global minimizer. A_k = W_{k−1} ⋯ W_1 E (E: the
+        zero padding of the inputs, identity unless m > d), b_k = c W_L ⋯ W_{k+1}."""
+        d = dataset.d
+        root = dataset.sigma_sqrt()
+        out = np.full((len(nets), k), np.nan)
+        for i, net in enumerate(nets):
+            layers = net.layers
+            rows = [net.prefix()]
+            for W in reversed(layers):
+                rows.append(rows[-1] @ W)
+            rows = rows[::-1]  # rows[k] = b_k (1, out_k), rows[L] = c
+            A = np.eye(layers[0].shape[1])[:, :d]  # E: (in_dim, d)
+            K = np.zeros((d, d))
+            for j, W in enumerate(layers):
+                K += float((rows[j + 1] ** 2).sum()) * (A.T @ A)
+                A = W @ A
+            M = root @ K @ root
+            top = np.linalg.eigvalsh((M + M.T) / 2)[::-1][:k]
+            out[i, : top.size] = 2 * top
+        return out

@@ -1,0 +1,40 @@
+"""The figures, by name: the one registry the config and the plot stage ask.
+
+Each entry: name -> (module, drawing function, title). A drawing function takes one experiment's
+group of the cube (an ``xr.Dataset``) and returns a matplotlib Figure. Adding a figure: its
+function in a module of this package and one entry below; the config's ``figures`` accept every
+name listed here. The modules (matplotlib, seaborn) are imported only when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from dlnpipe._checks import check_choice
+
+FIGURES = {
+    "fig1a": ("paper", "fig1a", "distance to the optimal regressor"),
+    "fig1b": ("paper", "fig1b", "sharpness after training"),
+    "fig3": ("paper", "fig3", "divergence"),
+    "trajectories": ("paper", "trajectories", "trajectories"),
+    "fig2": ("paper", "fig2", "distance against learning rate"),
+    "fig6a": ("paper", "fig6a", "sharpness (underdetermined)"),
+    "fig6b": ("paper", "fig6b", "generalisation gap against sharpness"),
+    "ratio_kappa": ("bounds", "ratio_kappa", "sharpness ratio against the condition number"),
+    "ratio_depth": ("bounds", "ratio_depth", "sharpness ratio against depth"),
+    "ratio_width": ("bounds", "ratio_width", "sharpness ratio against width"),
+    "structure": ("bounds", "structure", "structure of the learned layers"),
+    "topk": ("bounds", "topk", "top of the Hessian spectrum at the minimizer"),
+}
+NAMES = tuple(FIGURES)
+
+
+def draw(ds, name: str):
+    """The figure ``name`` of one experiment, in the house style, titled."""
+    module, function, title = FIGURES[check_choice("figure", name, NAMES)]
+    common = importlib.import_module("dlnpipe.figures.common")  # sets the Agg backend first
+    common.style()
+    fig = getattr(importlib.import_module(f"dlnpipe.figures.{module}"), function)(ds)
+    fig.suptitle(f"{ds.attrs.get('experiment', '')}: {title}", y=1.0)
+    fig.tight_layout()
+    return fig

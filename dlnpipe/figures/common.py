@@ -1,0 +1,79 @@
+"""What every figure shares: the house style, panels per grid axis, legends, theory constants."""
+
+from __future__ import annotations
+
+import itertools
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from dlnpipe.status import NO_NETWORK  # noqa: E402
+
+FACETS = ("init", "depth", "width", "kappa", "spectrum", "wstar")
+THEORY_DIMS = ("depth", "kappa", "spectrum", "wstar")  # what the theory constants depend on
+CI = ("ci", 95)
+N_BOOT = 500
+
+
+def style():
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.titlesize": 10, "legend.fontsize": 8})
+
+
+def panels(ds: xr.Dataset, exclude=()):
+    dims = [d for d in FACETS if d not in exclude and ds.sizes.get(d, 1) > 1]
+    combos = list(itertools.product(*[ds[d].values for d in dims])) or [()]
+    return [dict(zip(dims, c)) for c in combos]
+
+
+def grid(n: int, *, width=5.4, height=3.6):
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def title(sel: dict, ds: xr.Dataset) -> str:
+    parts = [f"{k}={v:g}" if isinstance(v, (float, np.floating)) else f"{k}={v}" for k, v in sel.items()]
+    return ", ".join(parts)
+
+
+def legend(ax, title: str) -> None:
+    """Legends sit outside the axes, right of the panel, so no curve hides behind them."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, title=title, fontsize=7, title_fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def select(ds: xr.Dataset, sel: dict) -> xr.Dataset:
+    """The panel's slice, with the remaining single-valued grid axes dropped."""
+    sub = ds.sel(sel)
+    return sub.squeeze([d for d in FACETS if d in sub.dims and sub.sizes[d] == 1])
+
+
+def frame(ds: xr.Dataset, var: str) -> pd.DataFrame:
+    df = ds[[var, "status"]].to_dataframe().reset_index()
+    return df[df.status != NO_NETWORK]
+
+
+def lr_palette(ds: xr.Dataset):
+    lrs = sorted(float(x) for x in ds.lr.values)
+    return dict(zip(lrs, sns.color_palette("viridis", len(lrs))))
+
+
+def constant(ds: xr.Dataset, var: str, sel: dict) -> float:
+    """A theory constant (on depth and the dataset) for a panel."""
+    da = ds[var]
+    for d in THEORY_DIMS:
+        if d in da.dims:
+            da = da.sel({d: sel[d]}) if d in sel else da.isel({d: 0})
+    return float(da)

@@ -1,0 +1,28 @@
+"""The optimizers, by name: each a stepper that advances a batch of networks (:mod:`dlnpipe.trainer`).
+
+Adding one: a module in this package with a :class:`~dlnpipe.steppers.base.Stepper` subclass (its
+``options`` name the keyword arguments of ``train()`` it takes) and one entry below. The config's
+``optimizer`` accepts every name listed here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from dlnpipe._checks import check_choice
+
+# name -> "module:class" (imported on first use: the config only needs the names)
+STEPPERS = {"gd": "dlnpipe.steppers.gd:GradientDescent", "flow": "dlnpipe.steppers.flow:GradientFlow"}
+NAMES = tuple(STEPPERS)
+
+
+def get(name: str):
+    """The stepper class called ``name``."""
+    module, cls = STEPPERS[check_choice("optimizer", name, NAMES)].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build(name: str, **options):
+    """A stepper configured from the options it takes (the others are ignored)."""
+    cls = get(name)
+    return cls(**{k: v for k, v in options.items() if k in cls.options})

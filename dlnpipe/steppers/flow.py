@@ -1,0 +1,159 @@
+"""Gradient flow dW/dt = −∇R(W) for a batch of networks, by an adaptive error-controlled solver.
+
+The theorem of PAPER.md §3.3–3.4 is about gradient *flow*; GD with a small η is only a proxy.
+This integrates the flow itself with the Dormand–Prince 5(4) pair (the embedded error estimate
+of ``scipy.integrate.RK45``), one step size per network: a step is accepted when the scaled error
+    err = rms( (y₅ − y₄) / (atol + rtol·max(|y|, |y_new|)) ) ≤ 1,
+and the next step is h·clip(0.9·err^(−1/5), 0.2, 5). Every network of the batch takes its own
+step at the same time (one batched gradient per stage) and leaves the batch when it reaches its
+time horizon T = η·steps, when its excess loss R − R* falls below ``stop`` (1e-6 of its
+convergence threshold: the flow has converged to within far less than the convergence test; its
+later samples then hold its final values), after ``max_steps`` accepted steps (a stiff flow from
+a large init, reported where it stopped), or when its loss blows up (diverged, frozen where it is;
+its divergence step is t/η). Samples are taken at the times η·record_steps exactly (steps are
+shortened to land on them).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from dlnpipe._checks import check_int, check_positive
+from dlnpipe.steppers.base import Schedule, Stepper
+from dlnpipe.tensors import flatten, unflatten
+
+log = logging.getLogger("dlnpipe.training")
+
+# Dormand–Prince 5(4): nodes, stage coefficients, 5th-order weights (= last stage row, FSAL), error weights.
+_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
+_A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+)
+_B5 = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+_E = tuple(b5 - b4 for b5, b4 in zip(_B5, _B4))
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt((x * x).mean(dim=1))
+
+
+class GradientFlow(Stepper):
+    name = "flow"
+    options = ("flow_rtol", "flow_atol", "flow_max_steps", "explode")
+    records_sharpness = False
+
+    def __init__(self, *, flow_rtol: float = 1e-8, flow_atol: float = 1e-10, flow_max_steps: int = 100_000,
+                 explode: float = 1e6):
+        self.rtol, self.atol = check_positive("flow_rtol", flow_rtol), check_positive("flow_atol", flow_atol)
+        self.max_steps = check_int("flow_max_steps", flow_max_steps, minimum=1)
+        self.explode = float(explode)
+
+    def field(self, state, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(−∇R(y), R(y) − R*) for the live rows y (b, P)."""
+        grads, excess = state.arch.gradient(unflatten(y, self.like), state.c, state.prob)
+        return -flatten(grads), excess
+
+    def start(self, state, schedule: Schedule) -> None:
+        B, dev, like = state.size, state.idx.device, state.layers
+        self.like, self.evals = like, 1
+        self.accepted = torch.zeros(B, dtype=torch.int64, device=dev)  # all B networks, by global index
+        y = flatten(like).clone()
+        f, excess = self.field(state, y)
+        rec = torch.as_tensor(schedule.lr[:, None] * schedule.record_steps[None, :], dtype=y.dtype, device=dev)
+        stop = 1e-6 * state.threshold
+        r = dict(y=y, f=f, excess=excess, t=torch.zeros(B, dtype=y.dtype, device=dev), rec=rec,
+                 T=torch.as_tensor(schedule.lr * schedule.steps, dtype=y.dtype, device=dev),
+                 lr=torch.as_tensor(schedule.lr, dtype=torch.float64, device=dev),
+                 cap=self.explode * torch.maximum(excess.abs() + state.prob.loss_opt,
+                                                  torch.as_tensor(state.prob.yty, dtype=y.dtype, device=dev)),
+                 stop=torch.as_tensor(stop, dtype=y.dtype, device=dev).expand(B).clone(),
+                 nxt=torch.zeros(B, dtype=torch.int64, device=dev))  # index of the next record time
+        # initial step (Hairer, Nørsett & Wanner II.4): h0 = 0.01·‖y‖/‖f‖ in the scaled norm, at most T
+        sc = self.atol + self.rtol * y.abs()
+        d0, d1 = _rms(y / sc), _rms(f / sc)
+        h = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+        r["h"] = torch.minimum(h, r["T"]).clamp(min=1e-12)
+        state.rows.update(r)
+        self._sample(state, torch.ones(B, dtype=torch.bool, device=dev))
+
+    def _sync(self, state) -> torch.Tensor:
+        """Point the state's layers at the live rows' parameters; the rows' training loss."""
+        state.layers = unflatten(state.rows["y"], self.like)
+        return state.rows["excess"] + state.prob.loss_opt
+
+    def _next_time(self, r) -> torch.Tensor:
+        """Each live row's next record time (+inf when none is left)."""
+        nT = r["rec"].shape[1]
+        at = r["rec"].gather(1, r["nxt"].clamp(max=nT - 1)[:, None])[:, 0]
+        return torch.where(r["nxt"] < nT, at, torch.full_like(at, float("inf")))
+
+    def _sample(self, state, rows: torch.Tensor) -> None:
+        """Record the rows in ``rows`` whose next record time is reached (maybe several in a row)."""
+        r = state.rows
+        due = rows & (r["t"] >= self._next_time(r) * (1 - 1e-12))
+        if bool(due.any()):
+            value = self._sync(state)
+        while bool(due.any()):
+            state.record(due, r["nxt"], value)
+            r["nxt"] = torch.where(due, r["nxt"] + 1, r["nxt"])
+            due = due & (r["t"] >= self._next_time(r) * (1 - 1e-12))
+
+    def _leave(self, state) -> None:
+        """Retire rows at their horizon, converged to ``stop``, out of steps, or diverged (frozen)."""
+        r = state.rows
+        bad = ~torch.isfinite(r["excess"]) | (r["excess"] > r["cap"])
+        done = (r["t"] >= r["T"] * (1 - 1e-14)) | (r["excess"] <= r["stop"]) | bad | \
+            (self.accepted[state.idx] >= self.max_steps)
+        if not bool(done.any()):
+            return
+        # networks that stopped early because they converged keep their final state at later record times
+        rec, t, T = r["rec"][done], r["t"][done][:, None], r["T"][done][:, None]
+        conv = (r["excess"][done] <= r["stop"][done]) & ~bad[done]
+        hold = conv[:, None] & (rec > t * (1 + 1e-12)) & (rec <= T * (1 + 1e-12))
+        state.retire(done, self._sync(state), diverged=bad, at=r["t"].to(torch.float64) / r["lr"], hold=hold)
+        state.compact(~done)
+
+    def advance(self, state) -> bool:
+        self._leave(state)
+        if state.size == 0:
+            self._report(state)
+            return False
+        r = state.rows
+        # do not step over the horizon or the next record time
+        h = torch.minimum(r["h"], torch.minimum(self._next_time(r), r["T"]) - r["t"]).clamp(min=1e-14)
+        y, k = r["y"], [r["f"]]
+        for s in range(1, 6):
+            ys = y + h[:, None] * sum(a * ki for a, ki in zip(_A[s], k))
+            k.append(self.field(state, ys)[0])
+        y5 = y + h[:, None] * sum(b * ki for b, ki in zip(_B5, k) if b)
+        f5, ex5 = self.field(state, y5)
+        k.append(f5)
+        self.evals += 6
+        err = _rms(h[:, None] * sum(e * ki for e, ki in zip(_E, k) if e)
+                   / (self.atol + self.rtol * torch.maximum(y.abs(), y5.abs())))
+        ok = (err <= 1.0) & torch.isfinite(err)
+        r["y"] = torch.where(ok[:, None], y5, y)
+        r["f"] = torch.where(ok[:, None], f5, r["f"])
+        r["excess"] = torch.where(ok, ex5, r["excess"])
+        r["t"] = torch.where(ok, r["t"] + h, r["t"])
+        self.accepted[state.idx] += ok.to(torch.int64)
+        factor = torch.where(torch.isfinite(err), 0.9 * err.clamp(min=1e-10) ** -0.2, torch.full_like(err, 0.2))
+        r["h"] = h * factor.clamp(0.2, 5.0)
+        state.progress(state.size, lambda rate: f"flow {state.label}: {state.size} networks active, "
+                                                f"{self.evals} field evaluations, {rate:.3g} network-steps/s")
+        if bool(ok.any()):
+            self._sample(state, ok)
+        return True
+
+    def _report(self, state) -> None:
+        log.info("flow %s: %d networks, %d batched field evaluations, median %d accepted steps", state.label,
+                 self.accepted.numel(), self.evals, int(np.median(self.accepted.cpu().numpy())))

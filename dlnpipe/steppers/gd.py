@@ -1,0 +1,86 @@
+"""Full-batch gradient descent, W ← W − η ∇R, each network with its own η and step count (PAPER.md §2).
+
+Every step is a handful of batched kernels, with no host round trip: networks that diverge are
+frozen by masks on the device (η = 0 from the step where the loss becomes non-finite or exceeds
+``explode``·max(R(0), yᵀy/n)), networks that reach their own step count leave the batch. Every
+``check_every`` steps, frozen networks leave too, and so do networks at a fixed point of the GD map
+(``exit_fixed``): a step that changes none of their weights, bit for bit, proves that no later
+step would either, so their result is exactly that of running all the steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dlnpipe._checks import check_int
+from dlnpipe.steppers.base import Schedule, Stepper
+
+
+class GradientDescent(Stepper):
+    name = "gd"
+    options = ("check_every", "exit_fixed", "explode")
+
+    def __init__(self, *, check_every: int = 100, exit_fixed: bool = True, explode: float = 1e6):
+        self.check_every = check_int("check_every", check_every, minimum=0)
+        self.exit_fixed, self.explode = bool(exit_fixed), float(explode)
+
+    def start(self, state, schedule: Schedule) -> None:
+        dev, dtype = state.idx.device, state.layers[0].dtype
+        self.record_steps = schedule.record_steps
+        self.record_index = {int(t): j for j, t in enumerate(schedule.record_steps)}
+        self.finish_steps = {int(s) for s in np.unique(schedule.steps)}
+        self.T_max, self.t = int(schedule.steps.max()), 0
+        state.rows.update(lr=torch.tensor(schedule.lr, dtype=dtype, device=dev),
+                          steps=torch.tensor(schedule.steps, device=dev),
+                          alive=torch.ones(state.size, dtype=torch.bool, device=dev),
+                          alive_steps=torch.zeros(state.size, dtype=torch.int64, device=dev))  # = divergence step
+
+    def advance(self, state) -> bool:
+        t, r = self.t, state.rows
+        ev = state.arch.evaluate(state.layers, state.c, state.prob)
+        if "cap" not in r:  # divergence: the loss beyond explode·max(R(0), yᵀy/n)
+            yty = torch.as_tensor(state.prob.yty, dtype=ev.value.dtype, device=ev.value.device)
+            r["cap"] = self.explode * torch.maximum(ev.value.abs(), yty)
+        r["alive"] &= ev.value <= r["cap"]  # False for NaN and inf too: the network is frozen at this point
+        if t in self.record_index:
+            state.record(r["alive"] & (r["steps"] >= t), self.record_index[t], ev.value)
+        if t in self.finish_steps:
+            done = r["steps"] == t
+            state.retire(done, ev.value, diverged=~r["alive"], at=r["alive_steps"])
+            if t == self.T_max:
+                return False
+            state.compact(~done)
+            ev = ev.take(~done)
+            if state.size == 0:
+                return False
+        r = state.rows
+        r["alive_steps"] += r["alive"]
+        check = self.check_every and t % self.check_every == 0
+        before = [W.clone() for W in state.layers] if check and self.exit_fixed else None
+        state.arch.descend_(state.layers, ev, r["lr"], r["alive"])
+        state.progress(state.size, lambda rate: self._message(state, rate))
+        if check:
+            self._leave(state, ev, before)
+        self.t += 1
+        return state.size > 0
+
+    def _leave(self, state, ev, before) -> None:
+        """Retire frozen (diverged) networks and those at a fixed point of the GD map (this step changed
+        none of their weights, bit for bit); a fixed point's later samples repeat its values."""
+        r = state.rows
+        fixed = torch.zeros_like(r["alive"])
+        if before is not None:
+            fixed = r["alive"] & torch.stack([(a == b).flatten(1).all(1) for a, b in zip(before, state.layers)]).all(0)
+        gone = fixed | ~r["alive"]
+        if not bool(gone.any()):
+            return
+        steps = torch.as_tensor(self.record_steps, device=state.idx.device)
+        hold = fixed[gone][:, None] & (steps > self.t)[None, :] & (steps[None, :] <= r["steps"][gone][:, None])
+        state.retire(gone, ev.value, diverged=~r["alive"], at=r["alive_steps"], hold=hold)
+        state.compact(~gone)
+
+    def _message(self, state, rate: float) -> str:
+        remaining = int(np.clip(state.rows["steps"].cpu().numpy() - (self.t + 1), 0, None).sum())
+        return (f"train {state.label}: step {self.t + 1}/{self.T_max}, {state.size} networks active, "
+                f"{rate:.3g} network-steps/s, ETA <= {remaining / max(rate, 1e-9):.0f} s")

@@ -1,0 +1,35 @@
+"""Networks as batched tensors: B networks of one architecture stacked into layer tensors
+(B, out, in) and the row prefix c (B, 1, out_L); flat parameter rows (B, P) and back."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dlnpipe.devices import resolve_device, resolve_dtype
+from dlnpipe.networks import Weights
+
+
+def stack_weights(nets: list[Weights], *, dtype, device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Stack B networks of one architecture into layer tensors (B, out, in) and the prefix c (B, 1, out_L)."""
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    depth = nets[0].depth
+    layers = [torch.tensor(np.stack([net.layers[k] for net in nets]), dtype=dtype, device=device)
+              for k in range(depth)]
+    c = torch.tensor(np.stack([net.prefix() for net in nets]), dtype=dtype, device=device)
+    return layers, c
+
+
+def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-network flat parameter vectors: list of (B, ...) -> (B, P)."""
+    return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)
+
+
+def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """(B, P) -> tensors shaped like ``like`` (after the batch axis); views of ``flat`` where possible."""
+    out, start = [], 0
+    for t in like:
+        size = t[0].numel()
+        out.append(flat[:, start:start + size].reshape(flat.shape[0], *t.shape[1:]))
+        start += size
+    return out

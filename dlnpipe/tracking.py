@@ -1,0 +1,239 @@
+"""MLflow runs for every training configuration, logged after a cell's results exist.
+
+* one MLflow experiment per study experiment (``<prefix><name>``), created once, before any job
+  logs, by :func:`init` (concurrent creation of a fresh SQLite database, or of one experiment by
+  two writers, crashes or files runs under "Default");
+* one parent run per cell (the parts of a split cell together) and one nested run per training
+  configuration (init, depth, width, κ, η, s): every grid value as a param, the across-seed
+  statistics of the final metrics as metrics, the median trajectories as step metrics, the
+  per-seed table as an artifact, and the cell id, git revision and cube path as tags;
+* idempotent: logging a cell first deletes that cell's earlier runs, so a rerun replaces them.
+
+Only the workflow's local rules (:mod:`dlnpipe.stages.track`) call this module: cluster jobs never
+open the tracking store.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dlnpipe.status import Status
+
+log = logging.getLogger(__name__)
+
+CELL_TAG = "dlnpipe.cell"
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be reached; the training results stay on disk."""
+
+
+def tracking_uri(configured: str | None = None, results: str | Path = "results") -> str:
+    """MLFLOW_TRACKING_URI, else the configured URI, else SQLite at ``<results>/mlflow.db``.
+
+    The default is relative to the working directory (so that a moved study does not look like a new
+    tracking target); :func:`absolute` turns it into the absolute URI that MLflow is given.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if configured:
+        return configured
+    return f"sqlite:///{Path(results) / 'mlflow.db'}"
+
+
+def absolute(uri: str) -> str:
+    """sqlite:///relative/path -> sqlite:////absolute/path; other URIs unchanged."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
+    """Fail fast, with one clear message, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is not reachable ({getattr(exc, 'reason', exc)}); the training "
+            f"results are kept in results/train and results/measure: start the server (or unset "
+            f"MLFLOW_TRACKING_URI) and run the workflow again to log them") from None
+
+
+def _client(uri: str):
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    from mlflow.tracking import MlflowClient
+
+    check_reachable(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def init(uri: str, names: list[str], *, artifacts: str | Path) -> dict:
+    """Create the store (SQLite: the file and its schema) and one MLflow experiment per name, once.
+    Returns {"uri": the absolute tracking URI, "experiments": name -> experiment id}."""
+    uri = absolute(uri)
+    client = _client(uri)
+    ids = {}
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            location = None
+            if not uri.startswith(("http://", "https://")):
+                location = (Path(artifacts).resolve() / name.replace("/", "_")).as_uri()
+            # "custom_model_development": the UI opens on the training-runs view, not the GenAI one
+            ids[name] = client.create_experiment(name, artifact_location=location,
+                                                 tags={"mlflow.experimentKind": "custom_model_development"})
+        else:
+            if exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp.experiment_id)
+            ids[name] = exp.experiment_id
+    log.info("MLflow at %s: experiments %s", uri, ids)
+    return {"uri": uri, "experiments": ids}
+
+
+def _quantile_metrics(prefix: str, values: np.ndarray) -> dict[str, float]:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return {}
+    q = np.quantile(v, QUANTILES)
+    return {f"{prefix}_q{int(p * 100):02d}" if p != 0.5 else f"{prefix}_median": float(x) for p, x in zip(QUANTILES, q)}
+
+
+def _dataset_info(found: dict, data: np.ndarray, key: str, default) -> list:
+    """``meta[key]`` of each network's dataset (``default`` where the dataset is not known)."""
+    return [found[k].meta.get(key, default) if found[k] is not None else default for k in data]
+
+
+def configurations(parts: list[tuple[dict, dict, dict]], datasets: dict | None = None) -> pd.DataFrame:
+    """All networks of a cell (its parts concatenated), one row each, with their measurements;
+    ``datasets`` (data id -> Dataset) gives each network's κ, spectrum and w* direction."""
+    frames = []
+    for spec, train, measure in parts:
+        cell = spec["cell"]
+        data = train["data"]  # each network's data id
+        found = {k: (datasets or {}).get(k) for k in set(data)}
+        info = functools.partial(_dataset_info, found, data)
+        frames.append(pd.DataFrame({
+            "init": cell["init"], "depth": cell["depth"], "width": cell["width"], "data": data,
+            "kappa": [np.nan if v is None else float(v) for v in info("kappa_target", cell["kappa"])],
+            "spectrum": info("spectrum", cell.get("spectrum", "")), "wstar": info("wstar", cell.get("wstar", "")),
+            "lr": train["lr"], "scale": train["scale"], "seed_index": train["seed_index"], "seed": train["seed"],
+            "steps": train["steps"], "status": train["status"], "diverged_step": train["diverged_step"],
+            "loss_train": train["loss_train"], "loss_test": train["loss_test"], "distance": train["distance"],
+            "sharpness": measure["sharpness_topk"][:, 0], "sharpness_exact": measure["sharpness_exact"],
+            "sharpness_init": measure["sharpness_init"], "row": np.arange(len(train["lr"])),
+            "part": cell["part"]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def log_cell(uri: str, name: str, cell_id: str, parts: list[tuple[dict, dict, dict]], *, theory: dict,
+             datasets: dict | None = None, tags: dict) -> dict:
+    """Replace the MLflow runs of one cell (all its parts: (spec, train arrays, measure arrays)) by fresh
+    ones: a parent run for the cell, a nested run per training configuration. ``theory``: data id ->
+    bounds (s_min, s_upper, eta_c) of the cell's depth on that dataset; ``tags`` go on every run.
+    Returns what was logged (run ids, how many old runs were replaced)."""
+    uri = absolute(uri)
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise TrackingUnavailable(f"MLflow experiment {name!r} does not exist at {uri}: the mlflow_init rule "
+                                  "creates it before any cell logs")
+    experiment_id = exp.experiment_id
+    trains = {spec["cell"]["part"]: train for spec, train, _ in parts}  # the `part` column of the table
+    spec = parts[0][0]
+    table = configurations(parts, datasets)
+    old = client.search_runs([experiment_id], filter_string=f"tags.`{CELL_TAG}` = '{cell_id}'", max_results=50000)
+    for run in old:
+        client.delete_run(run.info.run_id)
+    tags = {CELL_TAG: cell_id, **tags, "dlnpipe.experiment": spec["cell"]["experiment"]}
+    parent = _log_parent(client, experiment_id, cell_id, spec, len(table), tags)
+    children = [_log_configuration(client, experiment_id, spec, key, group, trains, theory[key[0]],
+                                   {**tags, "mlflow.parentRunId": parent, "dlnpipe.role": "configuration"})
+                for key, group in table.groupby(["data", "lr", "scale"], sort=True)]
+    client.set_terminated(parent)
+    log.info("cell %s: %d configuration runs logged (replaced %d old runs)", cell_id, len(children), len(old))
+    return {"tracking_uri": uri, "experiment_id": experiment_id, "cell": cell_id, "parent_run": parent,
+            "runs": children, "replaced": len(old)}
+
+
+def _log_parent(client, experiment_id: str, cell_id: str, spec: dict, networks: int, tags: dict) -> str:
+    from mlflow.entities import Metric, Param
+
+    cell, exp_cfg = spec["cell"], spec["experiment"]
+    parent = client.create_run(experiment_id, run_name=cell_id, tags={**tags, "dlnpipe.role": "cell"})
+    params = {"init": cell["init"], "depth": cell["depth"], "width": cell["width"], "data": cell["data"],
+              "kappa": cell["kappa"], "parts": cell["parts"], "networks": networks,
+              "dtype": exp_cfg["dtype"], "n": exp_cfg["data"]["n"], "d": exp_cfg["data"]["d"]}
+    client.log_batch(parent.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                     metrics=[Metric("networks", float(networks), int(time.time() * 1000), 0)])
+    return parent.info.run_id
+
+
+def _configuration_metrics(group: pd.DataFrame, b, lr: float) -> dict[str, float]:
+    """Across-seed statistics of one configuration's final metrics, and its theory constants."""
+    status = group.status.to_numpy()
+    conv = status == Status.CONVERGED
+    values = {"frac_converged": float(np.mean(conv)), "frac_failed": float(np.mean(status == Status.FAILED)),
+              "frac_diverged": float(np.mean(status == Status.DIVERGED)), "s_min": b.s_min, "s_upper": b.s_upper,
+              "eta_c": b.eta_c, "two_over_lr": 2 / lr}
+    ok = status != Status.DIVERGED
+    values |= _quantile_metrics("sharpness", group.sharpness.where(ok).to_numpy())
+    values |= _quantile_metrics("sharpness_ratio", (group.sharpness / b.s_min).where(conv).to_numpy())
+    values |= _quantile_metrics("sharpness_init", group.sharpness_init.to_numpy())
+    for key in ("loss_train", "loss_test", "distance"):
+        values |= _quantile_metrics(key, group[key].where(ok).to_numpy())
+    return values
+
+
+def _log_configuration(client, experiment_id: str, spec: dict, key: tuple, group: pd.DataFrame, trains: dict,
+                       b, tags: dict) -> str:
+    """One nested run: every grid value as a param, the statistics as metrics, the median trajectories
+    as step metrics, the per-seed table as an artifact."""
+    from mlflow.entities import Metric, Param
+
+    (data, lr, scale), cell, exp_cfg = key, spec["cell"], spec["experiment"]
+    name = f"{cell['init']}-L{cell['depth']}-m{cell['width']}-{data}-lr{lr:g}-s{scale:g}"
+    rid = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    params = {"experiment": cell["experiment"], "init": cell["init"], "depth": cell["depth"],
+              "width": cell["width"], "kappa": group.kappa.iloc[0], "spectrum": group.spectrum.iloc[0],
+              "wstar": group.wstar.iloc[0], "data": data, "lr": lr, "scale": scale,
+              "steps": int(group.steps.iloc[0]), "seeds": len(group), "dtype": exp_cfg["dtype"],
+              "optimizer": exp_cfg.get("optimizer", "gd"), "scale_unit": exp_cfg.get("scale_unit", "absolute"),
+              "n": exp_cfg["data"]["n"], "d": exp_cfg["data"]["d"], "noise": exp_cfg["data"]["noise"]}
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in _configuration_metrics(group, b, lr).items() if np.isfinite(v)]
+    for traj in ("traj_loss_train", "traj_loss_test", "traj_distance", "traj_sharpness"):
+        rows = [trains[p][traj][r] for p, r in zip(group.part, group.row) if traj in trains[p]]
+        if not rows:
+            continue
+        steps = trains[group.part.iloc[0]]["record_steps"]
+        with np.errstate(all="ignore"):
+            med = np.nanmedian(np.where(np.isfinite(rows), rows, np.nan), axis=0)
+        metrics += [Metric(f"{traj}_median", float(v), now, int(s)) for s, v in zip(steps, med) if np.isfinite(v)]
+    plist = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, max(len(metrics), 1), 1000):
+        client.log_batch(rid, metrics=metrics[i:i + 1000], params=plist if i == 0 else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "networks.csv"
+        group.drop(columns=["row", "part"]).to_csv(path, index=False, float_format="%.10g")
+        client.log_artifact(rid, str(path))
+    client.set_terminated(rid)
+    return rid
