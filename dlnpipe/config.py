@@ -171,6 +171,10 @@ class ExperimentConfig(Strict):
     figures: list[FigureName] = Field(
         default_factory=list, description="figures drawn from this experiment")
 
+    def stepper_options(self) -> dict:
+        """The keys of this experiment that configure its optimizer (dlnpipe.steppers), by name."""
+        return {k: getattr(self, k) for k in steppers.get(self.optimizer).options if k in type(self).model_fields}
+
     @field_validator("scales")
     @classmethod
     def _nonneg(cls, v):

@@ -120,7 +120,7 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
           explode: float = 1e6, p_seed: int = 0, log_every_s: float = 10.0,
           sharpness_tol: float = 1e-8, check_every: int = 100, exit_fixed: bool | None = None,
           max_batch: int | None = None, optimizer: str = "gd", flow_rtol: float = 1e-8,
-          flow_atol: float = 1e-10, flow_max_steps: int = 100_000) -> TrainResult:
+          flow_atol: float = 1e-10, flow_max_steps: int = 100_000, **options) -> TrainResult:
     """Train B networks; lr, scale, seed, steps are scalars or length-B sequences (B is the longest).
 
     Records train/test loss and ‖w_prod − w*‖² every ``record_every`` steps (default: about 200
@@ -133,6 +133,8 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
     gradient flow (:mod:`dlnpipe.steppers.flow`): network b is integrated to time lr_b·steps_b with
     error tolerances ``flow_rtol``/``flow_atol`` (at most ``flow_max_steps`` accepted steps) and
     recorded at times lr_b·record_steps; ``diverged_step`` is then the GD-equivalent step t/lr.
+    Further ``options`` go to the optimizer's stepper (each stepper names the options it takes; an
+    option it does not take is an error).
 
     Networks are trained in batches of at most ``max_batch`` (default: as many as fit in half the
     free memory of a CUDA device, 4 GB on CPU); each network's result does not depend on its batch.
@@ -143,7 +145,7 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
     nets = _networks(dataset, lr, scale, seed, steps)
     architecture = archs.get(arch)
     depth, width, d = architecture.check(depth=depth, width=width, d=nets.data[0].d)
-    stepper = steppers.build(optimizer, check_every=check_every, explode=check_positive("explode", explode),
+    stepper = steppers.build(optimizer, options, check_every=check_every, explode=check_positive("explode", explode),
                              exit_fixed=(not record_sharpness) if exit_fixed is None else exit_fixed,
                              flow_rtol=flow_rtol, flow_atol=flow_atol, flow_max_steps=flow_max_steps)
     if record_sharpness and not stepper.records_sharpness:

@@ -47,9 +47,9 @@ def test_quick_cube_matches_reference(quick_run):
     ref = dict(np.load(REFERENCE))
     groups = sorted({k.split("/")[0] for k in ref})
     assert groups == ["bounds", "resid", "small", "traj", "under"]
+    assert sum(int((ref[f"{g}/status"] == Status.CONVERGED).sum()) for g in groups) > 100
     for g in groups:
         conv = ref[f"{g}/status"] == Status.CONVERGED
-        assert conv.any(), g
         np.testing.assert_array_equal(now[f"{g}/status"][conv], Status.CONVERGED, err_msg=g)
         others = ~conv & (ref[f"{g}/status"] >= 0)
         assert not (now[f"{g}/status"][others] == Status.CONVERGED).any(), g

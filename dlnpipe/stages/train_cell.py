@@ -30,7 +30,7 @@ def run(spec: dict, data_paths, out: str | Path, *, device: str | None = None) -
                 scale=init_scale(exp, cell.init, cell.width, net.scale), seed=net.seed, steps=net.steps,
                 dtype=exp.dtype, device=device, record_every=exp.record_every,
                 record_sharpness=exp.record_sharpness, rtol=exp.rtol, atol=exp.atol, optimizer=exp.optimizer,
-                flow_rtol=exp.flow_rtol, flow_atol=exp.flow_atol, flow_max_steps=exp.flow_max_steps)
+                **exp.stepper_options())
     counts = np.bincount(res.status, minlength=len(Status))
     log.info("cell %s/%s done in %.1f s: %s", cell.experiment, cell.id, res.seconds,
              ", ".join(f"{n} {s.meaning}" for s, n in zip(Status, counts)))

@@ -22,7 +22,11 @@ def get(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def build(name: str, **options):
-    """A stepper configured from the options it takes (the others are ignored)."""
+def build(name: str, given: dict | None = None, **defaults):
+    """A stepper configured from ``given`` options (each must be one it takes) and from ``defaults``
+    (train()'s keyword arguments with a default: those it does not take are ignored)."""
     cls = get(name)
-    return cls(**{k: v for k, v in options.items() if k in cls.options})
+    wrong = sorted(set(given or {}) - set(cls.options))
+    if wrong:
+        raise ValueError(f"optimizer {name!r} takes no option {wrong[0]!r}; its options: {', '.join(cls.options)}")
+    return cls(**{k: v for k, v in defaults.items() if k in cls.options}, **(given or {}))
