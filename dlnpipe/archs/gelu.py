@@ -8,6 +8,7 @@ from dlnpipe.lazy import torch
 
 class Gelu(ActivatedArchitecture):
     name = "gelu"
+    kernel_activation = 1
     description = "small init, GELU after every layer but the last (the paper's appendix)"
 
     def activation(self, z):

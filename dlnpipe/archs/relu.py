@@ -13,6 +13,7 @@ from dlnpipe.lazy import torch
 
 class Relu(ActivatedArchitecture):
     name = "relu"
+    kernel_activation = 2
     description = "small init, ReLU after every layer but the last"
 
     def activation(self, z):

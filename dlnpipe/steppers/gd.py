@@ -6,6 +6,9 @@ frozen by masks on the device (η = 0 from the step where the loss becomes non-f
 ``check_every`` steps, frozen networks leave too, and so do networks at a fixed point of the GD map
 (``exit_fixed``): a step that changes none of their weights, bit for bit, proves that no later
 step would either, so their result is exactly that of running all the steps.
+
+Between these events (recording, a network's last step, a check) an architecture with a fused step
+(``Architecture.steps_``, e.g. the compiled GELU step) takes all the steps in one call.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ class GradientDescent(Stepper):
         self.record_index = {int(t): j for j, t in enumerate(schedule.record_steps)}
         self.finish_steps = {int(s) for s in np.unique(schedule.steps)}
         self.T_max, self.t = int(schedule.steps.max()), 0
+        events = set(self.record_index) | self.finish_steps
+        if self.check_every:
+            events |= set(range(0, self.T_max + 1, self.check_every))
+        self.events = np.array(sorted(events | {0, self.T_max}), dtype=np.int64)
         state.rows.update(lr=torch.tensor(schedule.lr, dtype=dtype, device=dev),
                           steps=torch.tensor(schedule.steps, device=dev),
                           alive=torch.ones(state.size, dtype=torch.bool, device=dev),
@@ -38,6 +45,12 @@ class GradientDescent(Stepper):
 
     def advance(self, state) -> bool:
         t, r = self.t, state.rows
+        span = int(self.events[np.searchsorted(self.events, t)]) - t  # steps before the next event
+        if span > 0 and state.arch.steps_(state.layers, state.c, state.prob, lr=r["lr"], alive=r["alive"],
+                                          alive_steps=r["alive_steps"], cap=r["cap"], count=span):
+            self.t += span
+            state.progress(span * state.size, lambda rate: self._message(state, rate))
+            return True
         ev = state.arch.evaluate(state.layers, state.c, state.prob)
         if "cap" not in r:  # divergence: the loss beyond explode·max(R(0), yᵀy/n)
             yty = torch.as_tensor(state.prob.yty, dtype=ev.value.dtype, device=ev.value.device)

@@ -1,0 +1,165 @@
+"""The compiled step of nonlinear networks (dlnpipe/kernels/activated.c) against independent references:
+an autograd GD loop in float64, torch's float32 GELU, each network alone, and the torch path it
+falls back to."""
+
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tolerances import assert_weights_close
+
+import dlnpipe
+from dlnpipe import archs, kernels
+from dlnpipe.kernels import activated
+
+ACTIVATION = {"gelu": torch.nn.functional.gelu, "relu": torch.relu}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return dlnpipe.make_dataset(50, 5, noise=0.0, seed=66)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the steps taken by the compiled kernel (so a test knows the fused path really ran)."""
+    calls = []
+    real = activated.gd_steps
+
+    def spy(*args, count, **kw):
+        calls.append(count)
+        return real(*args, count=count, **kw)
+
+    monkeypatch.setattr(activated, "gd_steps", spy)
+    return calls
+
+
+def autograd_gd(data, arch, nets, lr, steps):
+    """The reference: one network at a time, the loss written here from the data, autograd gradients."""
+    X, y = torch.tensor(data.X), torch.tensor(data.y)
+    out = []
+    for net, eta in zip(nets, lr):
+        Ws = [torch.tensor(W, requires_grad=True) for W in net.layers]
+        for _ in range(steps):
+            h = X
+            for W in Ws[:-1]:
+                h = ACTIVATION[arch](h @ W.T)
+            loss = ((y - (h @ Ws[-1].T)[:, 0]) ** 2).mean()
+            grads = torch.autograd.grad(loss, Ws)
+            with torch.no_grad():
+                for W, g in zip(Ws, grads):
+                    W -= eta * g
+        out.append([W.detach().numpy() for W in Ws])
+    return out
+
+
+@pytest.mark.parametrize("arch,depth,width", [("gelu", 2, 3), ("gelu", 4, 5), ("gelu", 10, 5), ("gelu", 3, 8),
+                                              ("gelu", 1, 5), ("relu", 4, 5), ("relu", 3, 8)])
+def test_fused_step_equals_autograd_in_float64(data, kernel_calls, arch, depth, width):
+    lr, scale, seed = [0.02, 0.05, 0.01], [0.5, 0.7, 0.6], [1, 2, 3]
+    res = dlnpipe.train(data, arch=arch, depth=depth, width=width, lr=lr, scale=scale, seed=seed, steps=200,
+                        dtype="float64", record_every=50, log_every_s=None)
+    assert sum(kernel_calls) >= 150  # most steps were fused (the others are recording and check steps)
+    nets = [dlnpipe.init_network(arch, depth=depth, width=width, d=5, scale=s, seed=i) for s, i in zip(scale, seed)]
+    for i, ref in enumerate(autograd_gd(data, arch, nets, lr, 200)):
+        for W, R in zip(res.layers, ref):
+            assert_weights_close(W[i], R)
+
+
+def test_fused_float32_stays_within_float32_rounding(data, kernel_calls):
+    """float32 GD drifts from float64 GD by rounding; the fused step drifts no more than torch's float32 path."""
+    kw = dict(arch="gelu", depth=10, width=5, lr=0.005, scale=np.linspace(0.43, 0.7, 16), seed=np.arange(16),
+              steps=400, record_every=100, log_every_s=None)
+    ref = dlnpipe.train(data, dtype="float64", **kw)
+    fused = dlnpipe.train(data, dtype="float32", **kw)
+    assert kernel_calls
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DLNPIPE_KERNELS", "0")
+        kernels._load.cache_clear()
+        torch32 = dlnpipe.train(data, dtype="float32", **kw)
+    kernels._load.cache_clear()
+
+    def drift(res):
+        return max(float(np.abs(W - R).max() / np.abs(R).max()) for W, R in zip(res.layers, ref.layers))
+
+    assert drift(fused) <= 2 * drift(torch32) + 1e-6, (drift(fused), drift(torch32))
+    assert drift(fused) < 1e-4
+
+
+def test_float32_gelu_is_as_accurate_as_torchs(data):
+    """The kernel's own float32 GELU and its derivative against the float64 formula, next to torch's float32."""
+    from scipy.special import ndtr
+
+    lib = activated.library(1, torch.float32, 5, 5)
+    assert lib is not None, "the C compiler builds the kernel on the test machines"
+    z = torch.linspace(-20, 20, 400_001, dtype=torch.float32)
+    a, da = torch.empty_like(z), torch.empty_like(z)
+    lib.dlnpipe_activation(z.numel(), z.data_ptr(), a.data_ptr(), da.data_ptr())
+    z64 = z.double().numpy()
+    cdf, pdf = ndtr(z64), np.exp(-z64**2 / 2) / np.sqrt(2 * np.pi)
+    exact_a, exact_da = z64 * cdf, cdf + z64 * pdf
+    torch_a = torch.nn.functional.gelu(z).double().numpy()
+    torch_da = torch.ops.aten.gelu_backward(torch.ones_like(z), z).double().numpy()
+    scale = np.maximum(1.0, np.abs(z64))
+    ours_a, ours_da = np.abs(a.double().numpy() - exact_a) / scale, np.abs(da.double().numpy() - exact_da)
+    assert ours_a.max() <= max(2e-7, np.max(np.abs(torch_a - exact_a) / scale))
+    assert ours_da.max() <= max(2e-7, np.max(np.abs(torch_da - exact_da)))
+
+
+def test_batch_equals_each_network_alone_and_divergence_is_isolated(data, kernel_calls):
+    kw = dict(arch="gelu", depth=4, width=5, steps=300, dtype="float64", record_every=100, log_every_s=None)
+    lr, scale, seed = [0.02, 9.0, 0.05, 0.01], [0.5, 2.5, 0.6, 0.7], [4, 5, 6, 7]
+    batch = dlnpipe.train(data, lr=lr, scale=scale, seed=seed, **kw)
+    assert batch.status[1] == dlnpipe.DIVERGED and (batch.status[[0, 2, 3]] != dlnpipe.DIVERGED).all()
+    for i in range(4):
+        one = dlnpipe.train(data, lr=lr[i], scale=scale[i], seed=seed[i], **kw)
+        assert one.status[0] == batch.status[i] and one.diverged_step[0] == batch.diverged_step[i]
+        if i != 1:
+            for Wb, Wo in zip(batch.layers, one.layers):
+                assert_weights_close(Wb[i], Wo[0])
+    assert kernel_calls
+
+
+def test_fallback_gives_the_same_results_and_says_so(data, monkeypatch, caplog):
+    kw = dict(arch="relu", depth=3, width=6, lr=[0.02, 0.05], scale=0.6, seed=[1, 2], steps=300, dtype="float64",
+              record_every=100, log_every_s=None)
+    fused = dlnpipe.train(data, **kw)
+    kernels._load.cache_clear()
+    monkeypatch.setattr(kernels, "compiler", lambda: None)  # a machine without a C compiler
+    with caplog.at_level(logging.WARNING, logger="dlnpipe.kernels"):
+        plain = dlnpipe.train(data, **kw)
+    kernels._load.cache_clear()
+    assert "no C compiler found" in caplog.text and "torch path" in caplog.text
+    np.testing.assert_array_equal(fused.status, plain.status)
+    for a, b in zip(fused.layers, plain.layers):
+        assert_weights_close(a, b)
+
+
+def test_compiled_kernel_is_cached_between_processes(tmp_path):
+    code = ("import logging, sys, torch; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
+            "from dlnpipe.kernels import activated; "
+            "print('loaded', activated.library(2, torch.float32, 7, 3) is not None)")
+    env = {"DLNPIPE_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "compiling activated" in first.stdout and "loaded True" in first.stdout
+    assert "compiling" not in second.stdout and "loaded True" in second.stdout
+    assert len(list((tmp_path / "kernels").glob("activated-*.so"))) == 1
+
+
+def test_cuda_and_per_network_problems_use_the_torch_path(data):
+    """The fused step is for the CPU and one shared dataset; elsewhere steps_ declines and GD steps one by one."""
+    arch = archs.get("gelu")
+    nets = [dlnpipe.init_network("gelu", depth=2, width=3, d=5, scale=0.5, seed=0)]
+    from dlnpipe.tensors import stack_weights
+
+    layers, c = stack_weights(nets, dtype="float64", device="cpu")
+    prob = arch.problem([data], in_dim=5, dtype="float64", device="cpu")
+    one = torch.ones(1, dtype=torch.bool)
+    kw = dict(lr=torch.full((1,), 0.01, dtype=torch.float64), alive=one.clone(),
+              alive_steps=torch.zeros(1, dtype=torch.int64), cap=torch.full((1,), 1e9, dtype=torch.float64))
+    assert arch.steps_(layers, c, prob, count=3, **kw)
+    assert not archs.get("small").steps_(layers, c, prob, count=3, **kw)  # no fused step for linear nets (yet)
