@@ -44,8 +44,10 @@ lint: $(STAMP)
 	ruff check dlnpipe tests benchmarks
 	snakefmt --check Snakefile workflow/rules
 
+# Every benchmark, each printing its ratios measured side by side in one run.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_fig1.py
+	$(PY) benchmarks/bench_gelu.py
 
 # Re-resolve envs/requirements.txt into the lock file (needs the registries).
 lock:

@@ -166,8 +166,10 @@ class ExperimentConfig(Strict):
         False, description="one job per (init, depth, width) trains the networks of all the experiment's datasets "
                            "(kappa × spectrum × wstar) in one batch; linear inits only, GELU cells stay one per "
                            "dataset. Makes dataset sweeps cheap (fewer, larger jobs)")
-    split: int = Field(1, ge=1, description="jobs per cell: the cell's networks are dealt into this many "
-                                            "parts of equal cost (parallelism for long cells)")
+    split: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="jobs per cell: the cell's networks are dealt into this many parts of equal cost "
+                            "(parallelism for long cells); auto: as many as keep each job's estimated training "
+                            "cost under about 1e12 floating-point operations (half a minute of one core)")
     figures: list[FigureName] = Field(
         default_factory=list, description="figures drawn from this experiment")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch
+from dlnpipe.lazy import torch
 
 
 def resolve_dtype(dtype) -> torch.dtype:

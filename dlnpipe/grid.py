@@ -5,7 +5,8 @@
   experiment lists several spectra or w* directions;
 * a **cell** is one (experiment, init, depth, width, dataset, part) and one training job; all its
   networks (learning rates × scales × seeds) are trained as one batch. ``split`` > 1 deals a
-  cell's networks into parts of equal cost, each its own job. With ``batch_datasets`` a linear
+  cell's networks into parts of equal cost, each its own job (``split: auto``: as many parts as keep
+  each job's estimated training cost, :func:`cost`, under :data:`AUTO_SPLIT_FLOPS`). With ``batch_datasets`` a linear
   cell holds every dataset of the experiment (data id ``all``): κ / spectrum / w* sweeps then cost
   one job per (init, depth, width) instead of one per dataset;
 * a **network** is one (lr, scale, seed index) inside a cell. Its seed is a hash of every
@@ -17,12 +18,17 @@ Numbers in identifiers are written by one function, :func:`fmt`.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from dlnpipe import archs
+from dlnpipe import archs, steppers
 from dlnpipe.config import ExperimentConfig, StudyConfig, expand
+
+# split: auto keeps each training job below this many floating-point operations: about 30 s of one
+# core for the compiled GELU step (3e10 flop/s), so that on two cores no job holds the study up.
+AUTO_SPLIT_FLOPS = 1e12
 
 
 def fmt(x: float) -> str:
@@ -105,9 +111,21 @@ def cells(cfg: StudyConfig) -> list[Cell]:
                 for width in exp.widths:
                     points = ([(ALL_DATA, None, ALL_DATA, ALL_DATA)] if merged(exp, init) else data_points(exp))
                     for data, k, spectrum, wstar in points:
-                        for part in range(exp.split):
-                            out.append(Cell(name, init, depth, width, data, k, part, exp.split, spectrum, wstar))
+                        whole = Cell(name, init, depth, width, data, k, 0, 1, spectrum, wstar)
+                        parts = exp.split if exp.split != "auto" else max(1, math.ceil(cost(exp, whole) /
+                                                                                     AUTO_SPLIT_FLOPS))
+                        out += [replace(whole, part=part, parts=parts) for part in range(parts)]
     return out
+
+
+def cost(exp: ExperimentConfig, cell: Cell) -> float:
+    """Estimated floating-point operations of training the cell's networks: each network's gradient
+    evaluations (its stepper's count for its steps) times one step of its architecture."""
+    net = networks(exp, cell)
+    flops = archs.get(cell.init).step_flops(depth=cell.depth, width=cell.width, d=exp.data.d, n=exp.data.n)
+    evaluations = steppers.get(exp.optimizer).evaluations
+    options = exp.stepper_options()
+    return flops * sum(evaluations(int(s), options) for s in net.steps)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
 from dlnpipe.data import Dataset
 from dlnpipe.devices import resolve_device, resolve_dtype
+from dlnpipe.lazy import torch
 
 _PER_NETWORK = ("sigma", "w_star", "loss_opt", "yty", "sigma_test", "xty_test", "yty_test")
 

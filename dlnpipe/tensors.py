@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from dlnpipe.devices import resolve_device, resolve_dtype
+from dlnpipe.lazy import torch
 from dlnpipe.networks import Weights
 
 

@@ -108,3 +108,23 @@ def test_split_deals_networks_into_parts_of_equal_cost():
     assert len(seeds) == 12 and len(set(seeds)) == 12
     costs = [int(n.steps.sum()) for n in nets]
     assert max(costs) - min(costs) <= 1000
+
+
+def test_auto_split_keeps_every_job_under_the_cost_budget():
+    """split: auto (the default) deals a cell into as many parts as its estimated cost needs; an explicit
+    split is kept; the default study has no training job far above the budget."""
+    from dataclasses import replace
+
+    from dlnpipe.grid import AUTO_SPLIT_FLOPS, cost
+
+    cfg = validate(study(inits=["gelu", "small"], depths=[10], widths=[5], data={"n": 50, "d": 5},
+                         runs=[{"lr": 0.005, "steps": 160_000, "seeds": 200}]))
+    exp = cfg.experiments["e"]
+    parts = {init: [c for c in cells(cfg) if c.init == init] for init in ("gelu", "small")}
+    whole = cost(exp, replace(parts["gelu"][0], part=0, parts=1))
+    assert len(parts["gelu"]) == int(np.ceil(whole / AUTO_SPLIT_FLOPS)) >= 2
+    assert max(cost(exp, c) for c in parts["gelu"]) <= 1.05 * AUTO_SPLIT_FLOPS
+    assert len(parts["small"]) == 1  # a linear step costs ~1/50 of a GELU step at this size: one job
+    assert [c.parts for c in cells(validate(study(split=3)))] == [3, 3, 3]
+    default = validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    assert max(cost(default.experiments[c.experiment], c) for c in cells(default)) <= 1.05 * AUTO_SPLIT_FLOPS

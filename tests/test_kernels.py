@@ -1,6 +1,6 @@
-"""The compiled step of nonlinear networks (dlnpipe/kernels/activated.c) against independent references:
-an autograd GD loop in float64, torch's float32 GELU, each network alone, and the torch path it
-falls back to."""
+"""The compiled GD steps (dlnpipe/kernels: activated.c for GELU and ReLU nets, linear.c for deep linear
+nets) against independent references: an autograd GD loop on the data in float64, torch's float32
+GELU, each network alone, and the torch path they fall back to."""
 
 import logging
 import subprocess
@@ -13,9 +13,10 @@ from tolerances import assert_weights_close
 
 import dlnpipe
 from dlnpipe import archs, kernels
-from dlnpipe.kernels import activated
+from dlnpipe.kernels import activated, linear
 
 ACTIVATION = {"gelu": torch.nn.functional.gelu, "relu": torch.relu}
+LINEAR = (lambda z: z)  # noqa: E731
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +26,16 @@ def data():
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts the steps taken by the compiled kernel (so a test knows the fused path really ran)."""
+    """Counts the steps taken by the compiled kernels (so a test knows the fused path really ran)."""
     calls = []
-    real = activated.gd_steps
+    for module in (activated, linear):
+        real = module.gd_steps
 
-    def spy(*args, count, **kw):
-        calls.append(count)
-        return real(*args, count=count, **kw)
+        def spy(*args, count, real=real, **kw):
+            calls.append(count)
+            return real(*args, count=count, **kw)
 
-    monkeypatch.setattr(activated, "gd_steps", spy)
+        monkeypatch.setattr(module, "gd_steps", spy)
     return calls
 
 
@@ -43,11 +45,15 @@ def autograd_gd(data, arch, nets, lr, steps):
     out = []
     for net, eta in zip(nets, lr):
         Ws = [torch.tensor(W, requires_grad=True) for W in net.layers]
+        p = None if net.p is None else torch.tensor(net.p)
+        X_in = X if p is None else torch.nn.functional.pad(X, (0, p.numel() - X.shape[1]))  # zero-padded inputs
         for _ in range(steps):
-            h = X
+            h = X_in
             for W in Ws[:-1]:
-                h = ACTIVATION[arch](h @ W.T)
-            loss = ((y - (h @ Ws[-1].T)[:, 0]) ** 2).mean()
+                h = ACTIVATION.get(arch, LINEAR)(h @ W.T)
+            f = h @ Ws[-1].T
+            f = f[:, 0] if p is None else f @ p
+            loss = ((y - f) ** 2).mean()
             grads = torch.autograd.grad(loss, Ws)
             with torch.no_grad():
                 for W, g in zip(Ws, grads):
@@ -57,14 +63,19 @@ def autograd_gd(data, arch, nets, lr, steps):
 
 
 @pytest.mark.parametrize("arch,depth,width", [("gelu", 2, 3), ("gelu", 4, 5), ("gelu", 10, 5), ("gelu", 3, 8),
-                                              ("gelu", 1, 5), ("relu", 4, 5), ("relu", 3, 8)])
+                                              ("gelu", 1, 5), ("relu", 4, 5), ("relu", 3, 8), ("small", 1, 5),
+                                              ("small", 4, 5), ("small", 10, 5), ("small", 3, 8), ("residual", 4, 5),
+                                              ("residual", 3, 7)])
 def test_fused_step_equals_autograd_in_float64(data, kernel_calls, arch, depth, width):
     lr, scale, seed = [0.02, 0.05, 0.01], [0.5, 0.7, 0.6], [1, 2, 3]
+    if archs.get(arch).linear:  # deep linear nets are stiffer at these scales: smaller steps
+        lr, scale = [0.01, 0.005, 0.0025], [0.4, 0.5 if arch == "small" else 1.0, 0.3]
     res = dlnpipe.train(data, arch=arch, depth=depth, width=width, lr=lr, scale=scale, seed=seed, steps=200,
                         dtype="float64", record_every=50, log_every_s=None)
     assert sum(kernel_calls) >= 150  # most steps were fused (the others are recording and check steps)
+    assert (res.status != dlnpipe.DIVERGED).all()
     nets = [dlnpipe.init_network(arch, depth=depth, width=width, d=5, scale=s, seed=i) for s, i in zip(scale, seed)]
-    for i, ref in enumerate(autograd_gd(data, arch, nets, lr, 200)):
+    for i, ref in enumerate(autograd_gd(data, arch, nets, lr, 200)):  # the linear nets: from the data, not moments
         for W, R in zip(res.layers, ref):
             assert_weights_close(W[i], R)
 
@@ -150,16 +161,37 @@ def test_compiled_kernel_is_cached_between_processes(tmp_path):
     assert len(list((tmp_path / "kernels").glob("activated-*.so"))) == 1
 
 
-def test_cuda_and_per_network_problems_use_the_torch_path(data):
-    """The fused step is for the CPU and one shared dataset; elsewhere steps_ declines and GD steps one by one."""
-    arch = archs.get("gelu")
-    nets = [dlnpipe.init_network("gelu", depth=2, width=3, d=5, scale=0.5, seed=0)]
+def test_linear_kernel_with_one_dataset_per_network(kernel_calls):
+    """Networks on different datasets (per-network Σ, w*, R*) in one fused batch = each on its own dataset."""
+    sets = [dlnpipe.make_dataset(20, 4, noise=0.3, seed=1, kappa=k, spectrum="linear", wstar=w)
+            for k, w in ((1.0, "random"), (10.0, "top"), (100.0, "bottom"))]
+    which = [0, 1, 2, 1, 0]
+    kw = dict(arch="residual", depth=3, width=5, scale=0.4, steps=400, record_every=100, log_every_s=None)
+    lr, seed = [0.02, 0.03, 0.01, 0.02, 0.03], [1, 2, 3, 4, 5]
+    batch = dlnpipe.train([sets[i] for i in which], lr=lr, seed=seed, **kw)
+    assert sum(kernel_calls) >= 300
+    for j, i in enumerate(which):
+        one = dlnpipe.train(sets[i], lr=lr[j], seed=seed[j], **kw)
+        for Wb, Wo in zip(batch.layers, one.layers):
+            assert_weights_close(Wb[j], Wo[0])
+
+
+@pytest.mark.parametrize("name", ["gelu", "small"])
+def test_fused_step_runs_on_the_cpu_only(data, name):
+    """The compiled steps are for the CPU: for tensors elsewhere (here torch's "meta" device, as a stand-in
+    for CUDA) steps_ declines, touches nothing, and the stepper takes the torch path one step at a time."""
     from dlnpipe.tensors import stack_weights
 
-    layers, c = stack_weights(nets, dtype="float64", device="cpu")
-    prob = arch.problem([data], in_dim=5, dtype="float64", device="cpu")
-    one = torch.ones(1, dtype=torch.bool)
-    kw = dict(lr=torch.full((1,), 0.01, dtype=torch.float64), alive=one.clone(),
-              alive_steps=torch.zeros(1, dtype=torch.int64), cap=torch.full((1,), 1e9, dtype=torch.float64))
-    assert arch.steps_(layers, c, prob, count=3, **kw)
-    assert not archs.get("small").steps_(layers, c, prob, count=3, **kw)  # no fused step for linear nets (yet)
+    arch = archs.get(name)
+    nets = [dlnpipe.init_network(name, depth=2, width=5, d=5, scale=0.5, seed=0)]
+    for device in ("cpu", "meta"):
+        layers, c = stack_weights(nets, dtype="float64", device="cpu")
+        layers, c = [W.to(device) for W in layers], c.to(device)
+        prob = arch.problem([data], in_dim=5, dtype="float64", device="cpu")
+        kw = dict(lr=torch.full((1,), 0.01, dtype=torch.float64, device=device),
+                  alive=torch.ones(1, dtype=torch.bool, device=device),
+                  alive_steps=torch.zeros(1, dtype=torch.int64, device=device),
+                  cap=torch.full((1,), 1e9, dtype=torch.float64, device=device))
+        assert arch.steps_(layers, c, prob, count=3, **kw) == (device == "cpu")
+        if device == "cpu":
+            assert int(kw["alive_steps"][0]) == 3 and not np.allclose(layers[0].numpy(), nets[0].layers[0])

@@ -28,6 +28,10 @@ class ActivatedArchitecture(Architecture):
         """dh · σ'(z), elementwise (the chain rule through σ, as autograd computes it)."""
         raise NotImplementedError
 
+    def step_flops(self, *, depth: int, width: int, d: int, n: int) -> float:
+        """The forward pass and the backward pass (gradient and back-propagated rows) on n samples."""
+        return 6.0 * n * sum(o * i for o, i in self.layer_shapes(depth=depth, width=width, d=d))
+
     def work_entries(self, *, depth: int, width: int, d: int, n: int) -> int:
         return 4 * depth * n * width  # the activations of the forward pass
 

@@ -97,6 +97,13 @@ class Architecture:
         params = depth * max(width, d) ** 2
         return (4 * params + self.work_entries(depth=depth, width=width, d=d, n=n)) * itemsize + 4096
 
+    def step_flops(self, *, depth: int, width: int, d: int, n: int) -> float:
+        """Floating-point operations of one gradient step of one network: the cost model by which the
+        workflow orders and splits its jobs. Linear nets: two row recursions through the layers, the
+        update's outer products and Σ(w − w*), whatever n is."""
+        inner = sum(o * i for o, i in self.layer_shapes(depth=depth, width=width, d=d))
+        return 2.0 * (3 * inner + self.in_dim(width, d) ** 2)
+
     def work_entries(self, *, depth: int, width: int, d: int, n: int) -> int:
         """Entries of the forward pass kept for the backward one (row vectors by default)."""
         return 4 * depth * max(width, d)

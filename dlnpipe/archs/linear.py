@@ -82,6 +82,21 @@ class LinearArchitecture(Architecture):
                 h = torch.bmm(h, W.mT)
         return grads, excess
 
+    def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int) -> bool:
+        """The compiled step (dlnpipe/kernels/linear.c): the same recursions for 16 float32 networks per
+        SIMD register, ``count`` steps per call, on the CPU."""
+        if layers[0].device.type != "cpu":
+            return False
+        from dlnpipe.kernels import linear
+
+        width = layers[0].shape[1] if len(layers) > 1 else c.shape[2]
+        lib = linear.library(layers[0].dtype, in_dim=layers[0].shape[2], width=width, out_last=c.shape[2],
+                             per_network=prob.batched)
+        if lib is None:
+            return False
+        linear.gd_steps(lib, layers, c, prob, lr=lr, alive=alive, alive_steps=alive_steps, cap=cap, count=count)
+        return True
+
     @staticmethod
     def exact_topk(dataset, nets, *, k: int = 1) -> np.ndarray:
         """Top-k of 2 Σ^{1/2} K Σ^{1/2}, K = Σ_k ‖b_k‖² A_kᵀA_k (PAPER.md §3.6), for each network (numpy,

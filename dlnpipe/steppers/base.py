@@ -28,6 +28,12 @@ class Stepper:
     options: tuple[str, ...] = ()  # the keyword arguments of train() that configure this stepper
     records_sharpness = True  # whether sharpness trajectories can be sampled
 
+    @classmethod
+    def evaluations(cls, steps: int, options: dict) -> float:
+        """About how many gradient evaluations a network with this step count costs (the workflow's
+        cost model; ``options`` are the experiment's options of this stepper)."""
+        return float(steps)
+
     def start(self, state, schedule: Schedule) -> None:
         """Set up the stepper's clock and per-network tensors (the state's batch is full)."""
         raise NotImplementedError

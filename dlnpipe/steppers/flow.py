@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
 
 from dlnpipe._checks import check_int, check_positive
+from dlnpipe.lazy import torch
 from dlnpipe.steppers.base import Schedule, Stepper
 from dlnpipe.tensors import flatten, unflatten
 
@@ -56,6 +56,12 @@ class GradientFlow(Stepper):
         self.rtol, self.atol = check_positive("flow_rtol", flow_rtol), check_positive("flow_atol", flow_atol)
         self.max_steps = check_int("flow_max_steps", flow_max_steps, minimum=1)
         self.explode = float(explode)
+
+    @classmethod
+    def evaluations(cls, steps: int, options: dict) -> float:
+        """Six new field evaluations per accepted step; at most ``flow_max_steps`` steps, most flows
+        far fewer (they stop once converged): a bound, not a forecast."""
+        return 6.0 * min(steps, options.get("flow_max_steps", 100_000))
 
     def field(self, state, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(−∇R(y), R(y) − R*) for the live rows y (b, P)."""

@@ -14,9 +14,9 @@ Between these events (recording, a network's last step, a check) an architecture
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from dlnpipe._checks import check_int
+from dlnpipe.lazy import torch
 from dlnpipe.steppers.base import Schedule, Stepper
 
 

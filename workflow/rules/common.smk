@@ -1,10 +1,12 @@
 # Validated config, the grid as a table of cells, wildcard constraints, and the job specs.
 import json
+import math
 import sys
 
 from dlnpipe.config import ConfigError, validate
 from dlnpipe.grid import ALL_DATA
 from dlnpipe.grid import cells as grid_cells
+from dlnpipe.grid import cost as grid_cost
 from dlnpipe.grid import datasets as grid_datasets
 from dlnpipe.tracking import tracking_uri
 
@@ -55,6 +57,15 @@ def data_spec(wildcards):
 
 def cell_spec(wildcards):
     return json.dumps(CELLS[(wildcards.exp, wildcards.cell)].spec(STUDY))
+
+
+def cell_priority(wildcards):
+    """Longest jobs first: a cell's estimated training cost (log10 of its floating-point operations),
+    so that the study's critical path starts as early as it can."""
+    cell = CELLS[(wildcards.exp, wildcards.cell)]
+    return round(
+        math.log10(max(grid_cost(STUDY.experiments[cell.experiment], cell), 1.0)), 3
+    )
 
 
 def experiment_data(exp, data):

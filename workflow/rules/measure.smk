@@ -12,6 +12,7 @@ rule measure_sharpness:
         "logs/measure_sharpness/{exp}/{cell}.log",
     benchmark:
         "benchmarks/measure_sharpness/{exp}/{cell}.tsv"
+    priority: cell_priority
     conda:
         ENV
     threads: 1

@@ -11,6 +11,7 @@ rule train_cell:
         "logs/train_cell/{exp}/{cell}.log",
     benchmark:
         "benchmarks/train_cell/{exp}/{cell}.tsv"
+    priority: cell_priority
     conda:
         ENV
     threads: 1
