@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy import stats
 
 from dlnpipe import archs
 from dlnpipe.cube import DATA_DIMS
@@ -60,6 +59,8 @@ def gap_regression(ds: xr.Dataset, lr: float | None = None) -> Regression | None
     keep = np.isfinite(gap) & np.isfinite(s)
     if keep.sum() < 3:
         return None
+    from scipy import stats  # here: a table or figure job without this regression does not pay its import
+
     fit = stats.linregress(np.log(s[keep]), np.log(gap[keep]), alternative="greater")
     return Regression(slope=float(fit.slope), intercept=float(fit.intercept), r2=float(fit.rvalue**2),
                       p_value=float(fit.pvalue), n=int(keep.sum()))

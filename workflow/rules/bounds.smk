@@ -15,6 +15,8 @@ rule compare_bounds:
         constant="results/bounds/{exp}_constant.csv",
     log:
         "logs/compare_bounds/{exp}.log",
+    benchmark:
+        "benchmarks/compare_bounds/{exp}.tsv"
     conda:
         ENV
     shell:

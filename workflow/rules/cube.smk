@@ -12,6 +12,8 @@ rule gather_cube:
         cube="results/cube.zarr/zarr.json",
     log:
         "logs/gather_cube/gather_cube.log",
+    benchmark:
+        "benchmarks/gather_cube/gather_cube.tsv"
     conda:
         ENV
     params:

@@ -6,6 +6,8 @@ rule make_dataset:
         npz="results/data/{exp}/{data}.npz",
     log:
         "logs/make_dataset/{exp}/{data}.log",
+    benchmark:
+        "benchmarks/make_dataset/{exp}/{data}.tsv"
     conda:
         ENV
     params:

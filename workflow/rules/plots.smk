@@ -15,6 +15,8 @@ rule plot:
         pdf="results/figures/{exp}/{figure}.pdf",
     log:
         "logs/plot/{exp}/{figure}.log",
+    benchmark:
+        "benchmarks/plot/{exp}/{figure}.tsv"
     conda:
         ENV
     shell:
