@@ -1,31 +1,26 @@
 """Modules imported on first use.
 
-The architectures (dlnpipe.archs) are asked about themselves by the light side of the workflow
-(the config, the grid, the tables and figures) and compute with torch on the heavy side (training,
-Hessians). ``torch`` here is torch itself, loaded the first time one of its attributes is used, so
-that a table or figure job never pays torch's import (about 1 s per job).
+The architectures and the light library modules (problem, devices, steppers) are imported by the light
+side of the workflow (the config, the grid, the tables and figures), and compute with torch on the
+heavy side (training, Hessians). ``torch`` here is a stand-in that imports torch the first time one of
+its attributes is used, so that a table or figure job never pays torch's import (about 1 s per job).
+Until then torch is not in ``sys.modules`` at all, so libraries that look for it there (seaborn, scipy)
+do not wake it up either.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 from types import ModuleType
 
 
-def lazy_module(name: str) -> ModuleType:
-    """``name`` as a module object that runs its import on first attribute access (or the module
-    itself if it is already imported). ``import name`` elsewhere returns the same object."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None:
-        raise ImportError(f"no module named {name!r}")
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+class LazyModule(ModuleType):
+    """The module ``name``, imported on first attribute access; each attribute is then kept here."""
+
+    def __getattr__(self, attr: str):
+        value = getattr(importlib.import_module(self.__name__), attr)
+        setattr(self, attr, value)
+        return value
 
 
-torch = lazy_module("torch")
+torch = LazyModule("torch")
