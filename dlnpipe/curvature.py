@@ -80,6 +80,52 @@ def _as_batch(weights) -> list[Weights]:
     raise ValueError(f"weights must be Weights, a list of them or a TrainResult, got {type(weights).__name__}")
 
 
+@dataclass(frozen=True)
+class Networks:
+    """What every Hessian measurement takes: one or more networks of one architecture (``weights`` as
+    :func:`sharpness` takes them), each with a seed for its random vectors, measured in float64 on a
+    device in batches that fit a memory budget."""
+
+    nets: list[Weights]
+    seeds: np.ndarray
+    device: object
+    budget: float
+
+    @classmethod
+    def of(cls, weights, *, seeds=None, device=None, memory_budget: float | None = None) -> Networks:
+        nets = _as_batch(weights)
+        if seeds is None:
+            seeds = getattr(weights, "seed", None)
+            seeds = np.zeros(len(nets), dtype=np.int64) if seeds is None else np.atleast_1d(seeds)
+        device = resolve_device(device if device is not None else "cpu")
+        budget = default_budget(device) if memory_budget is None else memory_budget
+        return cls(nets=nets, seeds=np.asarray(seeds), device=device, budget=float(budget))
+
+    @property
+    def arch(self):
+        return self.nets[0].architecture
+
+    @property
+    def size(self) -> int:
+        """Parameters per network, P."""
+        return sum(W.size for W in self.nets[0].layers)
+
+    def batches(self, per_network_bytes: float):
+        """Index arrays of the networks with finite weights, in batches that fit the budget."""
+        todo = np.flatnonzero([all(np.isfinite(W).all() for W in net) for net in self.nets])
+        step = max(1, int(self.budget // max(per_network_bytes, 1.0)))
+        return (todo[i:i + step] for i in range(0, todo.size, step))
+
+    def tensors(self, dataset: Dataset, idx: np.ndarray, *, repeat: int = 1):
+        """(layers, c, prob) of the networks ``idx`` in float64, each network ``repeat`` times in a row
+        (so that one Hessian-vector product takes several vectors per network)."""
+        layers, c = stack_weights([self.nets[i] for i in idx], dtype="float64", device=self.device)
+        if repeat > 1:
+            layers, c = [W.repeat_interleave(repeat, 0) for W in layers], c.repeat_interleave(repeat, 0)
+        prob = self.arch.problem([dataset], in_dim=layers[0].shape[2], dtype="float64", device=self.device)
+        return layers, c, prob
+
+
 def start_vectors(seeds, size: int, *, device) -> torch.Tensor:
     """One N(0, I) start vector per network from its own seed: results do not depend on batching."""
     v = np.stack([np.random.default_rng([int(s), 1_000_003]).standard_normal(size) for s in seeds])
@@ -88,7 +134,12 @@ def start_vectors(seeds, size: int, *, device) -> torch.Tensor:
 
 def networks_per_batch(size: int, k: int, budget: float) -> int:
     """How many networks of ``size`` parameters fit a Lanczos basis (about 100 float64 vectors each)."""
-    return max(1, int(budget // (8 * size * (min(size, 100) + 8 * k + 10))))
+    return max(1, int(budget // lanczos_bytes(size, k)))
+
+
+def lanczos_bytes(size: int, k: int) -> int:
+    """Bytes of one network's Lanczos basis and work vectors (float64)."""
+    return 8 * size * (min(size, 100) + 8 * k + 10)
 
 
 def top_eigenvalues(arch, layers, c, prob: Problem, v0: torch.Tensor, *, k: int = 1, tol: float = 1e-10,
@@ -115,32 +166,21 @@ def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1,
     """
     check_choice("method", method, METHODS)
     k = check_int("k", k, minimum=1)
-    nets = _as_batch(weights)
-    arch = nets[0].architecture
+    batch = Networks.of(weights, seeds=seeds, device=device, memory_budget=memory_budget)
+    arch, size = batch.arch, batch.size
     if method == "exact" and not arch.linear:
         raise ValueError(f"method 'exact' holds for linear networks only, not arch {arch.name!r}")
-    if seeds is None:
-        seeds = getattr(weights, "seed", None)
-        seeds = np.zeros(len(nets), dtype=np.int64) if seeds is None else np.atleast_1d(seeds)
-    device = resolve_device(device if device is not None else "cpu")
-    ok = np.array([all(np.isfinite(W).all() for W in net) for net in nets])
-    eig, res = np.full((len(nets), k), np.nan), np.full((len(nets), k), np.nan)
+    eig, res = np.full((len(batch.nets), k), np.nan), np.full((len(batch.nets), k), np.nan)
     hvps = 0
-    size = sum(W.size for W in nets[0].layers)
-    budget = default_budget(device) if memory_budget is None else memory_budget
-    todo = np.flatnonzero(ok)
-    per_batch = networks_per_batch(size, k, budget)
-    for idx in (todo[i:i + per_batch] for i in range(0, todo.size, per_batch)):
-        sub = [nets[i] for i in idx]
+    for idx in batch.batches(lanczos_bytes(size, k)):
         if method == "exact":
-            e = arch.exact_topk(dataset, sub, k=k)
+            e = arch.exact_topk(dataset, [batch.nets[i] for i in idx], k=k)
         else:
-            layers, c = stack_weights(sub, dtype="float64", device=device)
-            prob = arch.problem([dataset], in_dim=layers[0].shape[2], dtype="float64", device=device)
+            layers, c, prob = batch.tensors(dataset, idx)
             if method == "dense":
                 e = dense_topk(arch, layers, c, prob, k=k, max_params=dense_max_params)
             else:
-                v0 = start_vectors(np.asarray(seeds)[idx], size, device=device)
+                v0 = start_vectors(batch.seeds[idx], size, device=batch.device)
                 e, r, n = top_eigenvalues(arch, layers, c, prob, v0, k=k, tol=tol, max_iter=max_iter, method=method)
                 res[idx, : r.shape[1]], hvps = r, max(hvps, n)
         eig[idx, : e.shape[1]] = e

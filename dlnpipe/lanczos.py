@@ -39,6 +39,66 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1)
 
 
+class Krylov:
+    """Lanczos iterations on a batch of rows: per row an orthonormal basis V (B, j, P) kept whole and
+    re-orthogonalised twice (CGS2), and the tridiagonal matrix α (B, j), β (B, j−1). Rows whose Krylov
+    space becomes invariant restart from a random vector orthogonal to their basis (β = 0 there)."""
+
+    def __init__(self, matvec: Matvec, v0: torch.Tensor, capacity: int, *, generator=None, initial: int = 64):
+        B, P = v0.shape
+        self.matvec, self.generator, self.capacity = matvec, generator, capacity
+        dtype, device = v0.dtype, v0.device
+        # The basis grows by doubling: most Hessians converge in a few dozen iterations, far below P.
+        self.V = torch.zeros(B, min(capacity, initial), P, dtype=dtype, device=device)
+        self.alpha = torch.zeros(B, capacity, dtype=dtype, device=device)
+        self.beta = torch.zeros(B, capacity, dtype=dtype, device=device)
+        self.q = v0 / torch.linalg.vector_norm(v0, dim=1, keepdim=True)
+        self.q_prev = torch.zeros_like(self.q)
+        self.b_prev = torch.zeros(B, dtype=dtype, device=device)
+        self.j = 0
+
+    def step(self, *, last: bool = False) -> torch.Tensor:
+        """One iteration: q_j joins the basis and α_j is taken; unless ``last``, the next vector and β_j
+        are formed. Returns the norm of the new residual (B,)."""
+        V, j, q = self.V, self.j, self.q
+        B, P = q.shape
+        if j == V.shape[1]:
+            V = self.V = torch.cat([V, torch.zeros(B, min(V.shape[1], self.capacity - j), P, dtype=q.dtype,
+                                                   device=q.device)], dim=1)
+        V[:, j] = q
+        w = self.matvec(q)
+        a = _rowdot(q, w)
+        self.alpha[:, j] = a
+        w = w - a[:, None] * q - self.b_prev[:, None] * self.q_prev
+        basis = V[:, : j + 1]
+        for _ in range(2):  # CGS2: the second pass removes what rounding left of the first
+            w = w - torch.bmm(torch.bmm(w[:, None, :], basis.mT), basis)[:, 0]
+        b = torch.linalg.vector_norm(w, dim=1)
+        self.j = j + 1
+        if last:
+            return b
+        tiny = torch.finfo(q.dtype).eps
+        scale = self.alpha[:, : j + 1].abs().amax(1) + self.beta[:, : j + 1].abs().amax(1)
+        broken = b <= 1e3 * tiny * torch.clamp(scale, min=tiny)
+        if bool(broken.any()):
+            # Invariant subspace: continue from a random vector orthogonal to this row's basis.
+            r = torch.randn(B, P, dtype=q.dtype, device=q.device, generator=self.generator)
+            for _ in range(2):
+                r = r - torch.bmm(torch.bmm(r[:, None, :], basis.mT), basis)[:, 0]
+            r = r / torch.linalg.vector_norm(r, dim=1, keepdim=True)
+            w = torch.where(broken[:, None], r, w / torch.clamp(b, min=tiny)[:, None])
+            b = torch.where(broken, torch.zeros_like(b), b)
+        else:
+            w = w / b[:, None]
+        self.beta[:, j] = b
+        self.q_prev, self.q, self.b_prev = q, w, b
+        return b
+
+    def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues (ascending) and eigenvectors of the tridiagonal matrices so far, (B, j), (B, j, j)."""
+        return _ritz(self.alpha[:, : self.j], self.beta[:, : self.j - 1])
+
+
 def lanczos(matvec: Matvec, v0: torch.Tensor, *, k: int = 1, tol: float = 1e-10,
             max_iter: int | None = None, check_every: int = 5,
             generator: torch.Generator | None = None, return_vectors: bool = False) -> EigenResult:
@@ -54,59 +114,41 @@ def lanczos(matvec: Matvec, v0: torch.Tensor, *, k: int = 1, tol: float = 1e-10,
         raise ValueError(f"k must be in [1, {P}] (the operator's size), got k={k}")
     max_iter = min(P, 300) if max_iter is None else min(int(max_iter), P)
     max_iter = max(max_iter, k)
-    dtype, device = v0.dtype, v0.device
-    # The basis grows by doubling: most Hessians converge in a few dozen iterations, far below P.
-    V = torch.zeros(B, min(max_iter, max(2 * k + 30, 64)), P, dtype=dtype, device=device)
-    alpha = torch.zeros(B, max_iter, dtype=dtype, device=device)
-    beta = torch.zeros(B, max_iter, dtype=dtype, device=device)
-    q = v0 / torch.linalg.vector_norm(v0, dim=1, keepdim=True)
-    q_prev = torch.zeros_like(q)
-    b_prev = torch.zeros(B, dtype=dtype, device=device)
-    tiny = torch.finfo(dtype).eps
-    j = 0
+    kr = Krylov(matvec, v0, max_iter, generator=generator, initial=max(2 * k + 30, 64))
     while True:
-        if j == V.shape[1]:
-            V = torch.cat([V, torch.zeros(B, min(V.shape[1], max_iter - j), P, dtype=dtype, device=device)], dim=1)
-        V[:, j] = q
-        w = matvec(q)
-        a = _rowdot(q, w)
-        alpha[:, j] = a
-        w = w - a[:, None] * q - b_prev[:, None] * q_prev
-        basis = V[:, : j + 1]
-        for _ in range(2):  # CGS2: the second pass removes what rounding left of the first
-            w = w - torch.bmm(torch.bmm(w[:, None, :], basis.mT), basis)[:, 0]
-        b = torch.linalg.vector_norm(w, dim=1)
-        j += 1
+        b = kr.step(last=kr.j + 1 == max_iter)
+        j = kr.j
         if j == max_iter:
             break
-        scale = alpha[:, :j].abs().amax(1) + beta[:, :j].abs().amax(1)
-        broken = b <= 1e3 * tiny * torch.clamp(scale, min=tiny)
-        if bool(broken.any()):
-            # Invariant subspace: continue from a random vector orthogonal to this row's basis.
-            r = torch.randn(B, P, dtype=dtype, device=device, generator=generator)
-            for _ in range(2):
-                r = r - torch.bmm(torch.bmm(r[:, None, :], basis.mT), basis)[:, 0]
-            r = r / torch.linalg.vector_norm(r, dim=1, keepdim=True)
-            w = torch.where(broken[:, None], r, w / torch.clamp(b, min=tiny)[:, None])
-            b = torch.where(broken, torch.zeros_like(b), b)
-        else:
-            w = w / b[:, None]
-        beta[:, j - 1] = b
-        q_prev, q, b_prev = q, w, b
         if j >= k and j % check_every == 0:
-            theta, S = _ritz(alpha[:, :j], beta[:, : j - 1])
+            theta, S = kr.ritz()
             est = (b[:, None] * S[:, -1, -k:].abs())  # (B, k)
             scale = theta.abs().amax(1, keepdim=True)
             if bool((est <= tol * scale).all()):
                 break
-    theta, S = _ritz(alpha[:, :j], beta[:, : j - 1])
+    theta, S = kr.ritz()
     top = torch.flip(theta[:, -k:], dims=[1])  # (B, k) decreasing
-    Y = torch.bmm(torch.flip(S[:, :, -k:], dims=[2]).mT, V[:, :j])  # (B, k, P) unit Ritz vectors
+    Y = torch.bmm(torch.flip(S[:, :, -k:], dims=[2]).mT, kr.V[:, :j])  # (B, k, P) unit Ritz vectors
     residuals = torch.stack(
         [torch.linalg.vector_norm(matvec(Y[:, i]) - top[:, i, None] * Y[:, i], dim=1) for i in range(k)],
         dim=1)
     return EigenResult(eigenvalues=top.cpu().numpy(), residuals=residuals.cpu().numpy(),
                        iterations=j + k, eigenvectors=Y if return_vectors else None)
+
+
+def quadrature(matvec: Matvec, v0: torch.Tensor, steps: int, *, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss quadrature of each row's spectral measure seen from its start vector (stochastic Lanczos
+    quadrature): ``steps`` Lanczos iterations from v0/‖v0‖ give nodes θ_j (the Ritz values) and weights
+    τ_j = (first component of the j-th eigenvector of T)², summing to 1, with Σ τ_j θ_j^p = vᵀ A^p v
+    for p < 2·steps. Returns (nodes, weights), each (B, steps), nodes ascending."""
+    B, P = v0.shape
+    if not 1 <= steps <= P:
+        raise ValueError(f"steps must be in [1, {P}] (the operator's size), got steps={steps}")
+    kr = Krylov(matvec, v0, steps, generator=generator, initial=steps)
+    for s in range(steps):
+        kr.step(last=s == steps - 1)
+    theta, S = kr.ritz()
+    return theta, S[:, 0, :] ** 2
 
 
 def _ritz(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -98,25 +98,34 @@ class LinearArchitecture(Architecture):
         return True
 
     @staticmethod
-    def exact_topk(dataset, nets, *, k: int = 1) -> np.ndarray:
-        """Top-k of 2 Σ^{1/2} K Σ^{1/2}, K = Σ_k ‖b_k‖² A_kᵀA_k (PAPER.md §3.6), for each network (numpy,
-        float64); the Hessian's top eigenvalues at a global minimizer. A_k = W_{k−1} ⋯ W_1 E (E: the
-        zero padding of the inputs, identity unless m > d), b_k = c W_L ⋯ W_{k+1}."""
-        d = dataset.d
+    def gauss_newton(dataset, net) -> np.ndarray:
+        """K = Σ_k ‖b_k‖² A_kᵀA_k (d, d) of one network (numpy, float64): J Jᵀ for J = ∂w_prod/∂θ, so that
+        at a global minimizer (Xᵀr = 0) the Hessian is 2JᵀΣJ (PAPER.md §3.6, §6.5). A_k = W_{k−1} ⋯ W_1 E
+        (E: the zero padding of the inputs, identity unless m > d), b_k = c W_L ⋯ W_{k+1}."""
+        layers = net.layers
+        rows = [net.prefix()]
+        for W in reversed(layers):
+            rows.append(rows[-1] @ W)
+        rows = rows[::-1]  # rows[k] = b_k (1, out_k), rows[L] = c
+        A = np.eye(layers[0].shape[1])[:, : dataset.d]  # E: (in_dim, d)
+        K = np.zeros((dataset.d, dataset.d))
+        for j, W in enumerate(layers):
+            K += float((rows[j + 1] ** 2).sum()) * (A.T @ A)
+            A = W @ A
+        return K
+
+    @classmethod
+    def exact_topk(cls, dataset, nets, *, k: int = 1) -> np.ndarray:
+        """Top-k of 2 Σ^{1/2} K Σ^{1/2} for each network: the Hessian's top eigenvalues at a global minimizer."""
         root = dataset.sigma_sqrt()
         out = np.full((len(nets), k), np.nan)
         for i, net in enumerate(nets):
-            layers = net.layers
-            rows = [net.prefix()]
-            for W in reversed(layers):
-                rows.append(rows[-1] @ W)
-            rows = rows[::-1]  # rows[k] = b_k (1, out_k), rows[L] = c
-            A = np.eye(layers[0].shape[1])[:, :d]  # E: (in_dim, d)
-            K = np.zeros((d, d))
-            for j, W in enumerate(layers):
-                K += float((rows[j + 1] ** 2).sum()) * (A.T @ A)
-                A = W @ A
-            M = root @ K @ root
+            M = root @ cls.gauss_newton(dataset, net) @ root
             top = np.linalg.eigvalsh((M + M.T) / 2)[::-1][:k]
             out[i, : top.size] = 2 * top
         return out
+
+    @classmethod
+    def minimizer_trace(cls, dataset, nets) -> np.ndarray:
+        """2 tr(Σ K) for each network: the Hessian's trace at a global minimizer."""
+        return np.array([2 * float(np.sum(dataset.sigma * cls.gauss_newton(dataset, net))) for net in nets])
