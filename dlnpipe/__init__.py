@@ -1,7 +1,8 @@
 """dlnpipe: sharpness of deep linear networks (Marion & Chizat, NeurIPS 2024), reproduced and extended.
 
 The scientific core: data with a controlled condition number, batched training of many deep
-networks at once, Hessian sharpness (Lanczos, exact formula, dense, power), and the theory's bounds.
+networks at once, Hessian sharpness (Lanczos, exact formula, dense, power), trace and spectral
+density, and the theory's bounds.
 Names are imported on first use, so that light stages (plots, tables) do not pay torch's import.
 """
 
@@ -23,6 +24,8 @@ _EXPORTS = {
     "STATUS_MEANINGS": "dlnpipe.status", "Status": "dlnpipe.status",
     "TrainResult": "dlnpipe.result", "train": "dlnpipe.training",
     "Architecture": "dlnpipe.archs",
+    "hessian_trace": "dlnpipe.spectrum", "spectral_density": "dlnpipe.spectrum", "TraceResult": "dlnpipe.spectrum",
+    "SpectralDensity": "dlnpipe.spectrum",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,6 +15,8 @@ architectures only (``Architecture.linear``; for GELU or ReLU nets the bounds ar
 3a. converged ⇒ S ≤ 2/η·(1 + ``eos_overshoot``); 3b. η > η_c ⇒ not converged (GD only: with
     ``optimizer: flow`` there is no step size and 3a, 3b do not apply);
 4. converged ⇒ Lanczos sharpness = exact formula (relative tolerance ``exact_rtol``; linear nets);
+7. converged ⇒ tr H ≥ T_min = 2L‖w*‖^{2−2/L}(tr Σ)^{1/L} a^{1−1/L} (the trace at the minimizer by its closed
+   form; linear nets; derived in :mod:`dlnpipe.theory`);
 6. underdetermined (n < d): log(test − train loss) against log S has a positive slope (η = the
    smallest learning rate; one-sided p-value of the regression).
 """
@@ -69,9 +71,10 @@ def gap_regression(ds: xr.Dataset, lr: float | None = None) -> Regression | None
 def frame(ds: xr.Dataset) -> pd.DataFrame:
     """One row per network (valid grid points only) with the bounds attached."""
     cols = ["sharpness", "sharpness_exact", "status", "loss_train", "loss_test", "distance"]
+    cols += [c for c in ("hessian_trace", "hessian_trace_minimizer") if c in ds]
     df = ds[cols].to_dataframe().reset_index()
     df = df[df.status != NO_NETWORK]
-    theory = ds[["s_min", "s_upper", "eta_c"]].to_dataframe().reset_index()
+    theory = ds[[c for c in ("s_min", "s_upper", "eta_c", "trace_min") if c in ds]].to_dataframe().reset_index()
     data = ds[["a", "lam_max"]].to_dataframe().reset_index()
     return df.merge(theory, on=["depth", *DATA_DIMS], how="left").merge(data, on=list(DATA_DIMS), how="left")
 
@@ -97,6 +100,9 @@ def checks(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=E
     df["c3b_fail"] = df.c3b_checked & conv
     df["c4_checked"] = conv & linear & df.sharpness_exact.notna()
     df["c4_fail"] = df.c4_checked & ((df.sharpness - df.sharpness_exact).abs() > exact_rtol * df.sharpness_exact)
+    minimizer_trace = df.get("hessian_trace_minimizer", pd.Series(np.nan, index=df.index))
+    df["c7_checked"] = conv & linear & minimizer_trace.notna()
+    df["c7_fail"] = df.c7_checked & (minimizer_trace < df.get("trace_min", np.nan) * (1 - tol))
     return df
 
 
@@ -115,8 +121,13 @@ def table(ds: xr.Dataset, **tolerances) -> pd.DataFrame:
     ratio = (conv_df.sharpness / conv_df.s_min).groupby([conv_df[k] for k in keys]).agg(["min", "median", "max"])
     ratio.columns = ["ratio_min", "ratio_median", "ratio_max"]
     out = out.join(ratio)
+    if "hessian_trace_minimizer" in conv_df and "trace_min" in conv_df:  # tr H / T_min, next to S / S_min
+        tr = (conv_df.hessian_trace_minimizer / conv_df.trace_min).groupby([conv_df[k] for k in keys])
+        tr = tr.agg(["min", "median", "max"])
+        tr.columns = ["trace_ratio_min", "trace_ratio_median", "trace_ratio_max"]
+        out = out.join(tr)
     out.insert(out.columns.get_loc("eta_c") + 1, "two_over_lr", 2 / out.index.get_level_values("lr"))
-    for c in ("c1", "c2", "c3a", "c3b", "c4"):
+    for c in CLAIMS:
         out[f"{c}_checked"] = g[f"{c}_checked"].sum().astype(int)
         out[f"{c}_fail"] = g[f"{c}_fail"].sum().astype(int)
     return out.reset_index()
@@ -128,6 +139,7 @@ CLAIMS = {
     "c3a": "converged => S <= 2/eta (10% edge-of-stability overshoot allowed)",
     "c3b": "eta > eta_c => not converged",
     "c4": "converged => Lanczos sharpness = exact formula (rel. 1e-3)",
+    "c7": "converged => tr H >= T_min = 2 L ||w*||^(2-2/L) (tr Sigma)^(1/L) a^(1-1/L) (closed form at the minimizer)",
 }
 
 

@@ -144,6 +144,16 @@ class ExperimentConfig(Strict):
     record_every: int = Field(100, ge=1, description="trajectory sampling period, in steps")
     record_sharpness: bool = Field(False, description="also record the Lanczos sharpness along trajectories")
     sharpness_k: int = Field(3, ge=1, description="number of top Hessian eigenvalues measured at the end")
+    trace_method: Literal["hutchinson", "exact"] = Field(
+        "hutchinson", description="how the Hessian's trace is measured at init and at the end: hutchinson "
+                                  "(trace_probes Rademacher probes, with a standard error) or exact (the diagonal "
+                                  "by one Hessian-vector product per parameter)")
+    trace_probes: int = Field(32, ge=2, description="Hutchinson probes per network")
+    density: bool = Field(False, description="also measure the Hessian's spectral density (stochastic Lanczos "
+                                             "quadrature) at init and at the end")
+    density_probes: int = Field(4, ge=1, description="start vectors per network for the spectral density")
+    density_steps: int = Field(40, ge=1, description="Lanczos steps per start vector (quadrature nodes; at most "
+                                                     "the number of parameters)")
     optimizer: OptimizerName = Field(
         "gd", description="gd: gradient descent with step lr; flow: gradient flow dW/dt = −∇R integrated by an "
                           "adaptive Dormand–Prince 5(4) solver to time lr·steps (lr then only sets the time "

@@ -31,6 +31,7 @@ from dlnpipe.theory import bounds
 
 GRID_DIMS = ("init", "depth", "width", "kappa", "spectrum", "wstar", "lr", "scale", "seed")
 DATA_DIMS = ("kappa", "spectrum", "wstar")  # one dataset per combination
+THEORY_PER_DEPTH = ("s_min", "s_upper", "s_balanced", "eta_c", "trace_min", "trace_balanced")
 # Integer variables keep their dtype on the padded grid: -1 marks "no network here", NaN elsewhere.
 INT_FILL = {"status": NO_NETWORK, "diverged_step": -1, "steps": -1, "seed_value": -1}
 CONVENTIONS = ("Sigma = X^T X / n; R = (1/n)||y - X w||^2 (no 1/2); sharpness = largest algebraic Hessian "
@@ -42,6 +43,15 @@ ATTRS = {
     "sharpness_residual": ("Lanczos certificate ||Hv - lambda v|| of each Ritz pair", "1"),
     "sharpness_exact": ("sharpness by the exact d×d formula (PAPER.md §3.6), converged networks only", "1"),
     "sharpness_init": ("largest algebraic Hessian eigenvalue at initialisation (Lanczos)", "1"),
+    "hessian_trace": ("trace of the Hessian at the end of training (the config's trace_method)", "1"),
+    "hessian_trace_stderr": ("standard error of hessian_trace (Hutchinson; 0 when exact)", "1"),
+    "hessian_trace_init": ("trace of the Hessian at initialisation", "1"),
+    "hessian_trace_minimizer": ("trace by the closed form 2 tr(Sigma K) at a global minimizer, converged linear "
+                                "networks only", "1"),
+    "density_nodes": ("stochastic Lanczos quadrature nodes (Ritz values) at the end of training, per probe", "1"),
+    "density_weights": ("quadrature weights of density_nodes (each probe's sum to 1)", "1"),
+    "density_nodes_init": ("stochastic Lanczos quadrature nodes at initialisation", "1"),
+    "density_weights_init": ("quadrature weights of density_nodes_init", "1"),
     "loss_train": ("final training loss R = (1/n)||y - X w||^2 (no factor 1/2)", "1"),
     "loss_test": ("final test loss", "1"),
     "distance": ("final squared distance ||w_prod - w*||^2 (the paper's figures plot it divided by d)", "1"),
@@ -60,6 +70,9 @@ ATTRS = {
     "s_upper": ("small-init gradient-flow bound 8 L Lambda ||w*||^(2-2/L)", "1"),
     "s_balanced": ("exact sharpness of the balanced rank-one minimizer", "1"),
     "eta_c": ("critical learning rate 2 / S_min", "1"),
+    "trace_min": ("smallest Hessian trace of any global minimizer, 2 L ||w*||^(2-2/L) tr(Sigma)^(1/L) a^(1-1/L)", "1"),
+    "trace_balanced": ("Hessian trace of the balanced rank-one minimizer, 2 ||w*||^(2-2/L) (tr Sigma + (L-1) a)",
+                       "1"),
     "a": ("w*^T Sigma w* / ||w*||^2", "1"),
     "lam_max": ("largest eigenvalue Lambda of Sigma = X^T X / n", "1"),
     "lam_min": ("smallest non-zero eigenvalue of Sigma", "1"),
@@ -81,6 +94,8 @@ COORD_ATTRS = {
     "step": "gradient step",
     "eig": "rank of the Hessian eigenvalue (0 = largest)",
     "layer": "layer index k (W_k, 1-based)",
+    "probe": "start vector of the stochastic Lanczos quadrature",
+    "node": "quadrature node (Lanczos step)",
 }
 
 
@@ -91,8 +106,12 @@ def _pad(a: np.ndarray, size: int, fill=np.nan) -> np.ndarray:
     return out
 
 
-def cell_variables(cell: Cell, train: dict, measure: dict, steps: np.ndarray, layers: int) -> dict:
-    """One cell's per-network arrays, trajectories reindexed to ``steps``, layers padded to ``layers``."""
+DENSITY = ("density_nodes", "density_weights", "density_nodes_init", "density_weights_init")
+
+
+def cell_variables(cell: Cell, train: dict, measure: dict, steps: np.ndarray, layers: int, nodes: int) -> dict:
+    """One cell's per-network arrays, trajectories reindexed to ``steps``, layers padded to ``layers``,
+    quadrature nodes to ``nodes``."""
     B = len(train["lr"])
     pos = np.searchsorted(steps, train["record_steps"])
 
@@ -108,6 +127,10 @@ def cell_variables(cell: Cell, train: dict, measure: dict, steps: np.ndarray, la
         "sharpness_residual": measure["sharpness_residual"],
         "sharpness_exact": measure["sharpness_exact"],
         "sharpness_init": measure["sharpness_init"],
+        "hessian_trace": measure["hessian_trace"],
+        "hessian_trace_stderr": measure["hessian_trace_stderr"],
+        "hessian_trace_init": measure["hessian_trace_init"],
+        "hessian_trace_minimizer": measure["hessian_trace_minimizer"],
         "loss_train": train["loss_train"],
         "loss_test": train["loss_test"],
         "distance": train["distance"],
@@ -124,6 +147,9 @@ def cell_variables(cell: Cell, train: dict, measure: dict, steps: np.ndarray, la
     }
     if "traj_sharpness" in train:
         out["traj_sharpness"] = traj(train["traj_sharpness"])
+    for name in DENSITY:
+        if name in measure:
+            out[name] = _pad(measure[name], nodes)
     return out
 
 
@@ -134,7 +160,8 @@ def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
     (kappa, spectrum, wstar) coordinates."""
     steps = np.unique(np.concatenate([t["record_steps"] for _, _, t, _ in cells]))
     layers = max(c.depth for c, _, _, _ in cells)
-    per_cell = [cell_variables(c, t, m, steps, layers) for c, _, t, m in cells]
+    nodes = max((m[DENSITY[0]].shape[-1] for _, _, _, m in cells if DENSITY[0] in m), default=0)
+    per_cell = [cell_variables(c, t, m, steps, layers, nodes) for c, _, t, m in cells]
     names = list(per_cell[0])
     if any("traj_sharpness" in v for v in per_cell):
         for v, (_, _, t, _) in zip(per_cell, cells):
@@ -149,14 +176,18 @@ def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
                                          wstar, train["lr"], train["scale"], train["seed_index"])):
             col.extend(values)
     index = pd.MultiIndex.from_arrays(columns, names=GRID_DIMS)
-    extra_dims = {"sharpness_topk": "eig", "sharpness_residual": "eig", "sv_ratio": "layer", "alignment": "layer"}
+    extra_dims = {"sharpness_topk": ("eig",), "sharpness_residual": ("eig",), "sv_ratio": ("layer",),
+                  "alignment": ("layer",), **{name: ("probe", "node") for name in DENSITY}}
     data = {}
     for name in names:
         value = np.concatenate([v[name] for v in per_cell])
-        dims = ("net",) if value.ndim == 1 else ("net", "step" if name.startswith("traj_") else extra_dims[name])
+        dims = ("net",) if value.ndim == 1 else ("net", *(("step",) if name.startswith("traj_") else extra_dims[name]))
         data[name] = (dims, value)
     k = per_cell[0]["sharpness_topk"].shape[1]
-    ds = xr.Dataset(data, coords={"step": steps, "eig": np.arange(k), "layer": np.arange(1, layers + 1)})
+    coords = {"step": steps, "eig": np.arange(k), "layer": np.arange(1, layers + 1)}
+    if nodes:
+        coords |= {"probe": np.arange(per_cell[0][DENSITY[0]].shape[1]), "node": np.arange(nodes)}
+    ds = xr.Dataset(data, coords=coords)
     ds = ds.assign_coords(xr.Coordinates.from_pandas_multiindex(index, "net"))
     return ds.unstack("net", fill_value={**{v: np.nan for v in names}, **INT_FILL})
 
@@ -200,8 +231,7 @@ def theory(exp: ExperimentConfig, datasets: dict[str, Dataset], point: dict) -> 
                          "loss_opt": d.loss_opt})
         for L in exp.depths:
             b = bounds(d, L)
-            per_depth.append({**coords, "depth": L, **{v: getattr(b, v) for v in ("s_min", "s_upper", "s_balanced",
-                                                                                   "eta_c")}})
+            per_depth.append({**coords, "depth": L, **{v: getattr(b, v) for v in THEORY_PER_DEPTH}})
     return xr.merge([pd.DataFrame(per_data).set_index(list(DATA_DIMS)).to_xarray(),
                      pd.DataFrame(per_depth).set_index(["depth", *DATA_DIMS]).to_xarray()])
 

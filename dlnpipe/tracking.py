@@ -139,7 +139,9 @@ def configurations(parts: list[tuple[dict, dict, dict]], datasets: dict | None =
             "steps": train["steps"], "status": train["status"], "diverged_step": train["diverged_step"],
             "loss_train": train["loss_train"], "loss_test": train["loss_test"], "distance": train["distance"],
             "sharpness": measure["sharpness_topk"][:, 0], "sharpness_exact": measure["sharpness_exact"],
-            "sharpness_init": measure["sharpness_init"], "row": np.arange(len(train["lr"])),
+            "sharpness_init": measure["sharpness_init"], "hessian_trace": measure["hessian_trace"],
+            "hessian_trace_init": measure["hessian_trace_init"],
+            "hessian_trace_minimizer": measure["hessian_trace_minimizer"], "row": np.arange(len(train["lr"])),
             "part": cell["part"]}))
     return pd.concat(frames, ignore_index=True)
 
@@ -193,11 +195,14 @@ def _configuration_metrics(group: pd.DataFrame, b, lr: float) -> dict[str, float
     conv = status == Status.CONVERGED
     values = {"frac_converged": float(np.mean(conv)), "frac_failed": float(np.mean(status == Status.FAILED)),
               "frac_diverged": float(np.mean(status == Status.DIVERGED)), "s_min": b.s_min, "s_upper": b.s_upper,
-              "eta_c": b.eta_c, "two_over_lr": 2 / lr}
+              "eta_c": b.eta_c, "two_over_lr": 2 / lr, "trace_min": b.trace_min}
     ok = status != Status.DIVERGED
     values |= _quantile_metrics("sharpness", group.sharpness.where(ok).to_numpy())
     values |= _quantile_metrics("sharpness_ratio", (group.sharpness / b.s_min).where(conv).to_numpy())
     values |= _quantile_metrics("sharpness_init", group.sharpness_init.to_numpy())
+    values |= _quantile_metrics("hessian_trace", group.hessian_trace.where(ok).to_numpy())
+    values |= _quantile_metrics("hessian_trace_init", group.hessian_trace_init.to_numpy())
+    values |= _quantile_metrics("trace_ratio", (group.hessian_trace_minimizer / b.trace_min).where(conv).to_numpy())
     for key in ("loss_train", "loss_test", "distance"):
         values |= _quantile_metrics(key, group[key].where(ok).to_numpy())
     return values

@@ -72,7 +72,7 @@ def test_every_configuration_is_a_run(quick_run):
         assert params["init"] == "small" and params["depth"] == "3" and params["seeds"] == "3"
         metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
         for key in ("frac_converged", "frac_failed", "frac_diverged", "loss_train_median", "distance_median",
-                    "s_min", "eta_c"):
+                    "s_min", "eta_c", "hessian_trace_median", "hessian_trace_init_median", "trace_min"):
             assert key in metrics, key
         assert abs(metrics["frac_converged"] + metrics["frac_failed"] + metrics["frac_diverged"] - 1) < 1e-12
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}

@@ -41,6 +41,19 @@ def test_quick_cube_content(quick_run):
     assert float(small.sharpness.where(conv).min()) >= s_min
     np.testing.assert_allclose(small.sharpness.where(conv).values, small.sharpness_exact.where(conv).values,
                                rtol=1e-6)
+    # the Hessian's trace: Hutchinson (with its standard error) agrees with the closed form at converged networks,
+    # which never goes below T_min; the spectral density has one quadrature per probe, weights summing to 1
+    for var in ("hessian_trace", "hessian_trace_stderr", "hessian_trace_init", "hessian_trace_minimizer", "trace_min",
+                "trace_balanced"):
+        assert var in small and small[var].attrs["long_name"], var
+    conv_trace = small.hessian_trace_minimizer.where(conv)
+    z = ((small.hessian_trace - conv_trace) / small.hessian_trace_stderr).values
+    assert np.nanmax(np.abs(z)) < 5 and np.isfinite(z).sum() == int(conv.sum())
+    assert float((conv_trace / small.trace_min).min()) >= 1 - 1e-9
+    assert small.density_nodes.dims[-2:] == ("probe", "node") and small.sizes["probe"] == 3
+    measured = small.density_weights.sum("node", skipna=False).values[(small.status.isin([0, 1])).values]
+    assert measured.shape[0] > 0
+    np.testing.assert_allclose(measured, 1.0, rtol=1e-10)  # diverged networks are not measured
     resid = tree["resid"].to_dataset()
     np.testing.assert_allclose(resid.kappa.values, [1.0, 10.0])  # controlled κ appear exactly
     np.testing.assert_allclose(resid.kappa_achieved.values.ravel(), [1.0, 10.0], rtol=1e-10)
@@ -93,7 +106,8 @@ def test_quick_tables_and_figures(quick_run):
         assert "## Claims" in (res / f"bounds/{exp}.md").read_text()
     relu = pd.read_csv(res / "bounds/relu.csv")
     assert (relu.c1_checked == 0).all() and (relu.c4_checked == 0).all()  # linear theory: not checked on ReLU
-    expected = {"small": ["fig1a", "fig1b", "fig3"], "relu": ["fig1a", "fig1b", "fig3"], "resid": ["fig2"],
+    expected = {"small": ["fig1a", "fig1b", "fig3", "trace", "trace_vs_sharpness", "density"],
+                "relu": ["fig1a", "fig1b", "fig3"], "resid": ["fig2"],
                 "traj": ["trajectories"], "under": ["fig6a", "fig6b"]}
     for exp, figs in expected.items():
         for fig in figs:

@@ -25,6 +25,9 @@ FIGURES = {
     "ratio_width": ("bounds", "ratio_width", "sharpness ratio against width"),
     "structure": ("bounds", "structure", "structure of the learned layers"),
     "topk": ("bounds", "topk", "top of the Hessian spectrum at the minimizer"),
+    "density": ("hessian", "density", "spectral density of the Hessian, at init and after training"),
+    "trace": ("hessian", "trace", "trace of the Hessian after training"),
+    "trace_vs_sharpness": ("hessian", "trace_vs_sharpness", "sharpness against trace at the minimizer"),
 }
 NAMES = tuple(FIGURES)
 

@@ -1,0 +1,86 @@
+"""What the measure stage records of every trained network: the Hessian's top eigenvalues (Lanczos, with
+certificates), trace and, where asked, spectral density, at the end of training and at initialisation;
+the exact formulas at converged linear networks (sharpness and trace at a minimizer, PAPER.md §3.6,
+§6.5); and the structure of the layers (PAPER.md §3.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dlnpipe.curvature import sharpness
+from dlnpipe.diagnostics import structure
+from dlnpipe.spectrum import hessian_trace, spectral_density
+from dlnpipe.status import Status
+
+
+@dataclass(frozen=True)
+class Options:
+    k: int = 3  # top eigenvalues
+    trace_method: str = "hutchinson"  # or "exact" (P Hessian-vector products per network)
+    trace_probes: int = 32
+    density: bool = False  # spectral density (stochastic Lanczos quadrature) at init and at the end
+    density_probes: int = 4
+    density_steps: int = 40
+    device: object = None
+
+
+def empty(B: int, depth: int, opts: Options, size: int) -> dict[str, np.ndarray]:
+    """The measurements of B networks of this depth and parameter count, NaN until measured."""
+    nan = lambda *shape: np.full(shape, np.nan)  # noqa: E731
+    out = dict(sharpness_topk=nan(B, opts.k), sharpness_residual=nan(B, opts.k), sharpness_exact=nan(B),
+               sharpness_init=nan(B), hessian_trace=nan(B), hessian_trace_stderr=nan(B), hessian_trace_init=nan(B),
+               hessian_trace_minimizer=nan(B), sv_ratio=nan(B, depth), alignment=nan(B, max(depth - 1, 0)),
+               input_alignment=nan(B))
+    if opts.density:
+        steps = min(opts.density_steps, size)
+        for when in ("", "_init"):
+            out[f"density_nodes{when}"] = nan(B, opts.density_probes, steps)
+            out[f"density_weights{when}"] = nan(B, opts.density_probes, steps)
+    return out
+
+
+def _hessian(out: dict, ds, nets, rows, seeds, opts: Options, *, when: str = "") -> None:
+    """Trace (and density) of the networks ``rows`` into ``out`` (suffix ``when``: "" or "_init")."""
+    if not rows.size:
+        return
+    sub = [nets[i] for i in rows]
+    tr = hessian_trace(ds, sub, method=opts.trace_method, probes=opts.trace_probes, seeds=seeds[rows],
+                       device=opts.device)
+    out[f"hessian_trace{when}"][rows] = tr.value
+    if not when:
+        out["hessian_trace_stderr"][rows] = tr.stderr
+    if opts.density:
+        sd = spectral_density(ds, sub, probes=opts.density_probes, steps=opts.density_steps, seeds=seeds[rows],
+                              device=opts.device)
+        out[f"density_nodes{when}"][rows], out[f"density_weights{when}"][rows] = sd.nodes, sd.weights
+
+
+def measure(nets: list, init: list, datasets: list, status: np.ndarray, seeds: np.ndarray,
+            opts: Options) -> dict[str, np.ndarray]:
+    """Every measurement of B trained networks ``nets`` (their initial weights ``init``, each network's
+    dataset, status and seed), as numpy arrays on the network axis."""
+    arch, B = nets[0].architecture, len(nets)
+    out = empty(B, nets[0].depth, opts, sum(W.size for W in nets[0].layers))
+    ids = np.array([id(ds) for ds in datasets])
+    for key in dict.fromkeys(ids):  # one dataset at a time (the Hessian and the exact formulas need its Σ)
+        rows = np.flatnonzero(ids == key)
+        ds = datasets[rows[0]]
+        keep = rows[status[rows] != Status.DIVERGED]
+        if keep.size:
+            s = sharpness(ds, [nets[i] for i in keep], method="lanczos", k=opts.k, seeds=seeds[keep],
+                          device=opts.device)
+            out["sharpness_topk"][keep], out["sharpness_residual"][keep] = s.eigenvalues, s.residuals
+        _hessian(out, ds, nets, keep, seeds, opts)
+        conv = rows[status[rows] == Status.CONVERGED]
+        if conv.size and arch.linear:
+            out["sharpness_exact"][conv] = sharpness(ds, [nets[i] for i in conv], method="exact").values
+            out["hessian_trace_minimizer"][conv] = hessian_trace(ds, [nets[i] for i in conv], method="minimizer").value
+        out["sharpness_init"][rows] = sharpness(ds, [init[i] for i in rows], method="lanczos", seeds=seeds[rows],
+                                                device=opts.device).values
+        _hessian(out, ds, init, rows, seeds, opts, when="_init")
+        st = structure([nets[i] for i in rows], w_star=ds.w_star)
+        out["sv_ratio"][rows], out["alignment"][rows], out["input_alignment"][rows] = (
+            st.sv_ratio, st.alignment, st.input_alignment)
+    return out
