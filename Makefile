@@ -48,6 +48,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_fig1.py
 	$(PY) benchmarks/bench_gelu.py
+	$(PY) benchmarks/bench_hessian.py
 
 # Re-resolve envs/requirements.txt into the lock file (needs the registries).
 lock:
