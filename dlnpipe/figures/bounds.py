@@ -23,6 +23,7 @@ import seaborn as sns
 import xarray as xr
 
 from dlnpipe.analysis import LINEAR, ratios, small_init_ratio
+from dlnpipe.figures.common import plain_log
 from dlnpipe.status import Status
 
 RATIO_LABEL = "S / S_min"
@@ -38,14 +39,6 @@ def _panel_grid(rows: list, cols: list, *, w=4.2, h=3.2):
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(w * len(cols), h * len(rows)), squeeze=False,
                              sharey="row")
     return fig, axes
-
-
-def _plain_log(ax, axis: str = "y") -> None:
-    """Log axis with plain tick labels (2, 5, 10 rather than 2×10⁰)."""
-    target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    target.set_minor_formatter(mticker.FuncFormatter(
-        lambda v, _: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))
 
 
 def _legend_right(fig, ax, title: str) -> None:
@@ -77,8 +70,8 @@ def ratio_kappa(ds: xr.Dataset):
                 ax.plot(b.index, b.values, ls="--", color="k", lw=1.2, label="4Λ/a")
             ax.axhline(1, ls=":", color="0.5", lw=1)
             ax.set(xscale="log", yscale="log", title=f"{init}, {spectrum}, w* {wstar}", xlabel="κ")
-            _plain_log(ax)
-            _plain_log(ax, "x")
+            plain_log(ax)
+            plain_log(ax, "x")
             if c == 0:
                 ax.set_ylabel(RATIO_LABEL + " (small init)")
     _legend_right(fig, axes[0, 0], "depth, width")
@@ -109,7 +102,7 @@ def _ratio_against(ds: xr.Dataset, axis: str):
             ax.set(xscale="log", yscale="log", title=f"{init}, w* {wstar}", xlabel=axis)
             ax.set_xticks(sorted(ds[axis].values), [str(int(v)) for v in sorted(ds[axis].values)])
             ax.xaxis.set_minor_locator(mticker.NullLocator())
-            _plain_log(ax)
+            plain_log(ax)
             if c == 0:
                 ax.set_ylabel(f"{RATIO_LABEL}, max over {other}")
     ax = axes[0, 0]
@@ -184,7 +177,7 @@ def topk(ds: xr.Dataset):
                    ylabel="λ_i / S_min (median, 90% range)")
             ax.set_xticks(sorted(ds.depth.values), [str(int(v)) for v in sorted(ds.depth.values)])
             ax.xaxis.set_minor_locator(mticker.NullLocator())
-            _plain_log(ax)
+            plain_log(ax)
     if axes[0, 0].get_legend() is not None:
         axes[0, 0].get_legend().remove()
         handles, labels = axes[0, 0].get_legend_handles_labels()

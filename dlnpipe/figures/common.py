@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -77,3 +78,11 @@ def constant(ds: xr.Dataset, var: str, sel: dict) -> float:
         if d in da.dims:
             da = da.sel({d: sel[d]}) if d in sel else da.isel({d: 0})
     return float(da)
+
+
+def plain_log(ax, axis: str = "y") -> None:
+    """Log axis with plain tick labels (2, 5, 10 rather than 2×10⁰)."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(mticker.FuncFormatter(
+        lambda v, _: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))

@@ -18,7 +18,19 @@ import seaborn as sns
 import xarray as xr
 
 from dlnpipe.analysis import LINEAR
-from dlnpipe.figures.common import CI, N_BOOT, constant, frame, grid, legend, lr_palette, panels, select, title
+from dlnpipe.figures.common import (
+    CI,
+    N_BOOT,
+    constant,
+    frame,
+    grid,
+    legend,
+    lr_palette,
+    panels,
+    plain_log,
+    select,
+    title,
+)
 from dlnpipe.status import Status
 
 
@@ -95,7 +107,8 @@ def trace_vs_sharpness(ds: xr.Dataset):
     rho = np.corrcoef(np.log(df.trace_ratio), np.log(df.ratio))[0, 1] if len(df) > 2 else np.nan
     ax.text(0.03, 0.97, f"log-log correlation {rho:.2f}\nn = {len(df)}", transform=ax.transAxes, va="top",
             fontsize=8, bbox=dict(facecolor="white", alpha=0.8, edgecolor="0.8"))
-    ax.set(xscale="log", yscale="log", xlabel="tr H / T_min", ylabel="S / S_min",
-           title="sharpness against trace at the minimizer")
+    ax.set(xscale="log", yscale="log", xlabel="tr H / T_min (closed form at the minimizer)", ylabel="S / S_min")
+    plain_log(ax)
+    plain_log(ax, "x")
     legend(ax, "η")
     return fig
