@@ -18,6 +18,7 @@
 #include <string.h>
 
 #define LANES (64 / (int)sizeof(REAL))
+#define MAXDIM (M > D ? M : D)  /* fixed-size local arrays: no VLA, so the short loops unroll */
 #define SIMD _Pragma("omp simd")
 #define FOR_LANES for (int l = 0; l < LANES; ++l)
 
@@ -36,11 +37,12 @@ float expf(float) __attribute__((simd("notinbranch")));
 #endif
 
 #if ACT == 1 && !REAL_IS_DOUBLE
-/* float32 GELU without libm: Φ(z) = 0.5 + z·A(z²) for |z| ≤ 2, and Φ(−t) = φ(t)·B(1/t)/t beyond
- * (the Mills ratio), φ(t) = exp(−t²/2)/√(2π). A and B are least-squares fits of degree 7 to the
- * normal distribution (absolute error of Φ ≤ 1.2e-7 after float32 rounding, about two ulp of
- * values near 1; torch's own float32 Φ is within 0.6e-7); exp by Cody–Waite reduction and the
- * Cephes polynomial. About 3x faster than libmvec's erff and expf together. */
+/* float32 GELU without libm. For |z| ≤ 2 (nearly every pre-activation at small init), two polynomials
+ * in s = z²: σ(z) = z (0.5 + z·A(s)) with Φ(z) = 0.5 + z·A(s), and σ'(z) = Φ + zφ = 0.5 + z·D(s) (A
+ * and D least-squares fits of degree 7 and 9, no exp at all). Beyond, Φ(−t) = φ(t)·B(1/t)/t (the
+ * Mills ratio, degree 7) with φ(t) = exp(−t²/2)/√(2π) by Cody–Waite reduction and the Cephes
+ * polynomial. After float32 rounding σ is within 1.2e-7·max(1, |z|) and σ' within 3.5e-7 of the
+ * exact values, about three ulp (torch's own float32 GELU: 3.6e-7 and 2.8e-7). */
 static inline float exp_nonpositive(float x) {
     x = x < -80.0f ? -80.0f : x;  /* exp(-80) ≈ 1.8e-35: no subnormal anywhere downstream */
     float k = __builtin_rintf(x * 1.44269504088896341f);
@@ -58,20 +60,6 @@ static inline float exp_nonpositive(float x) {
 }
 
 static inline float gelu_pdf(float z) { return 0.398942280401432678f * exp_nonpositive(-0.5f * z * z); }
-
-/* Φ(z) for |z| ≤ 2: 0.5 + z·A(z²). */
-static inline float gelu_cdf_center(float z) {
-    const float s = z * z;
-    float pa = -1.662476677e-08f;
-    pa = pa * s + 5.213128569e-07f;
-    pa = pa * s + -8.953391820e-06f;
-    pa = pa * s + 1.144500345e-04f;
-    pa = pa * s + -1.186188452e-03f;
-    pa = pa * s + 9.972850375e-03f;
-    pa = pa * s + -6.649018226e-02f;
-    pa = pa * s + 3.989422642e-01f;
-    return 0.5f + z * pa;
-}
 
 /* Φ(z) for |z| > 2: φ(t)·B(1/t)/t, t = |z|, reflected for z > 0. */
 static inline float gelu_cdf_tail(float z, float pdf) {
@@ -93,20 +81,45 @@ static inline float gelu_cdf_tail(float z, float pdf) {
  * 0.5 z (1 + erf(z/√2)) with derivative cdf + z·pdf; ReLU max(z, 0) with derivative 1 where z > 0. */
 static inline void activate(const REAL *restrict z, REAL *restrict a, REAL *restrict da, int count) {
 #if ACT == 1 && !REAL_IS_DOUBLE
-    int tails = 0;  /* the center formula for every lane, then the rare |z| > 2 again with the tail one */
-    SIMD for (int i = 0; i < count; ++i) {
-        const float cdf = gelu_cdf_center(z[i]);
-        a[i] = z[i] * cdf;
-        da[i] = cdf + z[i] * gelu_pdf(z[i]);
-        tails += z[i] > 2.0f || z[i] < -2.0f;
+    int tails = 0;  /* the polynomials in z² everywhere, then the lanes with |z| > 2 again (tail formula) */
+    _Pragma("omp simd reduction(+:tails)") for (int i = 0; i < count; ++i) {
+        const float zi = z[i], s = zi * zi;
+        float pa = -1.662476677e-08f;
+        pa = pa * s + 5.213128569e-07f;
+        pa = pa * s + -8.953391820e-06f;
+        pa = pa * s + 1.144500345e-04f;
+        pa = pa * s + -1.186188452e-03f;
+        pa = pa * s + 9.972850375e-03f;
+        pa = pa * s + -6.649018226e-02f;
+        pa = pa * s + 3.989422642e-01f;
+        float pd = -8.144600970e-10f;
+        pd = pd * s + 3.019107401e-08f;
+        pd = pd * s + -6.106844035e-07f;
+        pd = pd * s + 9.181220862e-06f;
+        pd = pd * s + -1.130691747e-04f;
+        pd = pd * s + 1.154030138e-03f;
+        pd = pd * s + -9.498398069e-03f;
+        pd = pd * s + 5.984125175e-02f;
+        pd = pd * s + -2.659615038e-01f;
+        pd = pd * s + 7.978845599e-01f;
+        a[i] = zi * (0.5f + zi * pa);
+        da[i] = 0.5f + zi * pd;
+        tails += s > 4.0f;
     }
-    if (tails) {
+    if (tails && 16 * tails < count) {  /* a few: one by one */
         for (int i = 0; i < count; ++i) {
             if (z[i] > 2.0f || z[i] < -2.0f) {
                 const float pdf = gelu_pdf(z[i]), cdf = gelu_cdf_tail(z[i], pdf);
                 a[i] = z[i] * cdf;
                 da[i] = cdf + z[i] * pdf;
             }
+        }
+    } else if (tails) {  /* many: the tail formula for the whole block, kept where it applies */
+        SIMD for (int i = 0; i < count; ++i) {
+            const float zi = z[i], t = zi < 0 ? -zi : zi, pdf = gelu_pdf(zi);
+            const float cdf = gelu_cdf_tail(t > 2.0f ? zi : 2.0f, pdf);
+            a[i] = t > 2.0f ? zi * cdf : a[i];
+            da[i] = t > 2.0f ? cdf + zi * pdf : da[i];
         }
     }
 #else
@@ -158,7 +171,7 @@ typedef struct {
 INLINE void dense(const REAL *restrict W, const REAL *restrict x, REAL *restrict z, int N, int OUT, int IN,
                   int lane_x) {
     for (int o = 0; o < OUT; ++o) {
-        REAL w[IN][LANES];
+        REAL w[MAXDIM][LANES];
         for (int k = 0; k < IN; ++k) SIMD FOR_LANES w[k][l] = W[((long)o * IN + k) * LANES + l];
         for (int i = 0; i < N; ++i) {
             REAL acc[LANES] = {0};
@@ -181,7 +194,7 @@ INLINE void dense(const REAL *restrict W, const REAL *restrict x, REAL *restrict
 INLINE void outer(const REAL *restrict dz, const REAL *restrict x, REAL *restrict g, int N, int OUT, int IN,
                   int lane_x) {
     for (int o = 0; o < OUT; ++o) {
-        REAL acc[IN][LANES];
+        REAL acc[MAXDIM][LANES];
         for (int k = 0; k < IN; ++k) SIMD FOR_LANES acc[k][l] = 0;
         for (int i = 0; i < N; ++i) {
             const REAL *d = dz + ((long)i * OUT + o) * LANES;
@@ -202,7 +215,7 @@ INLINE void outer(const REAL *restrict dz, const REAL *restrict x, REAL *restric
 /* dh[i][k] = Σ_o dz[i][o] W[o][k]. */
 INLINE void back(const REAL *restrict dz, const REAL *restrict W, REAL *restrict dh, int N, int OUT, int IN) {
     for (int k = 0; k < IN; ++k) {
-        REAL w[OUT][LANES];
+        REAL w[MAXDIM][LANES];
         for (int o = 0; o < OUT; ++o) SIMD FOR_LANES w[o][l] = W[((long)o * IN + k) * LANES + l];
         for (int i = 0; i < N; ++i) {
             REAL acc[LANES] = {0};
