@@ -93,17 +93,16 @@ class ActivatedArchitecture(Architecture):
         value, grads = self.loss_and_grad(layers, prob)
         return grads, value - prob.loss_opt
 
-    def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int) -> bool:
+    def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int):
         """The compiled step (dlnpipe/kernels/activated.c): forward, hand-written backward and update of
         16 float32 networks per SIMD register, ``count`` steps per call, on the CPU."""
         if not self.kernel_activation or layers[0].device.type != "cpu" or prob.batched:
-            return False
+            return None
         from dlnpipe.kernels import activated
 
         width = layers[0].shape[1] if len(layers) > 1 else 1
         lib = activated.library(self.kernel_activation, layers[0].dtype, width, prob.X.shape[1])
         if lib is None:
-            return False
-        activated.gd_steps(lib, layers, prob.X, prob.y, lr=lr, alive=alive, alive_steps=alive_steps, cap=cap,
+            return None
+        return activated.gd_steps(lib, layers, prob.X, prob.y, lr=lr, alive=alive, alive_steps=alive_steps, cap=cap,
                            count=count)
-        return True

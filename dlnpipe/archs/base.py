@@ -150,8 +150,9 @@ class Architecture:
         """(∂R/∂W_k for every layer as (B, out_k, in_k) tensors, R − R* (B,))."""
         raise NotImplementedError
 
-    def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int) -> bool:
+    def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int):
         """``count`` full GD steps in place by a fused (compiled) step, where this architecture has one
         for this device and dtype; each step: value = R(W); alive &= value <= cap; alive_steps += alive;
-        W ← W − η ∇R (η = lr where alive, else 0). False, doing nothing, where there is none."""
-        return False
+        W ← W − η ∇R (η = lr where alive, else 0). Returns (the loss before the last step, whether the
+        last step moved each network's weights), both (b,); None, doing nothing, where there is none."""
+        return None

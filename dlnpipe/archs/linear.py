@@ -82,20 +82,19 @@ class LinearArchitecture(Architecture):
                 h = torch.bmm(h, W.mT)
         return grads, excess
 
-    def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int) -> bool:
+    def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int):
         """The compiled step (dlnpipe/kernels/linear.c): the same recursions for 16 float32 networks per
         SIMD register, ``count`` steps per call, on the CPU."""
         if layers[0].device.type != "cpu":
-            return False
+            return None
         from dlnpipe.kernels import linear
 
         width = layers[0].shape[1] if len(layers) > 1 else c.shape[2]
         lib = linear.library(layers[0].dtype, in_dim=layers[0].shape[2], width=width, out_last=c.shape[2],
                              per_network=prob.batched)
         if lib is None:
-            return False
-        linear.gd_steps(lib, layers, c, prob, lr=lr, alive=alive, alive_steps=alive_steps, cap=cap, count=count)
-        return True
+            return None
+        return linear.gd_steps(lib, layers, c, prob, lr=lr, alive=alive, alive_steps=alive_steps, cap=cap, count=count)
 
     @staticmethod
     def gauss_newton(dataset, net) -> np.ndarray:

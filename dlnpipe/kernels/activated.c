@@ -277,9 +277,11 @@ static void loss_and_grad(const REAL *W, int L, int N, const REAL *X, const REAL
 }
 
 /* `steps` GD steps of nchunks chunks in place. W: [nchunks][P][LANES]; lr, cap, value: [nchunks][LANES];
- * alive: [nchunks][LANES] (0/1); alive_steps: [nchunks][LANES]. value: the loss before the last step. */
+ * alive, moved: [nchunks][LANES] (0/1); alive_steps: [nchunks][LANES]. value: the loss before the last step;
+ * moved: whether the last step changed any of the network's weights (a network it did not is at a fixed
+ * point of the GD map). */
 int dlnpipe_steps(int nchunks, int L, int N, long steps, REAL *W, const REAL *X, const REAL *y, const REAL *lr,
-                  const REAL *cap, uint8_t *alive, int64_t *alive_steps, REAL *value) {
+                  const REAL *cap, uint8_t *alive, int64_t *alive_steps, REAL *value, uint8_t *moved) {
     const long P = n_params(L), hidden = (long)N * M * LANES;
     Work w;
     REAL *buf = malloc(sizeof(REAL) * (2 * (L > 1 ? L - 1 : 1) * hidden + 2 * hidden + (long)N * LANES
@@ -290,8 +292,9 @@ int dlnpipe_steps(int nchunks, int L, int N, long steps, REAL *W, const REAL *X,
     for (int c = 0; c < nchunks; ++c) {
         REAL *Wc = W + c * P * LANES, *vc = value + c * LANES;
         const REAL *lc = lr + c * LANES, *cc = cap + c * LANES;
-        uint8_t *ac = alive + c * LANES;
+        uint8_t *ac = alive + c * LANES, *mc = moved + c * LANES;
         int64_t *sc = alive_steps + c * LANES;
+        FOR_LANES mc[l] = 0;
         for (long t = 0; t < steps; ++t) {
             loss_and_grad(Wc, L, N, X, y, &w, vc);
             REAL step[LANES];
@@ -300,10 +303,22 @@ int dlnpipe_steps(int nchunks, int L, int N, long steps, REAL *W, const REAL *X,
                 sc[l] += ac[l];
                 step[l] = ac[l] ? lc[l] : (REAL)0;
             }
-            for (long p = 0; p < P; ++p) {
-                REAL *wp = Wc + p * LANES;
-                const REAL *gp = w.g + p * LANES;
-                SIMD FOR_LANES wp[l] -= step[l] * nan_to_num(gp[l]);
+            if (t + 1 < steps) {
+                for (long p = 0; p < P; ++p) {
+                    REAL *wp = Wc + p * LANES;
+                    const REAL *gp = w.g + p * LANES;
+                    SIMD FOR_LANES wp[l] -= step[l] * nan_to_num(gp[l]);
+                }
+            } else {  /* the last step: also note which weights it moved */
+                for (long p = 0; p < P; ++p) {
+                    REAL *wp = Wc + p * LANES;
+                    const REAL *gp = w.g + p * LANES;
+                    FOR_LANES {
+                        const REAL old = wp[l];
+                        wp[l] -= step[l] * nan_to_num(gp[l]);
+                        mc[l] |= wp[l] != old;
+                    }
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ import torch
 from dlnpipe import kernels
 from dlnpipe.kernels.lanes import chunks, lanes, pack, pad, ptr, unpack_
 
-_ARGS = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 8
+_ARGS = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 9
 
 
 def library(activation: int, dtype: torch.dtype, width: int, d: int):
@@ -30,20 +30,22 @@ def library(activation: int, dtype: torch.dtype, width: int, d: int):
 
 
 def gd_steps(lib, layers, X, y, *, lr, alive, alive_steps, cap, count: int) -> torch.Tensor:
-    """``count`` GD steps of the batch in place; returns the loss before the last step, (b,)."""
+    """``count`` GD steps of the batch in place; returns (the loss before the last step, whether the last step
+    moved each network's weights), both (b,)."""
     b, dtype, width = layers[0].shape[0], layers[0].dtype, lanes(layers[0].dtype)
     nchunks = chunks(b, dtype)
     size = nchunks * width
     buffer = pack(layers, nchunks, width)
     lr_p, cap_p = pad(lr.to(dtype), size, 0.0), pad(cap.to(dtype), size, float("inf"))
     alive_p, steps_p = pad(alive.to(torch.uint8), size, 0), pad(alive_steps, size, 0)
-    value = torch.empty(size, dtype=dtype)
+    value, moved = torch.empty(size, dtype=dtype), torch.zeros(size, dtype=torch.uint8)
     X, y = X.to(dtype).contiguous(), y.to(dtype).contiguous()
     rc = lib.dlnpipe_steps(nchunks, len(layers), X.shape[0], count, ptr(buffer), ptr(X), ptr(y), ptr(lr_p),
-                           ptr(cap_p), ptr(alive_p), ptr(steps_p), ptr(value))
+                           ptr(cap_p), ptr(alive_p), ptr(steps_p), ptr(value),
+                           ptr(moved))
     if rc != 0:
         raise MemoryError("the activated kernel could not allocate its work space")
     unpack_(buffer, layers, width)
     alive.copy_(alive_p[:b].bool())
     alive_steps.copy_(steps_p[:b])
-    return value[:b]
+    return value[:b], moved[:b].bool()

@@ -35,7 +35,7 @@ static long n_params(int L) {
 static void chunk_steps(int L, long steps, REAL *restrict W, const REAL *restrict c, const REAL *restrict sigma,
                         const REAL *restrict wstar, const REAL *restrict loss_opt, const REAL *restrict lr,
                         const REAL *restrict cap, uint8_t *restrict alive, int64_t *restrict alive_steps,
-                        REAL *restrict value, REAL *restrict b, long *restrict offset) {
+                        REAL *restrict value, uint8_t *restrict moved, REAL *restrict b, long *restrict offset) {
     const int width = M > IN ? (M > OUTL ? M : OUTL) : (IN > OUTL ? IN : OUTL);
 #define B(k, i) (b + ((long)(k) * width + (i)) * LANES)
 #define WK(k, o, i) (W + (offset[k] + (long)(o) * cols_of(k) + (i)) * LANES)
@@ -48,7 +48,9 @@ static void chunk_steps(int L, long steps, REAL *restrict W, const REAL *restric
 #define WSTAR(i) wstar[i]
 #define ROPT loss_opt[0]
 #endif
+    FOR_LANES moved[l] = 0;
     for (long t = 0; t < steps; ++t) {
+        const int last = t + 1 == steps;  /* the last step also notes which weights it moved */
         /* rows: b_L = c, b_{k-1} = b_k W_k */
         for (int o = 0; o < OUTL; ++o) SIMD FOR_LANES B(L, o)[l] = c[(long)o * LANES + l];
         for (int k = L; k >= 1; --k) {
@@ -95,7 +97,15 @@ static void chunk_steps(int L, long steps, REAL *restrict W, const REAL *restric
                 for (int i = 0; i < ck; ++i) {
                     REAL *w = WK(k, o, i);
                     const REAL *hi = hk + (long)i * LANES;
-                    SIMD FOR_LANES w[l] -= bo[l] * hi[l];
+                    if (!last) {
+                        SIMD FOR_LANES w[l] -= bo[l] * hi[l];
+                    } else {
+                        FOR_LANES {
+                            const REAL old = w[l];
+                            w[l] -= bo[l] * hi[l];
+                            moved[l] |= w[l] != old;
+                        }
+                    }
                 }
             }
             for (int o = 0; o < rk; ++o) SIMD FOR_LANES hn[(long)o * LANES + l] = next[o][l];
@@ -112,10 +122,11 @@ static void chunk_steps(int L, long steps, REAL *restrict W, const REAL *restric
 /* `steps` GD steps of nchunks chunks in place. W: [nchunks][P][LANES]; c: [nchunks][OUTL][LANES]; with
  * SIGMA_LANES sigma [nchunks][IN][IN][LANES], wstar [nchunks][IN][LANES], loss_opt [nchunks][LANES], else
  * one sigma [IN][IN], wstar [IN], loss_opt [1]; lr, cap, value: [nchunks][LANES]; alive (0/1),
- * alive_steps: [nchunks][LANES]. value: the loss before the last step. */
+ * alive_steps, moved: [nchunks][LANES]. value: the loss before the last step; moved: whether the last step
+ * changed any of the network's weights. */
 int dlnpipe_steps(int nchunks, int L, long steps, REAL *W, const REAL *c, const REAL *sigma, const REAL *wstar,
                   const REAL *loss_opt, const REAL *lr, const REAL *cap, uint8_t *alive, int64_t *alive_steps,
-                  REAL *value) {
+                  REAL *value, uint8_t *moved) {
     const long P = n_params(L);
     const int width = M > IN ? (M > OUTL ? M : OUTL) : (IN > OUTL ? IN : OUTL);
     REAL *b = malloc(sizeof(REAL) * (long)(L + 1) * width * LANES);
@@ -130,8 +141,8 @@ int dlnpipe_steps(int nchunks, int L, long steps, REAL *W, const REAL *c, const 
     for (int ch = 0; ch < nchunks; ++ch) {
         const long at = (long)ch * LANES;
         chunk_steps(L, steps, W + ch * P * LANES, c + (long)ch * OUTL * LANES, sigma + ch * sig, wstar + ch * ws,
-                    loss_opt + (SIGMA_LANES ? at : 0), lr + at, cap + at, alive + at, alive_steps + at, value + at, b,
-                    offset);
+                    loss_opt + (SIGMA_LANES ? at : 0), lr + at, cap + at, alive + at, alive_steps + at, value + at,
+                    moved + at, b, offset);
     }
     free(b), free(offset);
     return 0;

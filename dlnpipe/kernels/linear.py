@@ -14,7 +14,7 @@ import torch
 from dlnpipe import kernels
 from dlnpipe.kernels.lanes import chunks, lanes, pack, pad, ptr, unpack_
 
-_ARGS = [ctypes.c_int, ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 10
+_ARGS = [ctypes.c_int, ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 11
 
 
 def library(dtype: torch.dtype, *, in_dim: int, width: int, out_last: int, per_network: bool):
@@ -27,7 +27,8 @@ def library(dtype: torch.dtype, *, in_dim: int, width: int, out_last: int, per_n
 
 
 def gd_steps(lib, layers, c, prob, *, lr, alive, alive_steps, cap, count: int) -> torch.Tensor:
-    """``count`` GD steps of the batch in place; returns the loss before the last step, (b,)."""
+    """``count`` GD steps of the batch in place; returns (the loss before the last step, whether the last step
+    moved each network's weights), both (b,)."""
     b, dtype, width = layers[0].shape[0], layers[0].dtype, lanes(layers[0].dtype)
     nchunks = chunks(b, dtype)
     size = nchunks * width
@@ -40,12 +41,13 @@ def gd_steps(lib, layers, c, prob, *, lr, alive, alive_steps, cap, count: int) -
         loss_opt = torch.tensor([prob.loss_opt], dtype=dtype)
     lr_p, cap_p = pad(lr.to(dtype), size, 0.0), pad(cap.to(dtype), size, float("inf"))
     alive_p, steps_p = pad(alive.to(torch.uint8), size, 0), pad(alive_steps, size, 0)
-    value = torch.empty(size, dtype=dtype)
+    value, moved = torch.empty(size, dtype=dtype), torch.zeros(size, dtype=torch.uint8)
     rc = lib.dlnpipe_steps(nchunks, len(layers), count, ptr(buffer), ptr(c_p), ptr(sigma), ptr(wstar),
-                           ptr(loss_opt), ptr(lr_p), ptr(cap_p), ptr(alive_p), ptr(steps_p), ptr(value))
+                           ptr(loss_opt), ptr(lr_p), ptr(cap_p), ptr(alive_p), ptr(steps_p), ptr(value),
+                           ptr(moved))
     if rc != 0:
         raise MemoryError("the linear kernel could not allocate its work space")
     unpack_(buffer, layers, width)
     alive.copy_(alive_p[:b].bool())
     alive_steps.copy_(steps_p[:b])
-    return value[:b]
+    return value[:b], moved[:b].bool()

@@ -7,8 +7,9 @@ frozen by masks on the device (η = 0 from the step where the loss becomes non-f
 (``exit_fixed``): a step that changes none of their weights, bit for bit, proves that no later
 step would either, so their result is exactly that of running all the steps.
 
-Between these events (recording, a network's last step, a check) an architecture with a fused step
-(``Architecture.steps_``, e.g. the compiled GELU step) takes all the steps in one call.
+Between the steps that record or end a network's run, an architecture with a fused step
+(``Architecture.steps_``, e.g. the compiled GELU step) takes all the steps in one call, through the
+next check: the fused step says which networks its last step moved, which is the check.
 """
 
 from __future__ import annotations
@@ -34,23 +35,37 @@ class GradientDescent(Stepper):
         self.record_index = {int(t): j for j, t in enumerate(schedule.record_steps)}
         self.finish_steps = {int(s) for s in np.unique(schedule.steps)}
         self.T_max, self.t = int(schedule.steps.max()), 0
-        events = set(self.record_index) | self.finish_steps
-        if self.check_every:
-            events |= set(range(0, self.T_max + 1, self.check_every))
-        self.events = np.array(sorted(events | {0, self.T_max}), dtype=np.int64)
+        # the steps that must be evaluated before they are taken: recording, a network's last step, the first
+        self.events = np.array(sorted(set(self.record_index) | self.finish_steps | {0, self.T_max}), dtype=np.int64)
         state.rows.update(lr=torch.tensor(schedule.lr, dtype=dtype, device=dev),
                           steps=torch.tensor(schedule.steps, device=dev),
                           alive=torch.ones(state.size, dtype=torch.bool, device=dev),
                           alive_steps=torch.zeros(state.size, dtype=torch.int64, device=dev))  # = divergence step
 
-    def advance(self, state) -> bool:
+    def _fused(self, state) -> bool:
+        """The steps up to the next event, and through the next check, in one fused call (where there is one)."""
         t, r = self.t, state.rows
-        span = int(self.events[np.searchsorted(self.events, t)]) - t  # steps before the next event
-        if span > 0 and state.arch.steps_(state.layers, state.c, state.prob, lr=r["lr"], alive=r["alive"],
-                                          alive_steps=r["alive_steps"], cap=r["cap"], count=span):
-            self.t += span
-            state.progress(span * state.size, lambda rate: self._message(state, rate))
-            return True
+        end = int(self.events[np.searchsorted(self.events, t)])  # the next event: evaluated by the torch path
+        if self.check_every:
+            end = min(end, t + (-t) % self.check_every + 1)  # up to and including the next check step
+        if end <= t:
+            return False
+        fused = state.arch.steps_(state.layers, state.c, state.prob, lr=r["lr"], alive=r["alive"],
+                                  alive_steps=r["alive_steps"], cap=r["cap"], count=end - t)
+        if fused is None:
+            return False
+        value, moved = fused
+        state.progress((end - t) * state.size, lambda rate: self._message(state, rate))
+        self.t = end - 1
+        if self.check_every and self.t % self.check_every == 0:
+            self._leave(state, value, r["alive"] & ~moved if self.exit_fixed else None)
+        self.t = end
+        return True
+
+    def advance(self, state) -> bool:
+        if self._fused(state):
+            return state.size > 0
+        t, r = self.t, state.rows
         ev = state.arch.evaluate(state.layers, state.c, state.prob)
         if "cap" not in r:  # divergence: the loss beyond explode·max(R(0), yᵀy/n)
             yty = torch.as_tensor(state.prob.yty, dtype=ev.value.dtype, device=ev.value.device)
@@ -74,23 +89,25 @@ class GradientDescent(Stepper):
         state.arch.descend_(state.layers, ev, r["lr"], r["alive"])
         state.progress(state.size, lambda rate: self._message(state, rate))
         if check:
-            self._leave(state, ev, before)
+            fixed = None
+            if before is not None:  # this step changed none of the weights
+                same = torch.stack([(a == b).flatten(1).all(1) for a, b in zip(before, state.layers)]).all(0)
+                fixed = r["alive"] & same
+            self._leave(state, ev.value, fixed)
         self.t += 1
         return state.size > 0
 
-    def _leave(self, state, ev, before) -> None:
-        """Retire frozen (diverged) networks and those at a fixed point of the GD map (this step changed
-        none of their weights, bit for bit); a fixed point's later samples repeat its values."""
+    def _leave(self, state, value, fixed) -> None:
+        """Retire frozen (diverged) networks and those at a fixed point of the GD map (``fixed``: this step
+        changed none of their weights, bit for bit); a fixed point's later samples repeat its values."""
         r = state.rows
-        fixed = torch.zeros_like(r["alive"])
-        if before is not None:
-            fixed = r["alive"] & torch.stack([(a == b).flatten(1).all(1) for a, b in zip(before, state.layers)]).all(0)
+        fixed = torch.zeros_like(r["alive"]) if fixed is None else fixed
         gone = fixed | ~r["alive"]
         if not bool(gone.any()):
             return
         steps = torch.as_tensor(self.record_steps, device=state.idx.device)
         hold = fixed[gone][:, None] & (steps > self.t)[None, :] & (steps[None, :] <= r["steps"][gone][:, None])
-        state.retire(gone, ev.value, diverged=~r["alive"], at=r["alive_steps"], hold=hold)
+        state.retire(gone, value, diverged=~r["alive"], at=r["alive_steps"], hold=hold)
         state.compact(~gone)
 
     def _message(self, state, rate: float) -> str:
