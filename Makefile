@@ -8,7 +8,7 @@ CORES ?= all
 PROFILE ?= workflow/profiles/default
 PYTEST_ARGS ?=
 
-.PHONY: install run quick report ui test lint bench lock clean
+.PHONY: install run quick report ui test lint bench docs lock clean
 
 $(STAMP): envs/requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -40,8 +40,12 @@ ui: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The documentation site (MkDocs, warnings are errors), into site/.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --quiet
+
 lint: $(STAMP)
-	ruff check dlnpipe tests benchmarks
+	ruff check dlnpipe tests benchmarks examples
 	snakefmt --check Snakefile workflow/rules
 
 # Every benchmark, each printing its ratios measured side by side in one run.

@@ -29,7 +29,8 @@ from dlnpipe.tensors import stack_weights
 
 SMALL = archs.get("small")
 
-# fig1 (PAPER.md §4): η -> (steps, seeds); scales linspace(0.25, 0.6, 10); L = 10, m = d = 5, n = 50.
+# fig1 (docs/theory.md#the-papers-experiments): η -> (steps, seeds); scales linspace(0.25, 0.6, 10);
+# L = 10, m = d = 5, n = 50.
 FIG1 = {0.005: (40_000, 20), 0.02: (10_000, 20), 0.07: (4_000, 20), 0.1: (4_000, 20), 0.2: (2_000, 80)}
 SCALES = np.linspace(0.25, 0.6, 10)
 DEPTH, WIDTH = 10, 5

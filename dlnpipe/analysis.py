@@ -1,15 +1,16 @@
-"""Each network against the theory (PAPER.md §3, §5): the analysis behind the bound tables and figures.
+"""Each network against the theory: the analysis behind the bound tables and figures
+(docs/theory.md#the-claims-the-tables-check).
 
 Per experiment, one row per (init, depth, width, kappa, spectrum, wstar, lr): counts of converged / failed /
-diverged networks, the bounds (S_min, 8LΛ‖w*‖^{2−2/L}, η_c, 2/η), the final sharpness's median
-and extremes, and for each claim of PAPER.md §5 how many networks it was checked on and how many
-violate it. A second table sums the claims over the experiment (``holds`` / ``fails``). A third,
-the empirical constant, gives per (init, kappa, spectrum, wstar) the largest S/S_min over depth,
-width, scale and seeds of converged networks, next to 4Λ/a (the small-init bound of PAPER.md §3.3):
-C(κ) of the claim "S ≤ C(κ)·S_min, independent of depth and width".
+diverged networks, the bounds (S_min, 8LΛ‖w*‖^{2−2/L}, η_c, 2/η), the final sharpness's median and extremes,
+and for each claim how many networks it was checked on and how many violate it. A second table sums the claims
+over the experiment (``holds`` / ``fails``). A third, the empirical constant, gives per (init, kappa,
+spectrum, wstar) the largest S/S_min over depth, width, scale and seeds of converged networks, next to 4Λ/a
+(the small-init bound, docs/theory.md#gradient-flow-from-small-initialisation): C(κ) of the claim "S ≤
+C(κ)·S_min, independent of depth and width".
 
-Claims (numbering of PAPER.md §5); 1, 2, 3b and 4 are linear theory and are checked on linear
-architectures only (``Architecture.linear``; for GELU or ReLU nets the bounds are reference lines):
+Claims (numbered as in docs/theory.md#the-claims-the-tables-check); 1, 2, 3b and 4 are linear theory and are
+checked on linear architectures only (``Architecture.linear``; for GELU or ReLU nets the bounds are reference lines):
 1. converged ⇒ S ≥ S_min (relative tolerance ``tol``);
 2. small init (``Architecture.small_init``), η ≤ η_c/4 (or gradient flow), converged ⇒ S ≤ 8LΛ‖w*‖^{2−2/L};
 3a. converged ⇒ S ≤ 2/η·(1 + ``eos_overshoot``); 3b. η > η_c ⇒ not converged (GD only: with
@@ -207,14 +208,15 @@ def claims(tab: pd.DataFrame, ds: xr.Dataset) -> pd.DataFrame:
     for c, text in CLAIMS.items():
         checked, fails = int(tab[f"{c}_checked"].sum()), int(tab[f"{c}_fail"].sum())
         if c == "c2" and fails:
-            # the small-init bound needs a small enough s (hypotheses unknown, PAPER.md §3.3): say where it stops
+            # the small-init bound needs a small enough s (docs/theory.md#gradient-flow-from-small-initialisation):
+            # say where it stops
             bad = per_net[per_net.c2_fail]
             ok_scales = per_net[per_net.c2_checked & (per_net.scale < bad.scale.min())].scale
             text += (f"; holds for s <= {ok_scales.max():.4g}, first violation at s = {bad.scale.min():.4g}"
                      if len(ok_scales) else f"; first violation at s = {bad.scale.min():.4g}")
         rows.append({"claim": c, "statement": text, "checked": checked, "violations": fails,
                      "verdict": "n/a" if checked == 0 else ("holds" if fails == 0 else "fails")})
-    if ds.attrs.get("n_train", 0) < ds.attrs.get("d", 0):  # underdetermined: PAPER.md §5.6
+    if ds.attrs.get("n_train", 0) < ds.attrs.get("d", 0):  # underdetermined: claim c6
         reg = gap_regression(ds)
         if reg is not None:
             rows.append({"claim": "c6", "statement": f"log gap vs log S slope > 0 (slope {reg.slope:.3f}, "

@@ -68,6 +68,13 @@ def cmd_schema(args):
         sys.stdout.write(text)
 
 
+def cmd_docs(args):
+    from dlnpipe import reference
+
+    for path in reference.write(args.out, default_config=args.config):
+        print(f"wrote {path}")
+
+
 def cmd_data(args):
     from dlnpipe.config import DataConfig
     from dlnpipe.stages import make_data
@@ -143,7 +150,14 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dlnpipe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
+    _study_commands(sub)
+    _cell_commands(sub)
+    _tracking_commands(sub)
+    _experiment_commands(sub)
+    return ap
 
+
+def _study_commands(sub) -> None:
     p = sub.add_parser("validate", help="check a study config")
     p.add_argument("config")
     p.set_defaults(func=cmd_validate)
@@ -153,12 +167,17 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print (or write) the config's JSON schema")
     p.add_argument("--out")
     p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("docs", help="write the generated reference pages (configuration.md, cube.md)")
+    p.add_argument("--out", default="docs")
+    p.add_argument("--config", default="config.yaml", help="the default study, for the examples column")
+    p.set_defaults(func=cmd_docs)
 
+
+def _cell_commands(sub) -> None:
     p = sub.add_parser("data", help="make one dataset")
     p.add_argument("--spec", required=True, help="JSON: {data: ..., kappa, spectrum, wstar, experiment, data_id}")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data)
-
     for name, func, extra in (("train", cmd_train, ()), ("measure", cmd_measure, ("--train",))):
         p = sub.add_parser(name, help=f"{name} one cell")
         p.add_argument("--spec", help="JSON cell spec (what the rules pass)")
@@ -173,13 +192,14 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         p.set_defaults(func=func)
 
+
+def _tracking_commands(sub) -> None:
     p = sub.add_parser("track-init", help="create the MLflow store and experiments (once, before any logging)")
     p.add_argument("--uri", required=True)
     p.add_argument("--experiments", nargs="+", required=True, help="MLflow experiment names")
     p.add_argument("--artifacts", required=True, help="artifact root for a local (SQLite) store")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_track_init)
-
     p = sub.add_parser("track", help="log one cell's training configurations to MLflow (replacing earlier runs)")
     p.add_argument("--uri", required=True, help="tracking URI (relative sqlite paths are made absolute)")
     p.add_argument("--name", required=True, help="MLflow experiment name (created by track-init)")
@@ -191,6 +211,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_track)
 
+
+def _experiment_commands(sub) -> None:
     p = sub.add_parser("gather", help="build the cube from the cells' files")
     p.add_argument("--config", required=True, help="the study config: a YAML file or a JSON string")
     p.add_argument("--data", nargs="+", required=True)
@@ -198,7 +220,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--measure", nargs="+", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_gather)
-
     p = sub.add_parser("bounds", help="compare one experiment with the theory")
     p.add_argument("--cube", required=True)
     p.add_argument("--experiment", required=True)
@@ -206,7 +227,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--md", required=True)
     p.add_argument("--constant", help="CSV of the empirical constant C(κ) (max S/S_min over depth and width)")
     p.set_defaults(func=cmd_bounds)
-
     p = sub.add_parser("plot", help="draw one figure of one experiment")
     p.add_argument("--cube", required=True)
     p.add_argument("--experiment", required=True)
@@ -214,7 +234,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--png", required=True)
     p.add_argument("--pdf", required=True)
     p.set_defaults(func=cmd_plot)
-    return ap
 
 
 def main(argv=None) -> int:

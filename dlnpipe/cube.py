@@ -3,7 +3,9 @@ how the store is written and opened.
 
 An xarray DataTree with one group per experiment. Each group is a Dataset whose dimension
 coordinates are the grid axes ``init, depth, width, kappa, spectrum, wstar, lr, scale, seed`` (plus ``step`` for
-trajectories, ``eig`` for the top-k eigenvalues and ``layer`` for per-layer diagnostics). Ragged
+trajectories, ``eig`` for the top-k eigenvalues, ``layer`` for per-layer diagnostics, ``probe`` and ``node``
+for the spectral density). Every variable, its dimensions, long name and units are listed once here
+(:data:`ATTRS`, :func:`dims_of`); ``docs/cube.md`` is generated from them. Ragged
 axes (80 seeds for one η, 20 for the others) are NaN-padded; ``valid`` marks real networks and
 ``status`` is -1 there. Units and long names are in each variable's attrs; the resolved config,
 versions, git revision and devices in the root's attrs.
@@ -32,6 +34,7 @@ from dlnpipe.theory import bounds
 GRID_DIMS = ("init", "depth", "width", "kappa", "spectrum", "wstar", "lr", "scale", "seed")
 DATA_DIMS = ("kappa", "spectrum", "wstar")  # one dataset per combination
 THEORY_PER_DEPTH = ("s_min", "s_upper", "s_balanced", "eta_c", "trace_min", "trace_balanced")
+THEORY_PER_DATASET = ("a", "lam_max", "lam_min", "kappa_achieved", "loss_opt")
 # Integer variables keep their dtype on the padded grid: -1 marks "no network here", NaN elsewhere.
 INT_FILL = {"status": NO_NETWORK, "diverged_step": -1, "steps": -1, "seed_value": -1}
 CONVENTIONS = ("Sigma = X^T X / n; R = (1/n)||y - X w||^2 (no 1/2); sharpness = largest algebraic Hessian "
@@ -41,7 +44,8 @@ ATTRS = {
     "sharpness": ("largest algebraic Hessian eigenvalue at the end of training (Lanczos)", "1"),
     "sharpness_topk": ("top-k algebraic Hessian eigenvalues at the end of training (Lanczos)", "1"),
     "sharpness_residual": ("Lanczos certificate ||Hv - lambda v|| of each Ritz pair", "1"),
-    "sharpness_exact": ("sharpness by the exact d×d formula (PAPER.md §3.6), converged networks only", "1"),
+    "sharpness_exact": ("sharpness by the exact d×d formula at a minimizer "
+                        "(docs/theory.md#the-hessian-at-a-minimizer), converged linear networks only", "1"),
     "sharpness_init": ("largest algebraic Hessian eigenvalue at initialisation (Lanczos)", "1"),
     "hessian_trace": ("trace of the Hessian at the end of training (the config's trace_method)", "1"),
     "hessian_trace_stderr": ("standard error of hessian_trace (Hutchinson; 0 when exact)", "1"),
@@ -107,6 +111,18 @@ def _pad(a: np.ndarray, size: int, fill=np.nan) -> np.ndarray:
 
 
 DENSITY = ("density_nodes", "density_weights", "density_nodes_init", "density_weights_init")
+EXTRA_DIMS = {"sharpness_topk": ("eig",), "sharpness_residual": ("eig",), "sv_ratio": ("layer",),
+              "alignment": ("layer",), **{name: ("probe", "node") for name in DENSITY}}
+
+
+def dims_of(name: str) -> tuple[str, ...]:
+    """The dimensions of a cube variable: the grid axes and its own (per-network variables), or the
+    dataset axes (and depth) for the theory's constants."""
+    if name in THEORY_PER_DEPTH:
+        return ("depth", *DATA_DIMS)
+    if name in THEORY_PER_DATASET:
+        return DATA_DIMS
+    return (*GRID_DIMS, *(("step",) if name.startswith("traj_") else EXTRA_DIMS.get(name, ())))
 
 
 def cell_variables(cell: Cell, train: dict, measure: dict, steps: np.ndarray, layers: int, nodes: int) -> dict:
@@ -176,13 +192,10 @@ def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
                                          wstar, train["lr"], train["scale"], train["seed_index"])):
             col.extend(values)
     index = pd.MultiIndex.from_arrays(columns, names=GRID_DIMS)
-    extra_dims = {"sharpness_topk": ("eig",), "sharpness_residual": ("eig",), "sv_ratio": ("layer",),
-                  "alignment": ("layer",), **{name: ("probe", "node") for name in DENSITY}}
     data = {}
     for name in names:
         value = np.concatenate([v[name] for v in per_cell])
-        dims = ("net",) if value.ndim == 1 else ("net", *(("step",) if name.startswith("traj_") else extra_dims[name]))
-        data[name] = (dims, value)
+        data[name] = (("net", *dims_of(name)[len(GRID_DIMS):]), value)
     k = per_cell[0]["sharpness_topk"].shape[1]
     coords = {"step": steps, "eig": np.arange(k), "layer": np.arange(1, layers + 1)}
     if nodes:

@@ -1,4 +1,5 @@
-"""Sharpness S(W) = λ_max(∇²R(W)), the largest *algebraic* Hessian eigenvalue (PAPER.md §1, §3.6).
+"""Sharpness S(W) = λ_max(∇²R(W)), the largest *algebraic* Hessian eigenvalue (docs/theory.md#conventions,
+#the-hessian-at-a-minimizer).
 
 Methods:
 
@@ -198,7 +199,8 @@ def dense_topk(arch, layers, c, prob: Problem, *, k: int, max_params: int = DENS
 
 
 def exact_topk(dataset: Dataset, nets: list[Weights], *, k: int = 1) -> np.ndarray:
-    """Top-k of 2 Σ^{1/2} K Σ^{1/2} (PAPER.md §3.6) for each network; exact at global minimizers of linear nets."""
+    """Top-k of 2 Σ^{1/2} K Σ^{1/2} (docs/theory.md#the-hessian-at-a-minimizer) for each network; exact at global
+    minimizers of linear nets."""
     arch = nets[0].architecture
     if not arch.linear:
         raise ValueError(f"method 'exact' holds for linear networks only, not arch {arch.name!r}")

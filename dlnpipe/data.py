@@ -1,4 +1,4 @@
-"""Regression data for deep linear networks (PAPER.md §1 and §4).
+"""Regression data for deep linear networks (docs/theory.md#conventions, #data-with-a-prescribed-spectrum).
 
 Two designs:
 
@@ -10,7 +10,7 @@ Two designs:
   unit vector whose direction relative to the eigenvectors is chosen by ``wstar``; the training
   noise is projected out of the column space of X, so w* = pinv(XᵀX)Xᵀy is exactly that vector.
 
-Conventions (PAPER.md §1): Σ = XᵀX/n, R(w) = (1/n)‖y − Xw‖² (no 1/2), w* the minimum-norm least
+Conventions (docs/theory.md#conventions): Σ = XᵀX/n, R(w) = (1/n)‖y − Xw‖² (no 1/2), w* the minimum-norm least
 squares solution, a = w*ᵀΣw*/‖w*‖², Λ = λ_max(Σ), λ = smallest *non-zero* eigenvalue of Σ,
 κ = Λ/λ. When n < d, Σ has rank n and κ is the condition number of its non-zero spectrum.
 """
@@ -78,7 +78,8 @@ class Dataset:
         return float(np.linalg.norm(self.w_star))
 
     def sigma_sqrt(self) -> np.ndarray:
-        """Σ^{1/2} (symmetric, PSD), for the minimizer formulas of PAPER.md §3.1 and §3.6."""
+        """Σ^{1/2} (symmetric, PSD), for the minimizer formulas (docs/theory.md#the-balanced-minimizer,
+        #the-hessian-at-a-minimizer)."""
         evals, evecs = np.linalg.eigh(self.sigma)
         return (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T
 

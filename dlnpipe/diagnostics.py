@@ -1,4 +1,5 @@
-"""Structure of trained layers (PAPER.md §3.3, §5.5): small init should give rank-one, aligned layers.
+"""Structure of trained layers: small init should give rank-one, aligned layers
+(docs/theory.md#gradient-flow-from-small-initialisation).
 
 * ``sv_ratio[k]`` = σ₂/σ₁ of W_{k+1} (NaN for a layer with a single row or column);
 * ``alignment[k]`` = |⟨v_{k+2}, u_{k+1}⟩|, the top right singular vector of W_{k+2} against the top

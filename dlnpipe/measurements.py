@@ -1,7 +1,8 @@
 """What the measure stage records of every trained network: the Hessian's top eigenvalues (Lanczos, with
 certificates), trace and, where asked, spectral density, at the end of training and at initialisation;
-the exact formulas at converged linear networks (sharpness and trace at a minimizer, PAPER.md §3.6,
-§6.5); and the structure of the layers (PAPER.md §3.3)."""
+the exact formulas at converged linear networks (sharpness and trace at a minimizer,
+docs/theory.md#the-hessian-at-a-minimizer); and the structure of the layers
+(docs/theory.md#gradient-flow-from-small-initialisation)."""
 
 from __future__ import annotations
 

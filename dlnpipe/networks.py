@@ -1,4 +1,4 @@
-"""One network's weights as numpy arrays, and its initialisation (PAPER.md §2).
+"""One network's weights as numpy arrays, and its initialisation (docs/theory.md#architectures).
 
 The shapes and the initialisation belong to the architecture (:mod:`dlnpipe.archs`); a
 :class:`Weights` is the list of its arrays (p last for an architecture with a projection). The
@@ -15,7 +15,7 @@ from dlnpipe import archs
 class Weights(list):
     """The trained layers [W_1, ..., W_L] of one network, plus p as last element with a projection.
 
-    A plain list of numpy arrays (PAPER.md §2 shapes) that also knows its architecture:
+    A plain list of numpy arrays (shapes: docs/theory.md#architectures) that also knows its architecture:
     ``.arch`` (its name), ``.architecture``, ``.layers`` (the trained matrices only), ``.p`` (None
     without a projection), ``.depth``.
     """
@@ -57,7 +57,7 @@ class Weights(list):
 
 
 def init_network(arch, *, depth: int, width: int, d: int, scale: float, seed: int, p_seed: int = 0) -> Weights:
-    """Initial weights of one network (PAPER.md §2); ``seed`` drives the layers, ``p_seed`` p.
+    """Initial weights of one network (docs/theory.md#architectures); ``seed`` drives the layers, ``p_seed`` p.
 
     The draw depends only on (arch, depth, width, d, scale, seed), never on which other networks
     are trained alongside it.

@@ -1,6 +1,6 @@
 """A regression problem on a device, as the batched losses need it.
 
-For linear networks the loss depends on the data only through moments (PAPER.md §1):
+For linear networks the loss depends on the data only through moments (docs/theory.md#conventions):
     R(w) = R(w*) + (w − w*)ᵀ Σ (w − w*),
 so the problem holds Σ, w*, R* = R(w*) and yᵀy/n (and the test set's Σ_test, X_testᵀy_test/n,
 y_testᵀy_test/n); networks that need the data (``with_data``) also get X, y, X_test, y_test.

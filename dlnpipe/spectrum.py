@@ -1,4 +1,5 @@
-"""The Hessian beyond its top eigenvalue: its trace and its spectral density (PAPER.md §6.5–6.6).
+"""The Hessian beyond its top eigenvalue: its trace and its spectral density (docs/theory.md#estimators,
+#the-hessian-at-a-minimizer).
 
 * :func:`hessian_trace`, by one of three methods:
   ``exact``       Σ_i e_iᵀ H e_i by P batched Hessian-vector products (every network's diagonal at once);

@@ -1,4 +1,4 @@
-"""The theoretical constants of PAPER.md §3 for a dataset and a depth.
+"""The theoretical constants of docs/theory.md for a dataset and a depth.
 
 * S_min = 2 L a ‖w*‖^{2−2/L}: no global minimizer is flatter (§3.1);
 * η_c = 2 / S_min: GD with η > η_c cannot converge (§3.2);
@@ -114,7 +114,7 @@ def trace_minimizer(dataset: Dataset, depth: int) -> Weights:
 
 
 def bounds(dataset: Dataset, depth: int) -> Bounds:
-    """S_min, S_upper, η_c, the balanced minimizer and the trace bounds for ``dataset`` at depth L (PAPER.md §3)."""
+    """S_min, S_upper, η_c, the balanced minimizer and the trace bounds for ``dataset`` at depth L (docs/theory.md)."""
     L = check_int("depth", depth, minimum=1)
     power = dataset.w_norm ** (2 - 2 / L)
     s_min = 2 * L * dataset.a * power

@@ -1,4 +1,5 @@
-"""Training B networks at once (PAPER.md §2, §3.5): the entry point, :func:`train`.
+"""Training B networks at once: the entry point, :func:`train` (docs/theory.md#architectures,
+#gradient-descent-and-the-edge-of-stability).
 
 All networks of one call share architecture, depth and width; each has its own learning rate, init
 scale, seed and number of steps (and, for linear nets, dataset). The batch is one set of tensors

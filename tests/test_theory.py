@@ -1,4 +1,5 @@
-"""The balanced rank-one minimizer, S_min, and random factorisations (PAPER.md §3.1)."""
+"""The balanced rank-one minimizer, S_min, and random factorisations
+(docs/theory.md#the-sharpness-and-its-lower-bound, #the-balanced-minimizer)."""
 
 import numpy as np
 import pytest

@@ -51,7 +51,8 @@ def test_divergence_is_isolated(paper_data):
 
 
 def test_fig1_small_lr_converges_within_bounds(paper_data):
-    """PAPER.md §4 fig1: L=10, m=5, s=0.25. η=0.005 converges with S_min ≤ S ≤ 8LΛ; η=0.2 > η_c never converges."""
+    """fig1 (docs/theory.md#the-papers-experiments): L=10, m=5, s=0.25. η=0.005 converges with S_min ≤ S ≤ 8LΛ;
+    η=0.2 > η_c never converges."""
     b = dlnpipe.bounds(paper_data, 10)
     assert b.eta_c < 0.2
     res = dlnpipe.train(paper_data, arch="small", depth=10, width=5, lr=[0.005] * 4 + [0.2] * 4, scale=0.25,

@@ -1,6 +1,6 @@
 """Small-init networks with an elementwise nonlinearity σ after every layer but the last.
 
-f(x) = W_L σ(W_{L−1} ⋯ σ(W_1 x)), layers as for the small init (PAPER.md §2). These networks are not
+f(x) = W_L σ(W_{L−1} ⋯ σ(W_1 x)), layers as for the small init (docs/theory.md#architectures). These networks are not
 linear: the loss needs the data at every step, the exact sharpness formula does not hold, and the
 paper's bounds are reference lines only. An architecture of this family only names σ and its
 derivative (:mod:`dlnpipe.archs.gelu`, :mod:`dlnpipe.archs.relu`).

@@ -4,12 +4,13 @@ An architecture is one object, defined in a module of its own in this package an
 the registry (:mod:`dlnpipe.archs`). Everything else asks it; nobody compares its name.
 
 * **what it is**: ``name``, ``description``; ``linear`` (f(x) = w_prodᵀx: the loss depends on the
-  data only through moments, the exact sharpness formula of PAPER.md §3.6 and the paper's bounds
-  apply, networks on different datasets share a batch); ``small_init`` (layers drawn N(0, s²) with
-  no identity: the setting of the small-init theorem, PAPER.md §3.3, and the one ``scale_unit``
-  rescales); ``has_projection`` (a fixed, untrained row p in front of the layers);
+  data only through moments, the exact sharpness formula (docs/theory.md#the-hessian-at-a-minimizer) and
+  the paper's bounds apply, networks on different datasets share a batch); ``small_init`` (layers drawn
+  N(0, s²) with no identity: the setting of the small-init theorem,
+  docs/theory.md#gradient-flow-from-small-initialisation, and the one ``scale_unit`` rescales);
+  ``has_projection`` (a fixed, untrained row p in front of the layers);
 * **its shapes and initialisation** (numpy; the default: W_1 (m, d), W_2..W_{L−1} (m, m), W_L (1, m),
-  entries N(0, s²), no 1/√m factor, PAPER.md §2);
+  entries N(0, s²), no 1/√m factor, docs/theory.md#architectures);
 * **its batched maths** on torch tensors: the loss as a differentiable expression (Hessian-vector
   products, dense Hessians), a hand-written loss and gradient, one gradient step in place, the
   test loss. A batch holds the layers as tensors W_k of shape (B, out_k, in_k) and the row prefix

@@ -1,6 +1,6 @@
 """Deep *linear* networks: the maths shared by the small and residual architectures.
 
-The loss depends on the data only through moments (PAPER.md §1):
+The loss depends on the data only through moments (docs/theory.md#conventions):
     R(w) = R(w*) + (w − w*)ᵀ Σ (w − w*),
 so a step costs O(L m²) per network whatever n is. The gradient is written out by hand: with rows
 b_k = c W_L ⋯ W_{k+1} (b_L = c) and h_k = g W_1ᵀ ⋯ W_{k−1}ᵀ (h_1 = g = 2(w − w*)Σ),
@@ -8,7 +8,7 @@ b_k = c W_L ⋯ W_{k+1} (b_L = c) and h_k = g W_1ᵀ ⋯ W_{k−1}ᵀ (h_1 = g =
 which needs two row-vector recursions through the layers and no matrix-matrix product.
 
 At a global minimizer the Hessian is its Gauss–Newton part and the sharpness has a closed form
-(PAPER.md §3.6), :meth:`LinearArchitecture.exact_topk`.
+(docs/theory.md#the-hessian-at-a-minimizer), :meth:`LinearArchitecture.exact_topk`.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ class LinearArchitecture(Architecture):
     @staticmethod
     def gauss_newton(dataset, net) -> np.ndarray:
         """K = Σ_k ‖b_k‖² A_kᵀA_k (d, d) of one network (numpy, float64): J Jᵀ for J = ∂w_prod/∂θ, so that
-        at a global minimizer (Xᵀr = 0) the Hessian is 2JᵀΣJ (PAPER.md §3.6, §6.5). A_k = W_{k−1} ⋯ W_1 E
-        (E: the zero padding of the inputs, identity unless m > d), b_k = c W_L ⋯ W_{k+1}."""
+        at a global minimizer (Xᵀr = 0) the Hessian is 2JᵀΣJ (docs/theory.md#the-hessian-at-a-minimizer).
+        A_k = W_{k−1} ⋯ W_1 E (E: the zero padding of the inputs, identity unless m > d), b_k = c W_L ⋯ W_{k+1}."""
         layers = net.layers
         rows = [net.prefix()]
         for W in reversed(layers):

@@ -1,4 +1,4 @@
-"""``residual``: the paper's residual initialisation of a deep linear network (PAPER.md §2).
+"""``residual``: the paper's residual initialisation of a deep linear network (docs/theory.md#architectures).
 
 f(x) = pᵀ W_L ⋯ W_1 E x with every layer (m, m), W_k(0) = I + s/√(L·m) N_k, N_k i.i.d. N(0, 1); p ∈ R^m
 is a fixed (untrained) unit vector, one per dataset and depth (drawn from ``p_seed``), and E the

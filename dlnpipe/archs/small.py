@@ -1,4 +1,4 @@
-"""``small``: the paper's small-scale ("MLP") initialisation of a deep linear network (PAPER.md §2).
+"""``small``: the paper's small-scale ("MLP") initialisation of a deep linear network (docs/theory.md#architectures).
 
 f(x) = W_L ⋯ W_1 x with W_1 (m, d), W_2..W_{L−1} (m, m), W_L (1, m), entries i.i.d. N(0, s²) and no
 1/√m factor; s is the scale of initialisation. Depth 1 is a single (1, d) layer.

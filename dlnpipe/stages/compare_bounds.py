@@ -30,7 +30,8 @@ def run(cube_path: str | Path, experiment: str, csv: str | Path, md: str | Path,
     if constant_csv is not None:
         const.to_csv(constant_csv, index=False, float_format="%.6g")
     with open(md, "w") as f:
-        f.write(f"# Bounds check: {experiment}\n\n{ds.attrs.get('description', '')}\n\n## Claims (PAPER.md §5)\n\n")
+        f.write(f"# Bounds check: {experiment}\n\n{ds.attrs.get('description', '')}\n\n"
+                "## Claims (docs/theory.md#the-claims-the-tables-check)\n\n")
         f.write(cl.to_markdown(index=False) + "\n\n")
         if not const.empty:
             f.write(f"## Empirical constant C(κ) (converged linear networks)\n\n{CONSTANT_TEXT}\n\n")

@@ -1,6 +1,7 @@
 """Gradient flow dW/dt = −∇R(W) for a batch of networks, by an adaptive error-controlled solver.
 
-The theorem of PAPER.md §3.3–3.4 is about gradient *flow*; GD with a small η is only a proxy.
+The theorems on small and residual initialisation (docs/theory.md) are about gradient *flow*; GD with a
+small η is only a proxy.
 This integrates the flow itself with the Dormand–Prince 5(4) pair (the embedded error estimate
 of ``scipy.integrate.RK45``), one step size per network: a step is accepted when the scaled error
     err = rms( (y₅ − y₄) / (atol + rtol·max(|y|, |y_new|)) ) ≤ 1,

@@ -1,4 +1,4 @@
-"""Full-batch gradient descent, W ← W − η ∇R, each network with its own η and step count (PAPER.md §2).
+"""Full-batch gradient descent, W ← W − η ∇R, each network with its own η and step count (docs/theory.md#architectures).
 
 Every step is a handful of batched kernels, with no host round trip: networks that diverge are
 frozen by masks on the device (η = 0 from the step where the loss becomes non-finite or exceeds

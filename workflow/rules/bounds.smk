@@ -1,4 +1,4 @@
-# Stage compare_bounds: every network against S_min, 8LΛ, η_c and 2/η; the claims of PAPER.md §5.
+# Stage compare_bounds: every network against S_min, 8LΛ, η_c and 2/η; the claims of docs/theory.md#the-claims-the-tables-check.
 
 
 rule compare_bounds:
