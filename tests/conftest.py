@@ -13,6 +13,14 @@ def paper_data():
     return dlnpipe.make_dataset(50, 5, noise=1.0, seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_data():
+    """12 samples in d = 3, for the tiny networks of tests/tiny.py."""
+    import dlnpipe
+
+    return dlnpipe.make_dataset(12, 3, noise=0.5, seed=5)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -3,24 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_net
 
 import dlnpipe
 from dlnpipe import archs
 from dlnpipe.hessian import dense_hessians
 from dlnpipe.problem import Problem
 from dlnpipe.tensors import stack_weights
-
-TINY = {"small": dict(depth=3, width=4), "residual": dict(depth=3, width=6), "gelu": dict(depth=3, width=4),
-        "relu": dict(depth=3, width=4)}
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    return dlnpipe.make_dataset(12, 3, noise=0.5, seed=5)
-
-
-def tiny_net(arch, ds, seed=0, scale=0.9):
-    return dlnpipe.init_network(arch, d=ds.d, scale=scale, seed=seed, p_seed=1, **TINY[arch])
 
 
 @pytest.mark.parametrize("arch", archs.NAMES)

@@ -4,6 +4,7 @@ closed form at minimizers, the trace bounds of dlnpipe.theory, and matrices with
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_net
 
 import dlnpipe
 from dlnpipe import archs
@@ -12,17 +13,9 @@ from dlnpipe.lanczos import quadrature
 from dlnpipe.spectrum import hessian_trace, spectral_density
 from dlnpipe.tensors import stack_weights
 
-TINY = {"small": dict(depth=3, width=4), "residual": dict(depth=3, width=6), "gelu": dict(depth=3, width=4),
-        "relu": dict(depth=3, width=4)}
 
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    return dlnpipe.make_dataset(12, 3, noise=0.5, seed=5)
-
-
-def nets_of(arch, ds, n=3, scale=0.9):
-    return [dlnpipe.init_network(arch, d=ds.d, scale=scale, seed=s, p_seed=1, **TINY[arch]) for s in range(n)]
+def nets_of(arch, ds, n=3):
+    return [tiny_net(arch, ds, seed=s) for s in range(n)]
 
 
 def dense(ds, nets):
