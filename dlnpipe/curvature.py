@@ -144,31 +144,39 @@ def lanczos_bytes(size: int, k: int) -> int:
 
 
 def top_eigenvalues(arch, layers, c, prob: Problem, v0: torch.Tensor, *, k: int = 1, tol: float = 1e-10,
-                    max_iter: int | None = None, method: str = "lanczos"):
+                    max_iter: int | None = None, method: str = "lanczos", precond: torch.Tensor | None = None):
     """Top-k Hessian eigenvalues of a batch given as float64 tensors, from start vectors v0 (B, P);
-    (eigenvalues, residuals, products) with numpy (B, k) arrays."""
+    (eigenvalues, residuals, products) with numpy (B, k) arrays. With ``precond`` (B, P), the positive
+    diagonal of a preconditioner P: those of P^{-1/2} H P^{-1/2} (the spectrum of P⁻¹H)."""
     op = HessianOperator(arch, layers, c, prob)
     if k > op.size:
         raise ValueError(f"k={k} exceeds the number of parameters ({op.size})")
-    out = power_iteration(op.matvec, v0) if method == "power" else lanczos(op.matvec, v0, k=k, tol=tol,
-                                                                            max_iter=max_iter)
+    matvec = op.matvec
+    if precond is not None:
+        scale = precond.to(v0.dtype).rsqrt()
+        matvec = lambda v: scale * op.matvec(scale * v)  # noqa: E731
+    out = power_iteration(matvec, v0) if method == "power" else lanczos(matvec, v0, k=k, tol=tol, max_iter=max_iter)
     return out.eigenvalues, out.residuals, out.iterations
 
 
 def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1, tol: float = 1e-10,
               max_iter: int | None = None, device=None, seeds=None,
-              dense_max_params: int = DENSE_MAX_PARAMS, memory_budget: float | None = None) -> SharpnessResult:
+              dense_max_params: int = DENSE_MAX_PARAMS, memory_budget: float | None = None,
+              precond: np.ndarray | None = None) -> SharpnessResult:
     """Top-k Hessian eigenvalues of the training loss at ``weights`` (see the module docstring).
 
     seeds: per-network seeds for the random start vectors (default: the train seeds or 0).
     Networks whose weights are not finite get NaN. Networks are processed in batches whose Lanczos
     basis (about 100 float64 vectors per network) fits in ``memory_budget`` bytes (default: half the
-    free memory of a CUDA device, 4 GB on CPU).
+    free memory of a CUDA device, 4 GB on CPU). ``precond`` (B, P): a positive diagonal preconditioner
+    per network (Adam's √v̂ + ε); the eigenvalues are then those of P⁻¹H (Lanczos and power only).
     """
     check_choice("method", method, METHODS)
     k = check_int("k", k, minimum=1)
     batch = Networks.of(weights, seeds=seeds, device=device, memory_budget=memory_budget)
     arch, size = batch.arch, batch.size
+    if precond is not None and method not in ("lanczos", "power"):
+        raise ValueError(f"a preconditioner needs method 'lanczos' or 'power', not {method!r}")
     if method == "exact" and not arch.linear:
         raise ValueError(f"method 'exact' holds for linear networks only, not arch {arch.name!r}")
     eig, res = np.full((len(batch.nets), k), np.nan), np.full((len(batch.nets), k), np.nan)
@@ -182,7 +190,9 @@ def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1,
                 e = dense_topk(arch, layers, c, prob, k=k, max_params=dense_max_params)
             else:
                 v0 = start_vectors(batch.seeds[idx], size, device=batch.device)
-                e, r, n = top_eigenvalues(arch, layers, c, prob, v0, k=k, tol=tol, max_iter=max_iter, method=method)
+                P = None if precond is None else torch.as_tensor(precond[idx], dtype=torch.float64, device=batch.device)
+                e, r, n = top_eigenvalues(arch, layers, c, prob, v0, k=k, tol=tol, max_iter=max_iter, method=method,
+                                          precond=P)
                 res[idx, : r.shape[1]], hvps = r, max(hvps, n)
         eig[idx, : e.shape[1]] = e
     return SharpnessResult(method=method, eigenvalues=eig, residuals=res, hvps=hvps)

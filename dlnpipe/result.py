@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class TrainResult:
     dtype: str
     device: str
     seconds: float
+    extras: dict = field(default_factory=dict)  # the optimizer's per-network outputs (B, ...), e.g. avg_W0, precond
 
     def __len__(self) -> int:
         return len(self.lr)
@@ -75,4 +76,5 @@ def concatenate(parts: list[TrainResult]) -> TrainResult:
         p=None if first.p is None else cat("p"),
         traj_sharpness=None if first.traj_sharpness is None else cat("traj_sharpness"),
         record_steps=first.record_steps, dtype=first.dtype, device=first.device,
-        seconds=sum(r.seconds for r in parts), **{name: cat(name) for name in PER_NETWORK})
+        seconds=sum(r.seconds for r in parts), **{name: cat(name) for name in PER_NETWORK},
+        extras={name: np.concatenate([r.extras[name] for r in parts]) for name in first.extras})

@@ -39,20 +39,31 @@ class TrajectorySharpness:
         self.prob = prob64
         self.v0 = start_vectors(seeds, size, device=device)  # (B, P)
         self.values = np.full((len(seeds), n_samples), np.nan)
+        self.values_precond = None  # the preconditioned sharpness, for optimizers with a preconditioner
         self.tol = tol
         self.per_batch = networks_per_batch(size, 1, memory_budget(device))
 
     def compact(self, keep: torch.Tensor) -> None:
         self.prob, self.v0 = self.prob.rows(keep), self.v0[keep]
 
-    def record(self, state: BatchState, due: torch.Tensor, j) -> None:
+    def record(self, state: BatchState, due: torch.Tensor, j, precond=None) -> None:
+        """Sample j of the rows ``due``; with ``precond`` (b, P), also λ_max(P^{-1/2} H P^{-1/2})."""
         rows = torch.nonzero(due)[:, 0]
+        if precond is not None and self.values_precond is None:
+            self.values_precond = np.full_like(self.values, np.nan)
         for part in rows.split(self.per_batch):
             layers = [W[part].to(torch.float64) for W in state.layers]
             c = state.c[part].to(torch.float64)
+            gi, jj = state.idx[part].cpu().numpy(), (j if isinstance(j, int) else j[part].cpu().numpy())
             eig, _, _ = top_eigenvalues(state.arch, layers, c, self.prob.rows(part), self.v0[part], k=1, tol=self.tol)
-            jj = j if isinstance(j, int) else j[part].cpu().numpy()
-            self.values[state.idx[part].cpu().numpy(), jj] = eig[:, 0]
+            self.values[gi, jj] = eig[:, 0]
+            if precond is not None:
+                eig, _, _ = top_eigenvalues(state.arch, layers, c, self.prob.rows(part), self.v0[part], k=1,
+                                            tol=self.tol, precond=precond[part].to(torch.float64))
+                self.values_precond[gi, jj] = eig[:, 0]
+
+    def extras(self) -> dict[str, np.ndarray]:
+        return {} if self.values_precond is None else {"traj_sharpness_precond": self.values_precond}
 
 
 class BatchState:
@@ -89,15 +100,16 @@ class BatchState:
         return {"loss_train": value[rows], "loss_test": self.arch.test_loss(layers, c, prob, w),
                 "distance": distance(w, prob)}
 
-    def record(self, due: torch.Tensor, j, value: torch.Tensor) -> None:
-        """Sample j (one index for all, or a (b,) tensor of per-row indices) of the live rows in ``due``."""
+    def record(self, due: torch.Tensor, j, value: torch.Tensor, precond=None) -> None:
+        """Sample j (one index for all, or a (b,) tensor of per-row indices) of the live rows in ``due``
+        (``precond``: the optimizer's diagonal preconditioner of the live rows, (b, P), where it has one)."""
         if not bool(due.any()):
             return
         gi, jj = self.idx[due], (j if isinstance(j, int) else j[due])
         for key, v in self.observe(due, value).items():
             self.traj[key][gi, jj] = v.to(torch.float64)
         if self.sharpness is not None:
-            self.sharpness.record(self, due, j)
+            self.sharpness.record(self, due, j, None if precond is None else precond[due])
 
     def retire(self, done: torch.Tensor, value: torch.Tensor, *, diverged: torch.Tensor | None = None,
                at: torch.Tensor | None = None, hold: torch.Tensor | None = None) -> None:

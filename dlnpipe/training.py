@@ -164,8 +164,9 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
     max_batch = check_int("max_batch", max_batch, minimum=1)
     if len(nets) > max_batch:
         log.info("train %s: %d networks in batches of %d (device memory)", settings.label, len(nets), max_batch)
-    return concatenate([_train_batch(nets.slice(slice(i, i + max_batch)), settings, stepper)
-                        for i in range(0, len(nets), max_batch)])
+    stepper = stepper.sized(len(nets))
+    return concatenate([_train_batch(nets.slice(part), settings, stepper.take(part))
+                        for part in (slice(i, i + max_batch) for i in range(0, len(nets), max_batch))])
 
 
 def _train_batch(nets: Networks, settings: Settings, stepper) -> TrainResult:
@@ -175,7 +176,7 @@ def _train_batch(nets: Networks, settings: Settings, stepper) -> TrainResult:
                             seed=int(nets.seed[i]), p_seed=settings.p_seed) for i in range(len(nets))]
     layers, c = stack_weights(weights, dtype=dtype, device=dev)
     in_dim = layers[0].shape[2]
-    prob = arch.problem(nets.data, in_dim=in_dim, dtype=dtype, device=dev)
+    prob = arch.problem(nets.data, in_dim=in_dim, dtype=dtype, device=dev, with_data=stepper.needs_data)
     loss_opt = np.array([x.loss_opt for x in nets.data])
     threshold = settings.rtol * loss_opt + settings.atol * np.array([x.yty for x in nets.data])
     sharp = None
@@ -185,7 +186,7 @@ def _train_batch(nets: Networks, settings: Settings, stepper) -> TrainResult:
                                     settings.record_steps.size, tol=settings.sharpness_tol, device=dev)
     state = BatchState(arch, layers, c, prob, n_samples=settings.record_steps.size, loss_opt=loss_opt,
                        threshold=threshold, sharpness=sharp, log_every_s=settings.log_every_s, label=settings.label)
-    run(state, stepper, Schedule(lr=nets.lr, steps=nets.steps, record_steps=settings.record_steps))
+    run(state, stepper, Schedule(lr=nets.lr, steps=nets.steps, record_steps=settings.record_steps, seed=nets.seed))
     status, diverged_step = state.statuses()
     final = {k: v.cpu().numpy() for k, v in state.final.items()}
     traj = {k: v.cpu().numpy() for k, v in state.traj.items()}
@@ -197,7 +198,7 @@ def _train_batch(nets: Networks, settings: Settings, stepper) -> TrainResult:
         diverged_step=diverged_step, record_steps=settings.record_steps, traj_loss_train=traj["loss_train"],
         traj_loss_test=traj["loss_test"], traj_distance=traj["distance"],
         traj_sharpness=None if sharp is None else sharp.values, dtype=dtype_name(dtype), device=str(dev),
-        seconds=time.monotonic() - t0)
+        seconds=time.monotonic() - t0, extras={**stepper.outputs(), **({} if sharp is None else sharp.extras())})
 
 
 def excess(result: TrainResult, dataset: Dataset) -> np.ndarray:

@@ -48,14 +48,23 @@ class ActivatedArchitecture(Architecture):
     def test_loss(self, layers, c, prob, w):
         return ((prob.y_test - self.outputs(layers, prob.X_test)) ** 2).mean(-1)
 
-    def loss_and_grad(self, layers, prob):
-        """Loss (B,) and hand-written gradients (B, out, in) of B networks, in the batch-last layout."""
-        X, y = prob.X, prob.y
+    def loss_and_grad(self, layers, prob, weights=None, labels=None):
+        """Loss (B,) and hand-written gradients (B, out, in) of B networks, in the batch-last layout;
+        with ``weights`` and ``labels`` (B, n) the weighted loss of :meth:`sample_gradient`."""
+        X = prob.X
+        y = prob.y[:, None] if labels is None else labels.T  # (n, 1) or (n, B)
         n, d = X.shape
         B = layers[0].shape[0]
+        omega = None if weights is None else weights.T  # (n, B)
+
+        def value_and_dout(r):
+            if omega is None:
+                return (r * r).mean(0), (2.0 / n) * r
+            return (omega * r * r).sum(0), 2.0 * omega * r
+
         if len(layers) == 1:  # depth 1: f(x) = W_1 x, no activation
-            r = X @ layers[0][:, 0, :].T - y[:, None]  # (n, B)
-            return (r * r).mean(0), [((2.0 / n) * r.T @ X)[:, None, :]]
+            value, dout = value_and_dout(X @ layers[0][:, 0, :].T - y)  # residuals (n, B)
+            return value, [(dout.T @ X)[:, None, :]]
         Wt = [W.permute(1, 2, 0).contiguous() for W in layers]  # (out, in, B)
         z = (X @ Wt[0].permute(1, 0, 2).reshape(d, -1)).reshape(n, -1, B)  # first layer: one GEMM
         zs, hs = [z], [None]
@@ -65,9 +74,7 @@ class ActivatedArchitecture(Architecture):
             z = (h[:, None, :, :] * W[None]).sum(2)  # z[n, j, b] = Σ_i W[j, i, b] h[n, i, b]
             zs.append(z)
             h = self.activation(z)
-        r = (h * Wt[-1][0][None]).sum(1) - y[:, None]  # (n, B) residuals
-        value = (r * r).mean(0)
-        dout = (2.0 / n) * r
+        value, dout = value_and_dout((h * Wt[-1][0][None]).sum(1) - y)  # residuals (n, B)
         grads = [None] * len(layers)
         grads[-1] = (dout[:, None, :] * h).sum(0)[None]
         dh = dout[:, None, :] * Wt[-1][0][None]
@@ -92,6 +99,10 @@ class ActivatedArchitecture(Architecture):
     def gradient(self, layers, c, prob):
         value, grads = self.loss_and_grad(layers, prob)
         return grads, value - prob.loss_opt
+
+    def sample_gradient(self, layers, c, prob, weights, labels):
+        value, grads = self.loss_and_grad(layers, prob, weights, labels)
+        return grads, value
 
     def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int):
         """The compiled step (dlnpipe/kernels/activated.c): forward, hand-written backward and update of

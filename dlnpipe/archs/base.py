@@ -111,16 +111,18 @@ class Architecture:
 
     # -- batched maths (torch) ----------------------------------------------------------------------
 
-    def problem(self, datasets: list, *, in_dim: int, dtype, device):
-        """The batch's problem: one dataset for all networks, or one per network (linear nets)."""
+    def problem(self, datasets: list, *, in_dim: int, dtype, device, with_data: bool = False):
+        """The batch's problem: one dataset for all networks, or one per network (linear nets, moments
+        only); ``with_data``: the samples too, whatever the architecture needs."""
         from dlnpipe.problem import Problem
 
         if all(ds is datasets[0] for ds in datasets):
             return Problem.from_dataset(datasets[0], in_dim=in_dim, dtype=dtype, device=device,
-                                        with_data=not self.linear)
-        if not self.linear:
-            raise ValueError(f"networks on different datasets are batched for linear nets only, not arch "
-                             f"{self.name!r}")
+                                        with_data=with_data or not self.linear)
+        if not self.linear or with_data:
+            raise ValueError(f"networks on different datasets are batched for linear nets trained on the moments "
+                             f"only, not arch {self.name!r}" + (" with mini-batches or label noise" if with_data
+                                                                else ""))
         return Problem.stack(datasets, in_dim=in_dim, dtype=dtype, device=device)
 
     @staticmethod
@@ -149,6 +151,12 @@ class Architecture:
 
     def gradient(self, layers, c, prob):
         """(∂R/∂W_k for every layer as (B, out_k, in_k) tensors, R − R* (B,))."""
+        raise NotImplementedError
+
+    def sample_gradient(self, layers, c, prob, weights, labels):
+        """(∂R_ω/∂W_k for every layer, R_ω (B,)) of the weighted loss R_ω = Σ_i ω_i (f(x_i) − ỹ_i)² with
+        one weight row ω (B, n) and one label row ỹ (B, n) per network: a mini-batch (ω = 1/b on its
+        samples, 0 elsewhere), noisy labels, or both. Needs the problem's data (X, y)."""
         raise NotImplementedError
 
     def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int):

@@ -72,15 +72,31 @@ class LinearArchitecture(Architecture):
             W.baddbmm_(rows[k + 1].mT, h, alpha=-1.0)
             h = h_next
 
-    def gradient(self, layers, c, prob):
-        rows, _, g, excess = self.forward(layers, c, prob)
+    @staticmethod
+    def backward(layers, rows, g):
+        """∂R/∂W_k = b_kᵀ h_k for every layer, from the rows b_k and g = ∂R/∂w (B, in_dim)."""
         h = g[:, None, :]
         grads = []
         for k, W in enumerate(layers):
             grads.append(torch.bmm(rows[k + 1].mT, h))
             if k + 1 < len(layers):
                 h = torch.bmm(h, W.mT)
-        return grads, excess
+        return grads
+
+    def gradient(self, layers, c, prob):
+        rows, _, g, excess = self.forward(layers, c, prob)
+        return self.backward(layers, rows, g), excess
+
+    def sample_gradient(self, layers, c, prob, weights, labels):
+        """The data term from the samples themselves: r = X w − labels (B, n), R_ω = Σ_i ω_i r_i²,
+        ∂R_ω/∂w = 2 Xᵀ(ω ⊙ r) (zero on padded inputs), then the same layer recursion."""
+        rows = self.suffix_rows(layers, c)
+        w = rows[0][:, 0, :]
+        X = prob.X
+        r = w[:, : X.shape[1]] @ X.T - labels
+        g = torch.zeros_like(w)
+        g[:, : X.shape[1]] = 2 * (weights * r) @ X
+        return self.backward(layers, rows, g), (weights * r * r).sum(-1)
 
     def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int):
         """The compiled step (dlnpipe/kernels/linear.c): the same recursions for 16 float32 networks per

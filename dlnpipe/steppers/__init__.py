@@ -12,7 +12,9 @@ import importlib
 from dlnpipe._checks import check_choice
 
 # name -> "module:class" (imported on first use: the config only needs the names)
-STEPPERS = {"gd": "dlnpipe.steppers.gd:GradientDescent", "flow": "dlnpipe.steppers.flow:GradientFlow"}
+STEPPERS = {"gd": "dlnpipe.steppers.gd:GradientDescent", "flow": "dlnpipe.steppers.flow:GradientFlow",
+            "heavy_ball": "dlnpipe.steppers.momentum:HeavyBall", "adam": "dlnpipe.steppers.adam:Adam",
+            "sgd": "dlnpipe.steppers.sgd:SGD"}
 NAMES = tuple(STEPPERS)
 
 
@@ -29,4 +31,6 @@ def build(name: str, given: dict | None = None, **defaults):
     wrong = sorted(set(given or {}) - set(cls.options))
     if wrong:
         raise ValueError(f"optimizer {name!r} takes no option {wrong[0]!r}; its options: {', '.join(cls.options)}")
-    return cls(**{k: v for k, v in defaults.items() if k in cls.options}, **(given or {}))
+    cls = cls.variant(given or {})
+    given = {k: v for k, v in (given or {}).items() if k in cls.options}
+    return cls(**{k: v for k, v in defaults.items() if k in cls.options and k not in given}, **given)

@@ -7,6 +7,7 @@ trainer loop (:func:`run`) is the same for every stepper.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,12 +22,50 @@ class Schedule:
     lr: np.ndarray
     steps: np.ndarray
     record_steps: np.ndarray
+    seed: np.ndarray | None = None  # each network's seed (mini-batches and label noise draw from it)
 
 
 class Stepper:
     name = ""
     options: tuple[str, ...] = ()  # the keyword arguments of train() that configure this stepper
     records_sharpness = True  # whether sharpness trajectories can be sampled
+    per_network: dict[str, tuple[int, ...]] = {}  # options with one value per network: name -> trailing shape
+    values: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def variant(cls, given: dict) -> type[Stepper]:
+        """The class that runs this optimizer with the options ``given`` (itself, by default)."""
+        return cls
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the batch's problem must hold the samples (X, y), not only their moments."""
+        return False
+
+    def sized(self, B: int) -> Stepper:
+        """This stepper with its per-network options broadcast to B networks (one value for all, or one
+        each: anything else is an error naming the option)."""
+        out = copy.copy(self)
+        out.values = {}
+        for name, value in self.values.items():
+            tail = self.per_network[name]
+            arr = np.asarray(value, dtype=float)
+            if arr.shape != tail and arr.shape != (B, *tail) and not (tail == () and arr.shape == (1,)):
+                raise ValueError(f"{name} must be {'a scalar' if not tail else f'of shape {tail}'} or have one "
+                                 f"entry per network ({B}), got shape {arr.shape}")
+            out.values[name] = np.broadcast_to(arr.reshape(arr.shape if arr.shape != (1,) else ()),
+                                               (B, *tail)).copy()
+        return out
+
+    def take(self, part: slice) -> Stepper:
+        """This (sized) stepper for the networks ``part``."""
+        out = copy.copy(self)
+        out.values = {name: v[part] for name, v in self.values.items()}
+        return out
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Per-network results of the last run beyond the trainer's own (e.g. averaged iterates)."""
+        return {}
 
     @classmethod
     def evaluations(cls, steps: int, options: dict) -> float:

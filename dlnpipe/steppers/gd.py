@@ -23,9 +23,18 @@ from dlnpipe.steppers.base import Schedule, Stepper
 
 class GradientDescent(Stepper):
     name = "gd"
-    options = ("check_every", "exit_fixed", "explode")
+    options = ("check_every", "exit_fixed", "explode", "label_noise")
 
-    def __init__(self, *, check_every: int = 100, exit_fixed: bool = True, explode: float = 1e6):
+    @classmethod
+    def variant(cls, given: dict):
+        """With ``label_noise``, GD is mini-batch SGD with the whole batch (:mod:`dlnpipe.steppers.sgd`)."""
+        if given.get("label_noise") is None:
+            return cls
+        from dlnpipe.steppers.sgd import SGD
+
+        return SGD
+
+    def __init__(self, *, check_every: int = 100, exit_fixed: bool = True, explode: float = 1e6, label_noise=None):
         self.check_every = check_int("check_every", check_every, minimum=0)
         self.exit_fixed, self.explode = bool(exit_fixed), float(explode)
 

@@ -1,0 +1,70 @@
+"""Adam (Kingma & Ba), with bias correction exactly as torch's ``Adam``:
+    m ← β1 m + (1 − β1) g,  v ← β2 v + (1 − β2) g²,
+    W ← W − η/(1 − β1^t) · m / (√v / √(1 − β2^t) + ε).
+
+Its edge of stability is on the *preconditioned* sharpness λ_max(P⁻¹H), P = diag(√v̂ + ε) (Cohen et al.,
+"Adaptive gradient methods at the edge of stability"), with threshold (2 + 2β1)/((1 − β1)η). The final
+P of each network is kept (``precond``) so that the measure stage can compute it (Lanczos on
+P^{-1/2} H P^{-1/2}); trajectories sample it along the way. β1, β2, ε are per network.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlnpipe.lazy import torch
+from dlnpipe.steppers.first_order import FirstOrder
+from dlnpipe.tensors import flatten
+
+
+def threshold(lr, beta1):
+    """(2 + 2β1)/((1 − β1)η): the largest preconditioned sharpness at which Adam is stable."""
+    beta1 = np.asarray(beta1)
+    return (2 + 2 * beta1) / ((1 - beta1) * np.asarray(lr))
+
+
+class Adam(FirstOrder):
+    name = "adam"
+    options = (*FirstOrder.options, "betas", "eps")
+    per_network = {"betas": (2,), "eps": ()}
+
+    def __init__(self, *, betas=(0.9, 0.999), eps=1e-8, **kwargs):
+        super().__init__(betas=betas, eps=eps, **kwargs)
+
+    @classmethod
+    def check(cls, name, value):
+        if name == "betas":
+            if value.ndim == 0 or value.shape[-1] != 2:
+                raise ValueError(f"betas must be a pair (beta1, beta2), got shape {value.shape}")
+            bad = value[~((value >= 0) & (value < 1))]
+            if bad.size:
+                raise ValueError(f"betas must be in [0, 1), got {bad.flat[0]:g}")
+        elif (bad := value[~(value > 0)]).size:
+            raise ValueError(f"eps must be > 0, got {bad.flat[0]:g}")
+        return value
+
+    def setup(self, state) -> None:
+        for k, W in enumerate(state.layers):
+            state.rows[f"m{k}"] = torch.zeros_like(W)
+            state.rows[f"v{k}"] = torch.zeros_like(W)
+            state.rows[f"d{k}"] = torch.ones_like(W)  # the last denominator √v̂ + ε (P's diagonal)
+        size = sum(W[0].numel() for W in state.layers)
+        self.out["precond"] = torch.full((state.size, size), float("nan"), dtype=torch.float64,
+                                         device=state.idx.device)
+
+    def update_(self, state, grads, step) -> None:
+        r, t = state.rows, self.t + 1
+        b1, b2 = r["betas"][:, 0, None, None], r["betas"][:, 1, None, None]
+        eps = r["eps"][:, None, None]
+        size = (step / (1 - r["betas"][:, 0] ** t))[:, None, None]
+        root2 = torch.sqrt(1 - b2 ** t)
+        moving = (step != 0)[:, None, None]
+        for k, (W, G) in enumerate(zip(state.layers, grads)):
+            m = torch.where(moving, torch.lerp(r[f"m{k}"], G, 1 - b1), r[f"m{k}"])
+            v = torch.where(moving, r[f"v{k}"] * b2 + (1 - b2) * G * G, r[f"v{k}"])
+            denom = torch.where(moving, torch.sqrt(v) / root2 + eps, r[f"d{k}"])
+            r[f"m{k}"], r[f"v{k}"], r[f"d{k}"] = m, v, denom
+            W.sub_(torch.where(moving, size * (m / denom), 0.0))
+
+    def precond(self, state):
+        return flatten([state.rows[f"d{k}"] for k in range(len(state.layers))])

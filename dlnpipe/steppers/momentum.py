@@ -1,0 +1,45 @@
+"""Heavy-ball momentum, in the form of torch's ``SGD(momentum=β)``: v ← βv + ∇R, W ← W − ηv, v(0) = 0.
+
+Its stability threshold for the sharpness is (2 + 2β)/η (a quadratic of curvature λ is stable under
+this map iff ηλ < 2 + 2β); β = 0 is gradient descent. β is per network.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlnpipe.lazy import torch
+from dlnpipe.steppers.first_order import FirstOrder
+
+
+def threshold(lr, momentum):
+    """(2 + 2β)/η: the largest sharpness at which heavy ball is stable."""
+    return (2 + 2 * np.asarray(momentum)) / np.asarray(lr)
+
+
+class HeavyBall(FirstOrder):
+    name = "heavy_ball"
+    options = (*FirstOrder.options, "momentum")
+    per_network = {"momentum": ()}
+
+    def __init__(self, *, momentum=0.9, **kwargs):
+        super().__init__(momentum=momentum, **kwargs)
+
+    @classmethod
+    def check(cls, name, value):
+        bad = value[~((value >= 0) & (value < 1))]
+        if bad.size:
+            raise ValueError(f"momentum must be in [0, 1), got {bad.flat[0]:g}")
+        return value
+
+    def setup(self, state) -> None:
+        for k, W in enumerate(state.layers):
+            state.rows[f"v{k}"] = torch.zeros_like(W)
+
+    def update_(self, state, grads, step) -> None:
+        r = state.rows
+        beta, eta = r["momentum"][:, None, None], step[:, None, None]
+        moving = (step != 0)[:, None, None]
+        for k, (W, G) in enumerate(zip(state.layers, grads)):
+            r[f"v{k}"] = torch.where(moving, beta * r[f"v{k}"] + G, r[f"v{k}"])
+            W.sub_(torch.where(moving, eta * r[f"v{k}"], 0.0))
