@@ -13,25 +13,30 @@ Claims (numbered as in docs/theory.md#the-claims-the-tables-check); 1, 2, 3b and
 checked on linear architectures only (``Architecture.linear``; for GELU or ReLU nets the bounds are reference lines):
 1. converged ⇒ S ≥ S_min (relative tolerance ``tol``);
 2. small init (``Architecture.small_init``), η ≤ η_c/4 (or gradient flow), converged ⇒ S ≤ 8LΛ‖w*‖^{2−2/L};
-3a. converged ⇒ S ≤ 2/η·(1 + ``eos_overshoot``); 3b. η > η_c ⇒ not converged (GD only: with
-    ``optimizer: flow`` there is no step size and 3a, 3b do not apply);
+3a. gd and sgd: converged ⇒ S ≤ 2/η·(1 + ``eos_overshoot``); 3b. gd and sgd: η > η_c ⇒ not converged
+    (gradient flow has no step size; the other optimizers have their own thresholds, 8 and 9);
 4. converged ⇒ Lanczos sharpness = exact formula (relative tolerance ``exact_rtol``; linear nets);
 7. converged ⇒ tr H ≥ T_min = 2L‖w*‖^{2−2/L}(tr Σ)^{1/L} a^{1−1/L} (the trace at the minimizer by its closed
    form; linear nets; derived in :mod:`dlnpipe.theory`);
 6. underdetermined (n < d): log(test − train loss) against log S has a positive slope (η = the
-   smallest learning rate; one-sided p-value of the regression).
+   smallest learning rate; one-sided p-value of the regression);
+8. heavy ball: converged ⇒ S ≤ (2 + 2β)/η·(1 + ``eos_overshoot``);
+9. Adam: converged ⇒ λ_max(P⁻¹H) ≤ (2 + 2β1)/((1 − β1)η)·(1 + ``eos_overshoot``) (the final preconditioner);
+10. underdetermined, gd and sgd without label noise: log S against log(batch size) has a positive slope
+   (smaller batches find flatter minima; one-sided p-value).
+Claim 1 holds for every optimizer: it is a property of the minimizers, whatever found them. The
+thresholds come from the optimizers (:meth:`dlnpipe.steppers.base.Stepper.threshold`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from dlnpipe import archs
+from dlnpipe import archs, steppers
 from dlnpipe.cube import DATA_DIMS
 from dlnpipe.status import NO_NETWORK, Status
 
@@ -69,19 +74,42 @@ def gap_regression(ds: xr.Dataset, lr: float | None = None) -> Regression | None
                       p_value=float(fit.pvalue), n=int(keep.sum()))
 
 
+def batch_regression(ds: xr.Dataset) -> Regression | None:
+    """log(sharpness) against log(batch size) over converged networks of gd and sgd without label noise,
+    all learning rates and scales together (None: fewer than two batch sizes or three networks)."""
+    if "batch_size" not in ds.coords:
+        return None
+    df = frame(ds)
+    ok = (df.optimizer.isin(GD_LIKE) & (df.label_noise.fillna(0) == 0) & (df.status == Status.CONVERGED)
+          & (df.sharpness > 0) & (df.batch_size > 0))
+    df = df[ok]
+    if df.batch_size.nunique() < 2 or len(df) < 3:
+        return None
+    from scipy import stats
+
+    fit = stats.linregress(np.log(df.batch_size), np.log(df.sharpness), alternative="greater")
+    return Regression(slope=float(fit.slope), intercept=float(fit.intercept), r2=float(fit.rvalue**2),
+                      p_value=float(fit.pvalue), n=len(df))
+
+
 def frame(ds: xr.Dataset) -> pd.DataFrame:
-    """One row per network (valid grid points only) with the bounds attached."""
+    """One row per network (valid grid points only) with the bounds attached, its optimizer's settings
+    (the optim coordinates), and its optimizer's stability threshold (``threshold``) on the sharpness
+    that threshold is about (``edge_sharpness``: the plain one, or Adam's preconditioned one)."""
     cols = ["sharpness", "sharpness_exact", "status", "loss_train", "loss_test", "distance"]
-    cols += [c for c in ("hessian_trace", "hessian_trace_minimizer") if c in ds]
+    cols += [c for c in ("hessian_trace", "hessian_trace_minimizer", "sharpness_precond", "sharpness_avg",
+                         "loss_train_avg", "loss_test_avg") if c in ds]
     df = ds[cols].to_dataframe().reset_index()
-    df = df[df.status != NO_NETWORK]
+    df = df[df.status != NO_NETWORK].copy()
+    df["threshold"], df["edge_sharpness"] = np.nan, np.nan
+    for name, rows in df.groupby("optimizer").groups.items():
+        cls = steppers.get(name)
+        sub = df.loc[rows]
+        df.loc[rows, "threshold"] = cls.threshold(sub.lr.to_numpy(), sub)
+        df.loc[rows, "edge_sharpness"] = sub[cls.edge_on] if cls.edge_on in sub else np.nan
     theory = ds[[c for c in ("s_min", "s_upper", "eta_c", "trace_min") if c in ds]].to_dataframe().reset_index()
     data = ds[["a", "lam_max"]].to_dataframe().reset_index()
     return df.merge(theory, on=["depth", *DATA_DIMS], how="left").merge(data, on=list(DATA_DIMS), how="left")
-
-
-def is_flow(ds: xr.Dataset) -> bool:
-    return json.loads(ds.attrs.get("config", "{}")).get("optimizer", "gd") == "flow"
 
 
 def checks(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=EXACT_RTOL) -> pd.DataFrame:
@@ -91,12 +119,13 @@ def checks(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=E
     linear = df["init"].isin(LINEAR)  # the bounds are linear theory: reference lines only for other nets
     df["c1_checked"] = conv & linear
     df["c1_fail"] = df.c1_checked & (df.sharpness < df.s_min * (1 - tol))
-    gd = not is_flow(ds)
-    small_lr = (df.lr <= df.eta_c / 4) | (not gd)  # gradient flow: the η → 0 limit itself
+    flow, gd = df.optimizer == "flow", df.optimizer.isin(GD_LIKE)
+    small_lr = ((df.lr <= df.eta_c / 4) & (df.optimizer == "gd")) | flow  # gradient flow: the η → 0 limit itself
     df["c2_checked"] = conv & df["init"].isin(SMALL_INIT_LINEAR) & small_lr
     df["c2_fail"] = df.c2_checked & (df.sharpness > df.s_upper * (1 + tol))
-    df["c3a_checked"] = conv & gd
-    df["c3a_fail"] = df.c3a_checked & (df.sharpness > 2 / df.lr * (1 + eos_overshoot))
+    for claim, which in (("c3a", gd), ("c8", df.optimizer == "heavy_ball"), ("c9", df.optimizer == "adam")):
+        df[f"{claim}_checked"] = conv & which & df.edge_sharpness.notna()
+        df[f"{claim}_fail"] = df[f"{claim}_checked"] & (df.edge_sharpness > df.threshold * (1 + eos_overshoot))
     df["c3b_checked"] = (df.lr > df.eta_c) & linear & gd
     df["c3b_fail"] = df.c3b_checked & conv
     df["c4_checked"] = conv & linear & df.sharpness_exact.notna()
@@ -108,16 +137,18 @@ def checks(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=E
 
 
 def table(ds: xr.Dataset, **tolerances) -> pd.DataFrame:
-    """Per (init, depth, width, kappa, spectrum, wstar, lr): counts, bounds, sharpness ratios, claim checks."""
+    """Per (init, depth, width, kappa, spectrum, wstar, optim, lr): counts, bounds, sharpness ratios, the
+    optimizer's threshold, claim checks."""
     df = checks(ds, **tolerances)
     conv = df.status == Status.CONVERGED
-    keys = ["init", "depth", "width", *DATA_DIMS, "lr"]
+    keys = ["init", "depth", "width", *DATA_DIMS, "optim", "lr"]
     g = df.groupby(keys, sort=True)
     count = lambda status: lambda s: int((s == status).sum())  # noqa: E731
     out = g.agg(networks=("status", "size"), converged=("status", count(Status.CONVERGED)),
                 failed=("status", count(Status.FAILED)), diverged=("status", count(Status.DIVERGED)),
                 s_min=("s_min", "first"), s_upper=("s_upper", "first"), eta_c=("eta_c", "first"),
-                sharpness_median=("sharpness", "median"), sharpness_max=("sharpness", "max"))
+                threshold=("threshold", "first"), sharpness_median=("sharpness", "median"),
+                sharpness_max=("sharpness", "max"), edge_sharpness_median=("edge_sharpness", "median"))
     conv_df = df[conv]
     ratio = (conv_df.sharpness / conv_df.s_min).groupby([conv_df[k] for k in keys]).agg(["min", "median", "max"])
     ratio.columns = ["ratio_min", "ratio_median", "ratio_max"]
@@ -137,11 +168,14 @@ def table(ds: xr.Dataset, **tolerances) -> pd.DataFrame:
 CLAIMS = {
     "c1": "converged => S >= S_min",
     "c2": "small init, eta <= eta_c/4, converged => S <= 8 L Lambda ||w*||^(2-2/L)",
-    "c3a": "converged => S <= 2/eta (10% edge-of-stability overshoot allowed)",
-    "c3b": "eta > eta_c => not converged",
+    "c3a": "gd, sgd: converged => S <= 2/eta (10% edge-of-stability overshoot allowed)",
+    "c3b": "gd, sgd: eta > eta_c => not converged",
     "c4": "converged => Lanczos sharpness = exact formula (rel. 1e-3)",
     "c7": "converged => tr H >= T_min = 2 L ||w*||^(2-2/L) (tr Sigma)^(1/L) a^(1-1/L) (closed form at the minimizer)",
+    "c8": "heavy_ball: converged => S <= 1.1 (2 + 2 beta)/eta",
+    "c9": "adam: converged => preconditioned sharpness lambda_max(P^-1 H) <= 1.1 (2 + 2 beta1)/((1 - beta1) eta)",
 }
+GD_LIKE = ("gd", "sgd")  # optimizers whose threshold is 2/η and to which η_c = 2/S_min applies
 
 
 GROUP = ["init", *DATA_DIMS]
@@ -216,11 +250,13 @@ def claims(tab: pd.DataFrame, ds: xr.Dataset) -> pd.DataFrame:
                      if len(ok_scales) else f"; first violation at s = {bad.scale.min():.4g}")
         rows.append({"claim": c, "statement": text, "checked": checked, "violations": fails,
                      "verdict": "n/a" if checked == 0 else ("holds" if fails == 0 else "fails")})
-    if ds.attrs.get("n_train", 0) < ds.attrs.get("d", 0):  # underdetermined: claim c6
-        reg = gap_regression(ds)
-        if reg is not None:
-            rows.append({"claim": "c6", "statement": f"log gap vs log S slope > 0 (slope {reg.slope:.3f}, "
-                                                     f"R² {reg.r2:.3f}, one-sided p {reg.p_value:.2g}, n {reg.n})",
-                         "checked": reg.n, "violations": int(not (reg.slope > 0 and reg.p_value < 0.05)),
-                         "verdict": "holds" if reg.slope > 0 and reg.p_value < 0.05 else "fails"})
+    if ds.attrs.get("n_train", 0) < ds.attrs.get("d", 0):  # underdetermined: claims c6 and c10
+        for claim, text, reg in (("c6", "log gap vs log S slope > 0", gap_regression(ds)),
+                                 ("c10", "gd/sgd, no label noise: log S vs log batch size slope > 0 (smaller batches, "
+                                         "flatter minima)", batch_regression(ds))):
+            if reg is not None:
+                holds = reg.slope > 0 and reg.p_value < 0.05
+                rows.append({"claim": claim, "statement": f"{text} (slope {reg.slope:.3f}, R² {reg.r2:.3f}, "
+                                                          f"one-sided p {reg.p_value:.2g}, n {reg.n})",
+                             "checked": reg.n, "violations": int(not holds), "verdict": "holds" if holds else "fails"})
     return pd.DataFrame(rows)

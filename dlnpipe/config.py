@@ -8,6 +8,7 @@ naming the key and the offending value.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Annotated, Literal
@@ -127,6 +128,79 @@ class RunConfig(Strict):
         return v
 
 
+PER_NETWORK_OPTIONS = ("momentum", "betas", "eps", "batch_size", "label_noise")  # settable per grid point
+
+
+class OptimizerConfig(Strict):
+    """One optimizer of an experiment's ``optimizer`` list; a list value makes one grid point per entry."""
+
+    name: OptimizerName = Field(description="the optimizer (dlnpipe.steppers)")
+    momentum: float | Annotated[list[float], Field(min_length=1)] | None = Field(
+        None, description="heavy_ball: β in [0, 1) (default 0.9); v ← βv + ∇R, W ← W − ηv")
+    betas: tuple[float, float] | Annotated[list[tuple[float, float]], Field(min_length=1)] | None = Field(
+        None, description="adam: (β1, β2), each in [0, 1) (default [0.9, 0.999]); a list of pairs: one grid point "
+                          "each")
+    eps: float | Annotated[list[float], Field(min_length=1)] | None = Field(
+        None, description="adam: ε > 0 added to √v̂ (default 1e-8)")
+    batch_size: int | Annotated[list[int], Field(min_length=1)] | None = Field(
+        None, description="sgd: samples per mini-batch, 1 <= b <= n (default n: gradient descent)")
+    label_noise: float | Annotated[list[float], Field(min_length=1)] | None = Field(
+        None, description="gd and sgd: standard deviation σ >= 0 of the fresh Gaussian noise added to the labels "
+                          "at every step (default 0)")
+
+    @model_validator(mode="after")
+    def _options(self):
+        cls = steppers.get(self.name)
+        given = [k for k in PER_NETWORK_OPTIONS if getattr(self, k) is not None]
+        for key in given:
+            if key not in cls.per_network:
+                takes = ", ".join(cls.per_network) or "none"
+                raise ValueError(f"optimizer {self.name!r} takes no option {key!r}; its options: {takes}")
+            for value in self.values(key):
+                cls.variant({key: value}).check(key, np.asarray(value, dtype=float))
+        return self
+
+    def values(self, key: str) -> list:
+        """The values of option ``key`` (a list, one per grid point)."""
+        v = getattr(self, key)
+        if v is None:
+            return []
+        if key == "betas":
+            return [tuple(v)] if isinstance(v, tuple) else [tuple(x) for x in v]
+        return list(v) if isinstance(v, list) else [v]
+
+    def points(self) -> list[dict]:
+        """The settings of each grid point of this entry: the product of the listed values."""
+        given = [k for k in PER_NETWORK_OPTIONS if getattr(self, k) is not None]
+        return [dict(zip(given, combo)) for combo in itertools.product(*(self.values(k) for k in given))]
+
+
+class OptimPoint(Strict):
+    """One optimizer setting of an experiment: a point of the cube's ``optim`` axis."""
+
+    label: str
+    name: str
+    settings: dict
+
+    def resolved(self, n: int) -> dict:
+        """Every option of this setting's optimizer, with the optimizer's defaults where the setting
+        leaves one out (the batch size of gd and sgd: n, the whole training set), betas as beta1, beta2."""
+        cls = steppers.get(self.name).variant(self.settings)
+        out = {**cls.defaults, **self.settings}
+        if "label_noise" in cls.per_network and out.get("batch_size") is None:  # gd, and sgd by default
+            out["batch_size"] = n
+        if "betas" in out:
+            out["beta1"], out["beta2"] = out.pop("betas")
+        return out
+
+
+def optim_label(name: str, settings: dict) -> str:
+    """``gd``, ``heavy_ball:momentum=0.9``, ``adam:betas=0.9/0.999,eps=1e-08``, ``sgd:batch_size=5``."""
+    def text(v):
+        return "/".join(repr(float(x)) for x in v) if isinstance(v, tuple) else repr(v)
+    return name if not settings else name + ":" + ",".join(f"{k}={text(v)}" for k, v in settings.items())
+
+
 class ExperimentConfig(Strict):
     description: str = Field("", description="what the experiment reproduces (free text)")
     data: DataConfig = Field(default_factory=DataConfig, description="the dataset(s)")
@@ -154,10 +228,13 @@ class ExperimentConfig(Strict):
     density_probes: int = Field(4, ge=1, description="start vectors per network for the spectral density")
     density_steps: int = Field(40, ge=1, description="Lanczos steps per start vector (quadrature nodes; at most "
                                                      "the number of parameters)")
-    optimizer: OptimizerName = Field(
+    optimizer: OptimizerName | Annotated[list[OptimizerName | OptimizerConfig], Field(min_length=1)] = Field(
         "gd", description="gd: gradient descent with step lr; flow: gradient flow dW/dt = −∇R integrated by an "
                           "adaptive Dormand–Prince 5(4) solver to time lr·steps (lr then only sets the time "
-                          "scale and the sampling times lr·record_every)")
+                          "scale and the sampling times lr·record_every); heavy_ball: momentum; adam; sgd: "
+                          "mini-batches. A list of names or {name, options} entries: one point of the cube's "
+                          "optim axis per entry and per value of a listed option (every network of the grid is "
+                          "trained by each; the same seeds, so the same initial weights)")
     flow_rtol: Positive = Field(1e-8, description="relative error tolerance of the flow solver (per step, on the "
                                                   "weights)")
     flow_atol: Positive = Field(1e-10, description="absolute error tolerance of the flow solver")
@@ -183,9 +260,23 @@ class ExperimentConfig(Strict):
     figures: list[FigureName] = Field(
         default_factory=list, description="figures drawn from this experiment")
 
-    def stepper_options(self) -> dict:
-        """The keys of this experiment that configure its optimizer (dlnpipe.steppers), by name."""
-        return {k: getattr(self, k) for k in steppers.get(self.optimizer).options if k in type(self).model_fields}
+    def optim_points(self) -> list[OptimPoint]:
+        """The experiment's optimizer settings, in config order (one for a plain ``optimizer: name``)."""
+        entries = self.optimizer if isinstance(self.optimizer, list) else [self.optimizer]
+        out = []
+        for entry in entries:
+            entry = OptimizerConfig(name=entry) if isinstance(entry, str) else entry
+            out += [OptimPoint(label=optim_label(entry.name, s), name=entry.name, settings=s) for s in entry.points()]
+        return out
+
+    def optimizers(self) -> list[str]:
+        """The names of the experiment's optimizers, each once."""
+        return list(dict.fromkeys(p.name for p in self.optim_points()))
+
+    def stepper_options(self, optimizer: str) -> dict:
+        """The keys of this experiment that configure ``optimizer``'s stepper (dlnpipe.steppers), by name."""
+        return {k: getattr(self, k) for k in steppers.get(optimizer).options
+                if k in type(self).model_fields and k != "optimizer"}
 
     @field_validator("scales")
     @classmethod
@@ -196,9 +287,17 @@ class ExperimentConfig(Strict):
         return v
 
     @model_validator(mode="after")
-    def _flow_sampling(self):
-        if self.optimizer == "flow" and self.record_sharpness:
+    def _optimizers(self):
+        if "flow" in self.optimizers() and self.record_sharpness:
             raise ValueError("record_sharpness samples GD trajectories; it is not available with optimizer: flow")
+        labels = [p.label for p in self.optim_points()]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"optimizer lists {sorted(x for x in set(labels) if labels.count(x) > 1)[0]!r} twice")
+        if self.data.file is None:
+            big = [p.settings["batch_size"] for p in self.optim_points()
+                   if p.settings.get("batch_size", 0) > self.data.n]
+            if big:
+                raise ValueError(f"batch_size must be <= n ({self.data.n}), got {big[0]}")
         return self
 
     @model_validator(mode="after")
@@ -232,7 +331,8 @@ _TYPE_TAGS = {"float", "int", "str", "bool", "none", "Linspace", "Logspace"}
 
 
 def _format_error(err: ValidationError) -> str:
-    e = err.errors()[0]
+    # of the alternatives of a union, the one that got furthest (our own checks first) says what is wrong
+    e = max(err.errors(), key=lambda x: (x["type"] in ("value_error", "extra_forbidden"), len(x["loc"])))
     loc = list(e["loc"])
     head, rest = (loc[:2], loc[2:]) if loc[:1] == ["experiments"] else ([], loc)
     # drop the union-member tags pydantic puts in locations ("float", "list[float]", "function-after[...]")

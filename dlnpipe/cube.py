@@ -2,7 +2,7 @@
 how the store is written and opened.
 
 An xarray DataTree with one group per experiment. Each group is a Dataset whose dimension
-coordinates are the grid axes ``init, depth, width, kappa, spectrum, wstar, lr, scale, seed`` (plus ``step`` for
+coordinates are the grid axes ``init, depth, width, kappa, spectrum, wstar, optim, lr, scale, seed`` (plus ``step`` for
 trajectories, ``eig`` for the top-k eigenvalues, ``layer`` for per-layer diagnostics, ``probe`` and ``node``
 for the spectral density). Every variable, its dimensions, long name and units are listed once here
 (:data:`ATTRS`, :func:`dims_of`); ``docs/cube.md`` is generated from them. Ragged
@@ -31,7 +31,7 @@ from dlnpipe.io import replace_dir
 from dlnpipe.status import NO_NETWORK, STATUS_MEANINGS, STATUS_VALUES
 from dlnpipe.theory import bounds
 
-GRID_DIMS = ("init", "depth", "width", "kappa", "spectrum", "wstar", "lr", "scale", "seed")
+GRID_DIMS = ("init", "depth", "width", "kappa", "spectrum", "wstar", "optim", "lr", "scale", "seed")
 DATA_DIMS = ("kappa", "spectrum", "wstar")  # one dataset per combination
 THEORY_PER_DEPTH = ("s_min", "s_upper", "s_balanced", "eta_c", "trace_min", "trace_balanced")
 THEORY_PER_DATASET = ("a", "lam_max", "lam_min", "kappa_achieved", "loss_opt")
@@ -56,6 +56,15 @@ ATTRS = {
     "density_weights": ("quadrature weights of density_nodes (each probe's sum to 1)", "1"),
     "density_nodes_init": ("stochastic Lanczos quadrature nodes at initialisation", "1"),
     "density_weights_init": ("quadrature weights of density_nodes_init", "1"),
+    "sharpness_precond": ("adam: largest eigenvalue of P^-1 H at the end of training, P = diag(sqrt(v_hat) + eps) "
+                          "the final preconditioner (Lanczos on P^-1/2 H P^-1/2); NaN for other optimizers", "1"),
+    "sharpness_avg": ("stochastic runs: Lanczos sharpness at the average of the last ceil(steps/10) iterates; NaN "
+                      "for deterministic optimizers", "1"),
+    "loss_train_avg": ("stochastic runs: training loss at the average of the last iterates", "1"),
+    "loss_test_avg": ("stochastic runs: test loss at the average of the last iterates", "1"),
+    "distance_avg": ("stochastic runs: ||w_prod - w*||^2 at the average of the last iterates", "1"),
+    "traj_sharpness_precond": ("adam: preconditioned sharpness (P^-1 H with the current P) along the trajectory",
+                               "1"),
     "loss_train": ("final training loss R = (1/n)||y - X w||^2 (no factor 1/2)", "1"),
     "loss_test": ("final test loss", "1"),
     "distance": ("final squared distance ||w_prod - w*||^2 (the paper's figures plot it divided by d)", "1"),
@@ -92,6 +101,14 @@ COORD_ATTRS = {
     "kappa": "condition number of Sigma (prescribed, or the achieved value for the paper's design)",
     "spectrum": "shape of Sigma's eigenvalue profile (gaussian: the paper's Gaussian design; file: user data)",
     "wstar": "direction of w* relative to Sigma's eigenvectors (top, bottom, random; gaussian / file: not set)",
+    "optim": "optimizer setting (name:option=value,...; dlnpipe.steppers)",
+    "optimizer": "optimizer of the setting (gd, flow, heavy_ball, adam, sgd)",
+    "momentum": "heavy_ball: momentum beta (NaN: not this optimizer)",
+    "beta1": "adam: beta1 (NaN: not this optimizer)",
+    "beta2": "adam: beta2 (NaN: not this optimizer)",
+    "eps": "adam: epsilon (NaN: not this optimizer)",
+    "batch_size": "gd and sgd: samples per step (n: full batch; NaN: not these optimizers)",
+    "label_noise": "gd and sgd: standard deviation of the label noise (NaN: not these optimizers)",
     "lr": "learning rate eta",
     "scale": "initialisation scale s",
     "seed": "seed index within the grid point",
@@ -111,6 +128,9 @@ def _pad(a: np.ndarray, size: int, fill=np.nan) -> np.ndarray:
 
 
 DENSITY = ("density_nodes", "density_weights", "density_nodes_init", "density_weights_init")
+# what only some optimizers produce (NaN for the networks of the others)
+OPTIONAL = ("sharpness_precond", "sharpness_avg", "loss_train_avg", "loss_test_avg", "distance_avg")
+OPTIONAL_TRAJ = ("traj_sharpness", "traj_sharpness_precond")
 EXTRA_DIMS = {"sharpness_topk": ("eig",), "sharpness_residual": ("eig",), "sv_ratio": ("layer",),
               "alignment": ("layer",), **{name: ("probe", "node") for name in DENSITY}}
 
@@ -161,8 +181,12 @@ def cell_variables(cell: Cell, train: dict, measure: dict, steps: np.ndarray, la
         "traj_loss_test": traj(train["traj_loss_test"]),
         "traj_distance": traj(train["traj_distance"]),
     }
-    if "traj_sharpness" in train:
-        out["traj_sharpness"] = traj(train["traj_sharpness"])
+    for name in OPTIONAL_TRAJ:
+        if name in train:
+            out[name] = traj(train[name])
+    for name in OPTIONAL:
+        if name in train or name in measure:
+            out[name] = (train if name in train else measure)[name]
     for name in DENSITY:
         if name in measure:
             out[name] = _pad(measure[name], nodes)
@@ -178,18 +202,18 @@ def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
     layers = max(c.depth for c, _, _, _ in cells)
     nodes = max((m[DENSITY[0]].shape[-1] for _, _, _, m in cells if DENSITY[0] in m), default=0)
     per_cell = [cell_variables(c, t, m, steps, layers, nodes) for c, _, t, m in cells]
-    names = list(per_cell[0])
-    if any("traj_sharpness" in v for v in per_cell):
-        for v, (_, _, t, _) in zip(per_cell, cells):
-            v.setdefault("traj_sharpness", np.full((len(t["lr"]), steps.size), np.nan))
-        names = list(dict.fromkeys(names + ["traj_sharpness"]))
+    names = list(dict.fromkeys(name for v in per_cell for name in v))
+    for v, (_, _, t, _) in zip(per_cell, cells):  # a variable some cells lack (their optimizer has none): NaN
+        for name in set(OPTIONAL) | set(OPTIONAL_TRAJ):
+            if name in names and name not in v:
+                v[name] = np.full((len(t["lr"]), steps.size) if name.startswith("traj_") else len(t["lr"]), np.nan)
     columns = [[] for _ in GRID_DIMS]
     for cell, point, train, _ in cells:
         B = len(train["lr"])
         data = train["data"]  # each network's data id
         kappa, spectrum, wstar = zip(*(point[k] for k in data))
         for col, values in zip(columns, ([cell.init] * B, [cell.depth] * B, [cell.width] * B, kappa, spectrum,
-                                         wstar, train["lr"], train["scale"], train["seed_index"])):
+                                         wstar, train["optim"], train["lr"], train["scale"], train["seed_index"])):
             col.extend(values)
     index = pd.MultiIndex.from_arrays(columns, names=GRID_DIMS)
     data = {}
@@ -218,11 +242,14 @@ def experiment_dataset(name: str, exp: ExperimentConfig, cells: list[tuple[Cell,
              if key in datasets}
     loaded = [(cell, point, train, measure) for cell, train, measure in sorted(cells, key=lambda c: c[0].id)]
     ds = grid_dataset(loaded).transpose(*GRID_DIMS, ...)
+    present = set(ds.optim.values.tolist())
+    ds = ds.reindex(optim=[p.label for p in exp.optim_points() if p.label in present])  # the config's order
     ds["valid"] = ds["status"] != NO_NETWORK
     ds["status"].attrs = {"long_name": "status at the end of training",
                           "flag_values": np.array(STATUS_VALUES, np.int8), "flag_meanings": " ".join(STATUS_MEANINGS),
                           "comment": f"{NO_NETWORK}: no network at this grid point (ragged seed axis)"}
     ds = ds.merge(theory(exp, datasets, point), join="left")
+    ds = ds.assign_coords(optim_coords(exp, ds.optim.values, first_n=next(iter(datasets.values())).n))
     for var, (long_name, units) in ATTRS.items():
         if var in ds:
             ds[var].attrs.update({"long_name": long_name, "units": units})
@@ -233,6 +260,23 @@ def experiment_dataset(name: str, exp: ExperimentConfig, cells: list[tuple[Cell,
     ds.attrs = {"experiment": name, "description": exp.description, "n_train": first.n, "d": first.d,
                 "config": json.dumps(exp.model_dump(mode="json"))}
     return ds
+
+
+OPTIM_COORDS = ("optimizer", "momentum", "beta1", "beta2", "eps", "batch_size", "label_noise")
+
+
+def optim_coords(exp: ExperimentConfig, labels, *, first_n: int) -> dict:
+    """The settings of each point of the optim axis as coordinates along it: the optimizer's name and every
+    option, with its default where the setting leaves it out, NaN where the optimizer has no such option."""
+    by_label = {p.label: p for p in exp.optim_points()}
+    cols = {name: [] for name in OPTIM_COORDS}
+    for label in labels:
+        point = by_label[str(label)]
+        given = point.resolved(first_n)
+        cols["optimizer"].append(point.name)
+        for name in OPTIM_COORDS[1:]:
+            cols[name].append(float(given.get(name, np.nan)))
+    return {name: ("optim", np.array(values)) for name, values in cols.items()}
 
 
 def theory(exp: ExperimentConfig, datasets: dict[str, Dataset], point: dict) -> xr.Dataset:

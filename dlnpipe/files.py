@@ -3,8 +3,10 @@
 * a **dataset** (``results/data/<exp>/<data>.npz``): X, y, X_test, y_test, already normalised
   (‖w*‖ = 1), and in meta its experiment, data id and constants;
 * a **trained cell** (``results/train/<exp>/<cell>.npz``): each network's grid coordinates (lr, scale,
-  seed_index, seed, steps, data id), its final weights W0..W{L−1} (and p), status, losses, distance,
-  divergence step and trajectories; meta: the job spec, device and dtype;
+  seed_index, seed, steps, data id, optim label), its final weights W0..W{L−1} (and p), status, losses,
+  distance, divergence step and trajectories, and its optimizer's own outputs (stochastic runs: the
+  averaged iterates avg_W0.. and their losses; Adam: its final preconditioner ``precond``); meta: the job
+  spec, device and dtype;
 * a **measured cell** (``results/measure/<exp>/<cell>.npz``): the Hessian measurements of the same networks.
 """
 
@@ -20,7 +22,7 @@ from dlnpipe.io import load_npz, save_npz
 from dlnpipe.networks import Weights
 from dlnpipe.result import TrainResult
 
-GRID_FIELDS = ("lr", "scale", "seed_index", "seed", "steps", "data")
+GRID_FIELDS = ("lr", "scale", "seed_index", "seed", "steps", "data", "optim")
 
 
 def write_dataset(path: str | Path, ds: Dataset, *, experiment: str, data_id: str) -> None:
@@ -63,6 +65,7 @@ def write_train(path: str | Path, res: TrainResult, grid: dict[str, np.ndarray],
         arrays["p"] = res.p
     if res.traj_sharpness is not None:
         arrays["traj_sharpness"] = res.traj_sharpness
+    arrays |= res.extras  # the optimizer's own outputs (averaged iterates, Adam's preconditioner)
     save_npz(path, meta={**meta, "device": res.device, "dtype": res.dtype}, **{k: grid[k] for k in GRID_FIELDS},
              status=res.status, loss_train=res.loss_train, loss_test=res.loss_test, distance=res.distance,
              diverged_step=res.diverged_step, record_steps=res.record_steps, traj_loss_train=res.traj_loss_train,

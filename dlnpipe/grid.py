@@ -18,6 +18,7 @@ Numbers in identifiers are written by one function, :func:`fmt`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -71,11 +72,13 @@ class Cell:
     parts: int
     spectrum: str = "gaussian"
     wstar: str = "gaussian"
+    optimizer: str = steppers.DEFAULT  # every network of a cell is trained by one optimizer (its settings may vary)
 
     @property
     def group(self) -> str:
         """The cell without its part index: what MLflow logs as one parent run."""
-        return f"{self.init}-L{self.depth}-m{self.width}-{self.data}"
+        tail = "" if self.optimizer == steppers.DEFAULT else f"-{self.optimizer}"
+        return f"{self.init}-L{self.depth}-m{self.width}-{self.data}{tail}"
 
     @property
     def id(self) -> str:
@@ -110,8 +113,8 @@ def cells(cfg: StudyConfig) -> list[Cell]:
             for depth in exp.depths:
                 for width in exp.widths:
                     points = ([(ALL_DATA, None, ALL_DATA, ALL_DATA)] if merged(exp, init) else data_points(exp))
-                    for data, k, spectrum, wstar in points:
-                        whole = Cell(name, init, depth, width, data, k, 0, 1, spectrum, wstar)
+                    for (data, k, spectrum, wstar), optimizer in itertools.product(points, exp.optimizers()):
+                        whole = Cell(name, init, depth, width, data, k, 0, 1, spectrum, wstar, optimizer)
                         parts = exp.split if exp.split != "auto" else max(1, math.ceil(cost(exp, whole) /
                                                                                      AUTO_SPLIT_FLOPS))
                         out += [replace(whole, part=part, parts=parts) for part in range(parts)]
@@ -123,14 +126,15 @@ def cost(exp: ExperimentConfig, cell: Cell) -> float:
     evaluations (its stepper's count for its steps) times one step of its architecture."""
     net = networks(exp, cell)
     flops = archs.get(cell.init).step_flops(depth=cell.depth, width=cell.width, d=exp.data.d, n=exp.data.n)
-    evaluations = steppers.get(exp.optimizer).evaluations
-    options = exp.stepper_options()
+    evaluations = steppers.get(cell.optimizer).evaluations
+    options = exp.stepper_options(cell.optimizer)
     return flops * sum(evaluations(int(s), options) for s in net.steps)
 
 
 @dataclass(frozen=True)
 class Networks:
-    """The networks of one cell (part), as aligned arrays of length B; ``data`` is each network's data id."""
+    """The networks of one cell (part), as aligned arrays of length B; ``data`` is each network's data id,
+    ``optim`` the label of its optimizer setting (:meth:`dlnpipe.config.ExperimentConfig.optim_points`)."""
 
     lr: np.ndarray
     scale: np.ndarray
@@ -138,18 +142,21 @@ class Networks:
     seed: np.ndarray
     steps: np.ndarray
     data: np.ndarray
+    optim: np.ndarray
 
-    FIELDS = ("lr", "scale", "seed_index", "seed", "steps", "data")
+    FIELDS = ("lr", "scale", "seed_index", "seed", "steps", "data", "optim")
 
     def __len__(self) -> int:
         return len(self.lr)
 
 
 def all_networks(exp: ExperimentConfig, experiment: str, init: str, depth: int, width: int,
-                 points: list[tuple[str, float | None]]) -> Networks:
-    """Every network on the datasets ``points`` = [(data_id, kappa)]; seeds do not depend on the
-    spectrum or w* direction, so the networks of datasets that differ only there start alike."""
+                 points: list[tuple[str, float | None]], optimizer: str = steppers.DEFAULT) -> Networks:
+    """Every network on the datasets ``points`` = [(data_id, kappa)] for each setting of ``optimizer``;
+    seeds depend neither on the spectrum or w* direction nor on the optimizer, so the networks of
+    datasets that differ only there, and the same network under each optimizer, start alike."""
     rows = []
+    labels = [p.label for p in exp.optim_points() if p.name == optimizer]
     for data, kappa in points:
         for run in exp.runs:
             for lr in expand(run.lr):
@@ -157,10 +164,11 @@ def all_networks(exp: ExperimentConfig, experiment: str, init: str, depth: int, 
                     for i in range(run.seeds):
                         seed = derived_seed(experiment, init, depth, width, "paper" if kappa is None else kappa,
                                             lr, scale, i)
-                        rows.append((lr, scale, i, seed, run.steps, data))
-    lr, scale, idx, seed, steps, data = (np.array(c) for c in zip(*rows))
+                        rows += [(lr, scale, i, seed, run.steps, data, label) for label in labels]
+    lr, scale, idx, seed, steps, data, optim = (np.array(c) for c in zip(*rows))
     return Networks(lr=lr.astype(float), scale=scale.astype(float), seed_index=idx.astype(np.int64),
-                    seed=seed.astype(np.int64), steps=steps.astype(np.int64), data=data.astype(str))
+                    seed=seed.astype(np.int64), steps=steps.astype(np.int64), data=data.astype(str),
+                    optim=optim.astype(str))
 
 
 def networks(exp: ExperimentConfig, cell: Cell) -> Networks:
@@ -169,12 +177,26 @@ def networks(exp: ExperimentConfig, cell: Cell) -> Networks:
     Parts are dealt round-robin in decreasing order of steps, so each part costs about the same.
     """
     points = ([(d, k) for d, k, _, _ in data_points(exp)] if cell.data == ALL_DATA else [(cell.data, cell.kappa)])
-    net = all_networks(exp, cell.experiment, cell.init, cell.depth, cell.width, points)
+    net = all_networks(exp, cell.experiment, cell.init, cell.depth, cell.width, points, cell.optimizer)
     if cell.parts == 1:
         return net
-    order = np.lexsort((net.seed_index, net.scale, net.lr, -net.steps))
+    order = np.lexsort((net.optim, net.seed_index, net.scale, net.lr, -net.steps))
     mine = np.sort(order[cell.part::cell.parts])
     return Networks(*(getattr(net, f)[mine] for f in Networks.FIELDS))
+
+
+def optimizer_options(exp: ExperimentConfig, optimizer: str, optim: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """train()'s per-network options for networks with optim labels ``optim`` (all of ``optimizer``):
+    every option some setting gives, with the optimizer's default where a setting leaves it out
+    (batch size: n, the training set's size)."""
+    settings = {p.label: p.settings for p in exp.optim_points() if p.name == optimizer}
+    keys = list(dict.fromkeys(k for s in settings.values() for k in s))
+    defaults = steppers.get(optimizer).variant(dict.fromkeys(keys, 0.0)).defaults
+    out = {}
+    for key in keys:
+        default = n if key == "batch_size" and defaults.get(key) is None else defaults.get(key)
+        out[key] = np.array([settings[label].get(key, default) for label in optim], dtype=float)
+    return out
 
 
 def init_scale(exp: ExperimentConfig, init: str, width: int, scale):

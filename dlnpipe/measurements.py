@@ -85,3 +85,30 @@ def measure(nets: list, init: list, datasets: list, status: np.ndarray, seeds: n
         out["sv_ratio"][rows], out["alignment"][rows], out["input_alignment"][rows] = (
             st.sv_ratio, st.alignment, st.input_alignment)
     return out
+
+
+def top_sharpness(nets: list, datasets: list, keep: np.ndarray, seeds: np.ndarray, opts: Options,
+                  precond: np.ndarray | None = None) -> np.ndarray:
+    """The Lanczos sharpness (B,) of the networks ``keep`` (a boolean mask), NaN elsewhere; with ``precond``
+    (B, P), that of P⁻¹H (Adam's preconditioned sharpness, :mod:`dlnpipe.steppers.adam`)."""
+    out = np.full(len(nets), np.nan)
+    ids = np.array([id(ds) for ds in datasets])
+    for key in dict.fromkeys(ids[keep]):
+        rows = np.flatnonzero(keep & (ids == key))
+        out[rows] = sharpness(datasets[rows[0]], [nets[i] for i in rows], method="lanczos", seeds=seeds[rows],
+                              device=opts.device, precond=None if precond is None else precond[rows]).values
+    return out
+
+
+def optimizer_measurements(arrays: dict, nets: list, datasets: list, status: np.ndarray, seeds: np.ndarray,
+                           opts: Options, averaged: list | None) -> dict[str, np.ndarray]:
+    """What an optimizer's own outputs add: Adam's preconditioned sharpness at the end (``precond`` in the
+    trained cell), and the sharpness at the average of a stochastic run's last iterates (``averaged``)."""
+    out = {}
+    alive = status != Status.DIVERGED
+    if "precond" in arrays:
+        out["sharpness_precond"] = top_sharpness(nets, datasets, alive, seeds, opts, precond=arrays["precond"])
+    if averaged is not None:
+        finite = np.array([all(np.isfinite(W).all() for W in net.layers) for net in averaged])
+        out["sharpness_avg"] = top_sharpness(averaged, datasets, alive & finite, seeds, opts)
+    return out

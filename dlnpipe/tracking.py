@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dlnpipe import steppers
 from dlnpipe.status import Status
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,11 @@ def configurations(parts: list[tuple[dict, dict, dict]], datasets: dict | None =
             "sharpness_init": measure["sharpness_init"], "hessian_trace": measure["hessian_trace"],
             "hessian_trace_init": measure["hessian_trace_init"],
             "hessian_trace_minimizer": measure["hessian_trace_minimizer"], "row": np.arange(len(train["lr"])),
-            "part": cell["part"]}))
+            "part": cell["part"],
+            "optim": train.get("optim", np.full(len(train["lr"]), cell.get("optimizer", steppers.DEFAULT))),
+            **{k: src.get(k, np.full(len(train["lr"]), np.nan)) for src, keys in (
+                (measure, ("sharpness_precond", "sharpness_avg")), (train, ("loss_train_avg", "loss_test_avg")))
+               for k in keys}}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -169,7 +174,7 @@ def log_cell(uri: str, name: str, cell_id: str, parts: list[tuple[dict, dict, di
     parent = _log_parent(client, experiment_id, cell_id, spec, len(table), tags)
     children = [_log_configuration(client, experiment_id, spec, key, group, trains, theory[key[0]],
                                    {**tags, "mlflow.parentRunId": parent, "dlnpipe.role": "configuration"})
-                for key, group in table.groupby(["data", "lr", "scale"], sort=True)]
+                for key, group in table.groupby(["data", "optim", "lr", "scale"], sort=True)]
     client.set_terminated(parent)
     log.info("cell %s: %d configuration runs logged (replaced %d old runs)", cell_id, len(children), len(old))
     return {"tracking_uri": uri, "experiment_id": experiment_id, "cell": cell_id, "parent_run": parent,
@@ -189,13 +194,14 @@ def _log_parent(client, experiment_id: str, cell_id: str, spec: dict, networks: 
     return parent.info.run_id
 
 
-def _configuration_metrics(group: pd.DataFrame, b, lr: float) -> dict[str, float]:
-    """Across-seed statistics of one configuration's final metrics, and its theory constants."""
+def _configuration_metrics(group: pd.DataFrame, b, lr: float, threshold: float) -> dict[str, float]:
+    """Across-seed statistics of one configuration's final metrics, its theory constants and its
+    optimizer's stability threshold."""
     status = group.status.to_numpy()
     conv = status == Status.CONVERGED
     values = {"frac_converged": float(np.mean(conv)), "frac_failed": float(np.mean(status == Status.FAILED)),
               "frac_diverged": float(np.mean(status == Status.DIVERGED)), "s_min": b.s_min, "s_upper": b.s_upper,
-              "eta_c": b.eta_c, "two_over_lr": 2 / lr, "trace_min": b.trace_min}
+              "eta_c": b.eta_c, "two_over_lr": 2 / lr, "trace_min": b.trace_min, "threshold": threshold}
     ok = status != Status.DIVERGED
     values |= _quantile_metrics("sharpness", group.sharpness.where(ok).to_numpy())
     values |= _quantile_metrics("sharpness_ratio", (group.sharpness / b.s_min).where(conv).to_numpy())
@@ -203,9 +209,19 @@ def _configuration_metrics(group: pd.DataFrame, b, lr: float) -> dict[str, float
     values |= _quantile_metrics("hessian_trace", group.hessian_trace.where(ok).to_numpy())
     values |= _quantile_metrics("hessian_trace_init", group.hessian_trace_init.to_numpy())
     values |= _quantile_metrics("trace_ratio", (group.hessian_trace_minimizer / b.trace_min).where(conv).to_numpy())
-    for key in ("loss_train", "loss_test", "distance"):
-        values |= _quantile_metrics(key, group[key].where(ok).to_numpy())
+    for key in ("loss_train", "loss_test", "distance", "sharpness_precond", "sharpness_avg", "loss_train_avg",
+                "loss_test_avg"):
+        if key in group and group[key].notna().any():
+            values |= _quantile_metrics(key, group[key].where(ok).to_numpy())
     return values
+
+
+def optimizer_params(exp_cfg: dict, label: str) -> dict:
+    """The optimizer of a setting and its options (defaults filled in), as MLflow params."""
+    from dlnpipe.config import ExperimentConfig
+
+    point = {p.label: p for p in ExperimentConfig.model_validate(exp_cfg).optim_points()}[label]
+    return {"optimizer": point.name, "optim": label, **point.resolved(exp_cfg["data"]["n"])}
 
 
 def _log_configuration(client, experiment_id: str, spec: dict, key: tuple, group: pd.DataFrame, trains: dict,
@@ -214,18 +230,22 @@ def _log_configuration(client, experiment_id: str, spec: dict, key: tuple, group
     as step metrics, the per-seed table as an artifact."""
     from mlflow.entities import Metric, Param
 
-    (data, lr, scale), cell, exp_cfg = key, spec["cell"], spec["experiment"]
-    name = f"{cell['init']}-L{cell['depth']}-m{cell['width']}-{data}-lr{lr:g}-s{scale:g}"
+    (data, optim, lr, scale), cell, exp_cfg = key, spec["cell"], spec["experiment"]
+    opt = optimizer_params(exp_cfg, optim)
+    tail = "" if optim == steppers.DEFAULT else f"-{optim}"
+    name = f"{cell['init']}-L{cell['depth']}-m{cell['width']}-{data}-lr{lr:g}-s{scale:g}{tail}"
     rid = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     params = {"experiment": cell["experiment"], "init": cell["init"], "depth": cell["depth"],
               "width": cell["width"], "kappa": group.kappa.iloc[0], "spectrum": group.spectrum.iloc[0],
               "wstar": group.wstar.iloc[0], "data": data, "lr": lr, "scale": scale,
               "steps": int(group.steps.iloc[0]), "seeds": len(group), "dtype": exp_cfg["dtype"],
-              "optimizer": exp_cfg.get("optimizer", "gd"), "scale_unit": exp_cfg.get("scale_unit", "absolute"),
+              **opt, "scale_unit": exp_cfg.get("scale_unit", "absolute"),
               "n": exp_cfg["data"]["n"], "d": exp_cfg["data"]["d"], "noise": exp_cfg["data"]["noise"]}
     now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, 0) for k, v in _configuration_metrics(group, b, lr).items() if np.isfinite(v)]
-    for traj in ("traj_loss_train", "traj_loss_test", "traj_distance", "traj_sharpness"):
+    threshold = float(steppers.get(opt["optimizer"]).threshold(np.array([lr]), {k: [v] for k, v in opt.items()})[0])
+    metrics = [Metric(k, v, now, 0) for k, v in _configuration_metrics(group, b, lr, threshold).items()
+               if np.isfinite(v)]
+    for traj in ("traj_loss_train", "traj_loss_test", "traj_distance", "traj_sharpness", "traj_sharpness_precond"):
         rows = [trains[p][traj][r] for p, r in zip(group.part, group.row) if traj in trains[p]]
         if not rows:
             continue

@@ -40,6 +40,23 @@ def study(**overrides):
      r"^experiments\.e: residual networks need width >= d \(.*\), got width=2 with d=3$"),
     (study(inits=["cnn"]), r"^experiments\.e\.inits\.0: .* \(got \"cnn\"\)$"),
     (study(data={"file": "/nonexistent/data.npz"}), r"data\.file: data file '/nonexistent/data\.npz' does not exist"),
+    (study(optimizer=[{"name": "heavy_ball", "momentum": [0.5, 1.0]}]),
+     r"^experiments\.e\.optimizer\.0: momentum must be in \[0, 1\), got 1$"),
+    (study(optimizer=["gd", {"name": "adam", "betas": [0.9, -0.1]}]),
+     r"^experiments\.e\.optimizer\.1: betas must be in \[0, 1\), got -0\.1$"),
+    (study(optimizer=[{"name": "adam", "eps": 0}]), r"^experiments\.e\.optimizer\.0: eps must be > 0, got 0$"),
+    (study(optimizer=[{"name": "sgd", "batch_size": 11}]), r"^experiments\.e: batch_size must be <= n \(10\), got 11$"),
+    (study(optimizer=[{"name": "sgd", "batch_size": 0}]),
+     r"^experiments\.e\.optimizer\.0: batch_size must be an integer >= 1, got 0$"),
+    (study(optimizer=[{"name": "gd", "label_noise": -0.5}]),
+     r"^experiments\.e\.optimizer\.0: label_noise must be >= 0, got -0\.5$"),
+    (study(optimizer=[{"name": "adam", "momentum": 0.9}]),
+     r"^experiments\.e\.optimizer\.0: optimizer 'adam' takes no option 'momentum'; its options: betas, eps$"),
+    (study(optimizer=[{"name": "gd", "batch_size": 5}]),
+     r"^experiments\.e\.optimizer\.0: optimizer 'gd' takes no option 'batch_size'; its options: label_noise$"),
+    (study(optimizer=[{"name": "heavy_ball", "lr": 0.1}]), r"^experiments\.e\.optimizer\.0\.lr: unknown key$"),
+    (study(optimizer=["gd", "gd"]), r"^experiments\.e: optimizer lists 'gd' twice$"),
+    (study(optimizer=[{"name": "adamw"}]), r"^experiments\.e\.optimizer\.0\.name: .*'sgd' \(got \"adamw\"\)$"),
 ])
 def test_config_errors_are_one_line(raw, pattern):
     with pytest.raises(ConfigError) as err:
@@ -128,3 +145,30 @@ def test_auto_split_keeps_every_job_under_the_cost_budget():
     assert [c.parts for c in cells(validate(study(split=3)))] == [3, 3, 3]
     default = validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
     assert max(cost(default.experiments[c.experiment], c) for c in cells(default)) <= 1.05 * AUTO_SPLIT_FLOPS
+
+
+def test_optimizer_grid_points_and_cells():
+    """An optimizer list is the optim axis: one point per entry and listed value, one cell per optimizer,
+    the same seeds (so the same initial weights) for every setting, and per-network options with defaults."""
+    from dlnpipe.grid import optimizer_options
+
+    cfg = validate(study(optimizer=["gd", {"name": "gd", "label_noise": 0.5},
+                                    {"name": "sgd", "batch_size": [2, 5], "label_noise": [0.0, 0.1]},
+                                    {"name": "adam", "betas": [[0.9, 0.999], [0.5, 0.9]]}]))
+    exp = cfg.experiments["e"]
+    assert [p.label for p in exp.optim_points()] == [
+        "gd", "gd:label_noise=0.5", "sgd:batch_size=2,label_noise=0.0", "sgd:batch_size=2,label_noise=0.1",
+        "sgd:batch_size=5,label_noise=0.0", "sgd:batch_size=5,label_noise=0.1", "adam:betas=0.9/0.999",
+        "adam:betas=0.5/0.9"]
+    by_cell = {c.optimizer: c for c in cells(cfg)}
+    assert list(by_cell) == ["gd", "sgd", "adam"] and by_cell["sgd"].id == "small-L2-m3-paper-sgd-p0"
+    assert by_cell["gd"].id == "small-L2-m3-paper-p0"  # a gd cell keeps the id it always had
+    gd, sgd = networks(exp, by_cell["gd"]), networks(exp, by_cell["sgd"])
+    assert len(gd) == 2 * 2 and len(sgd) == 4 * 2
+    assert set(sgd.seed) == set(gd.seed)  # the same initial weights under every optimizer
+    opts = optimizer_options(exp, "gd", gd.optim, n=10)
+    np.testing.assert_array_equal(opts["label_noise"], [0.0 if o == "gd" else 0.5 for o in gd.optim])
+    opts = optimizer_options(exp, "adam", networks(exp, by_cell["adam"]).optim, n=10)
+    assert opts["betas"].shape == (4, 2)
+    assert exp.optim_points()[0].resolved(10) == {"label_noise": 0.0, "batch_size": 10}
+    assert exp.optim_points()[-1].resolved(10) == {"eps": 1e-8, "beta1": 0.5, "beta2": 0.9}

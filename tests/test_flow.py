@@ -67,6 +67,6 @@ def test_flow_batch_equals_single_and_bad_input(data):
         # own step sizes: batch-independent up to the summation order of batches of 2 and 1
         assert_weights_close(a[1], b[0])
     with pytest.raises(ValueError, match="optimizer"):
-        dlnpipe.train(data, lr=0.01, steps=10, scale=0.5, seed=0, arch="small", depth=2, width=4, optimizer="adam")
+        dlnpipe.train(data, lr=0.01, steps=10, scale=0.5, seed=0, arch="small", depth=2, width=4, optimizer="adamw")
     with pytest.raises(ValueError, match="record_sharpness"):
         dlnpipe.train(data, record_sharpness=True, **{**kw, "lr": 0.01, "scale": 0.5, "seed": 0})

@@ -16,6 +16,8 @@ import pytest
 import xarray as xr
 from workflow_utils import BIN, QUICK, ROOT, env, open_tree, snakemake, workdir
 
+from dlnpipe.status import Status
+
 pytestmark = pytest.mark.slow
 
 
@@ -108,7 +110,8 @@ def test_quick_tables_and_figures(quick_run):
     assert (relu.c1_checked == 0).all() and (relu.c4_checked == 0).all()  # linear theory: not checked on ReLU
     expected = {"small": ["fig1a", "fig1b", "fig3", "trace", "trace_vs_sharpness", "density"],
                 "relu": ["fig1a", "fig1b", "fig3"], "resid": ["fig2"],
-                "traj": ["trajectories"], "under": ["fig6a", "fig6b"]}
+                "traj": ["trajectories"], "under": ["fig6a", "fig6b"],
+                "optim": ["optim_sharpness", "optim_trajectories", "optim_batch"]}
     for exp, figs in expected.items():
         for fig in figs:
             img = imread(res / f"figures/{exp}/{fig}.png")
@@ -118,6 +121,46 @@ def test_quick_tables_and_figures(quick_run):
     for rule in ("train_cell", "measure_sharpness"):
         assert any((quick_run / "logs" / rule).rglob("*.log"))
     assert any((quick_run / "benchmarks/train_cell").rglob("*.tsv"))
+
+
+def test_quick_optimizers(quick_run):
+    """The optim experiment: an optim axis with each setting's options as coordinates, the optimizers'
+    own measurements, their thresholds and claims in the tables, their settings in MLflow."""
+    import pandas as pd
+
+    ds = open_tree(quick_run / "results/cube.zarr")["optim"].to_dataset()
+    assert list(ds.optim.values) == ["gd", "gd:label_noise=0.2", "heavy_ball:momentum=0.5", "adam:betas=0.9/0.999",
+                                     "sgd:batch_size=2", "sgd:batch_size=3"]
+    assert list(ds.optimizer.values) == ["gd", "gd", "heavy_ball", "adam", "sgd", "sgd"]
+    np.testing.assert_array_equal(ds.batch_size.values, [6, 6, np.nan, np.nan, 2, 3])
+    np.testing.assert_array_equal(ds.momentum.values, [np.nan, np.nan, 0.5, np.nan, np.nan, np.nan])
+    assert ds.sizes["seed"] == 2 and int(ds.valid.sum()) == 6 * 4
+    # every setting starts from the same initial weights: the same sharpness at init
+    init = ds.sharpness_init.transpose("optim", ...).values.reshape(6, -1)
+    np.testing.assert_allclose(init, np.broadcast_to(init[0], init.shape), rtol=1e-8)
+    adam = ds.sel(optim="adam:betas=0.9/0.999")
+    assert ds.sharpness_precond.sel(optim="gd").isnull().all() and adam.sharpness_precond.notnull().all()
+    threshold = (2 + 2 * 0.9) / ((1 - 0.9) * 0.05)
+    assert float(adam.sharpness_precond.max()) <= 1.1 * threshold  # Adam at its own edge of stability
+    assert float(adam.traj_sharpness_precond.max()) > 10 * float(adam.traj_sharpness.max())
+    noisy = ds.sel(optim="gd:label_noise=0.2")
+    assert (noisy.status == Status.FAILED).all()  # label noise keeps the iterates moving
+    assert (noisy.loss_train_avg < noisy.loss_train).all() and noisy.sharpness_avg.notnull().all()
+    assert ds.sharpness_avg.sel(optim="heavy_ball:momentum=0.5").isnull().all()  # deterministic: no average
+    claims = pd.read_csv(quick_run / "results/bounds/optim.csv")
+    assert {"optim", "threshold", "c8_checked", "c9_checked"} <= set(claims.columns)
+    assert claims.c8_checked.sum() > 0 and claims.c9_checked.sum() > 0 and claims.c1_fail.sum() == 0
+    text = (quick_run / "results/bounds/optim.md").read_text()
+    assert "| c9 " in text and "| c10 " in text
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{quick_run / 'results/mlflow.db'}")
+    exp = client.get_experiment_by_name("dlnpipe/optim")
+    runs = client.search_runs([exp.experiment_id], "tags.`dlnpipe.role` = 'configuration'")
+    assert {r.data.params["optim"] for r in runs} == set(ds.optim.values)
+    adam_run = next(r for r in runs if r.data.params["optimizer"] == "adam")
+    assert adam_run.data.params["beta1"] == "0.9" and adam_run.data.metrics["threshold"] == pytest.approx(threshold)
+    assert "sharpness_precond_median" in adam_run.data.metrics
 
 
 def test_quick_is_deterministic(quick_run, tmp_path):

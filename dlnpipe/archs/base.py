@@ -120,9 +120,9 @@ class Architecture:
             return Problem.from_dataset(datasets[0], in_dim=in_dim, dtype=dtype, device=device,
                                         with_data=with_data or not self.linear)
         if not self.linear or with_data:
-            raise ValueError(f"networks on different datasets are batched for linear nets trained on the moments "
-                             f"only, not arch {self.name!r}" + (" with mini-batches or label noise" if with_data
-                                                                else ""))
+            raise ValueError(f"networks on different datasets are batched for linear nets only (trained on the "
+                             f"moments), not arch {self.name!r}" + (" with mini-batches or label noise" if with_data
+                                                                     else ""))
         return Problem.stack(datasets, in_dim=in_dim, dtype=dtype, device=device)
 
     @staticmethod

@@ -28,6 +28,9 @@ FIGURES = {
     "density": ("hessian", "density", "spectral density of the Hessian, at init and after training"),
     "trace": ("hessian", "trace", "trace of the Hessian after training"),
     "trace_vs_sharpness": ("hessian", "trace_vs_sharpness", "sharpness against trace at the minimizer"),
+    "optim_sharpness": ("optim", "optim_sharpness", "sharpness per optimizer against its threshold"),
+    "optim_trajectories": ("optim", "optim_trajectories", "each optimizer at its own edge of stability"),
+    "optim_batch": ("optim", "optim_batch", "sharpness and generalisation gap against batch size"),
 }
 NAMES = tuple(FIGURES)
 

@@ -16,7 +16,7 @@ import xarray as xr  # noqa: E402
 
 from dlnpipe.status import NO_NETWORK  # noqa: E402
 
-FACETS = ("init", "depth", "width", "kappa", "spectrum", "wstar")
+FACETS = ("init", "depth", "width", "kappa", "spectrum", "wstar", "optim")
 THEORY_DIMS = ("depth", "kappa", "spectrum", "wstar")  # what the theory constants depend on
 CI = ("ci", 95)
 N_BOOT = 500

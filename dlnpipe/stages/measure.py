@@ -12,7 +12,7 @@ from dlnpipe import archs
 from dlnpipe.config import ExperimentConfig
 from dlnpipe.files import per_network, read_cell, read_datasets, trained_networks, write_measure
 from dlnpipe.grid import init_scale
-from dlnpipe.measurements import Options, measure
+from dlnpipe.measurements import Options, measure, optimizer_measurements
 from dlnpipe.networks import init_network
 from dlnpipe.status import Status
 
@@ -34,6 +34,11 @@ def run(spec: dict, data_paths, train_path: str | Path, out: str | Path, *, devi
                    density=exp.density, density_probes=exp.density_probes, density_steps=exp.density_steps,
                    device=device or spec.get("device", "auto"))  # "auto" is resolved by the measurements
     m = measure(nets, init, each, status, seeds, opts)
+    averaged = None
+    if "avg_W0" in arrays:  # a stochastic run: the average of its last iterates
+        avg = {f"W{k}": arrays[f"avg_W{k}"] for k in range(depth)}
+        averaged = trained_networks({**arrays, **avg}, arch.name, depth)
+    m |= optimizer_measurements(arrays, nets, each, status, seeds, opts, averaged)
     top = m["sharpness_topk"][:, 0]
     log.info("cell %s: sharpness of %d networks, median %.4g (init %.4g); trace median %.4g (init %.4g)", cell,
              int((status != Status.DIVERGED).sum()), np.nanmedian(top) if np.isfinite(top).any() else np.nan,

@@ -9,7 +9,7 @@ import numpy as np
 
 from dlnpipe.config import ExperimentConfig
 from dlnpipe.files import per_network, read_datasets, write_train
-from dlnpipe.grid import Cell, init_scale, networks
+from dlnpipe.grid import Cell, init_scale, networks, optimizer_options
 from dlnpipe.status import Status
 from dlnpipe.training import train
 
@@ -29,8 +29,8 @@ def run(spec: dict, data_paths, out: str | Path, *, device: str | None = None) -
     res = train(ds, arch=cell.init, depth=cell.depth, width=cell.width, lr=net.lr,
                 scale=init_scale(exp, cell.init, cell.width, net.scale), seed=net.seed, steps=net.steps,
                 dtype=exp.dtype, device=device, record_every=exp.record_every,
-                record_sharpness=exp.record_sharpness, rtol=exp.rtol, atol=exp.atol, optimizer=exp.optimizer,
-                **exp.stepper_options())
+                record_sharpness=exp.record_sharpness, rtol=exp.rtol, atol=exp.atol, optimizer=cell.optimizer,
+                **exp.stepper_options(cell.optimizer), **optimizer_options(exp, cell.optimizer, net.optim, ds[0].n))
     counts = np.bincount(res.status, minlength=len(Status))
     log.info("cell %s/%s done in %.1f s: %s", cell.experiment, cell.id, res.seconds,
              ", ".join(f"{n} {s.meaning}" for s, n in zip(Status, counts)))

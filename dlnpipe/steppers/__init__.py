@@ -16,6 +16,7 @@ STEPPERS = {"gd": "dlnpipe.steppers.gd:GradientDescent", "flow": "dlnpipe.steppe
             "heavy_ball": "dlnpipe.steppers.momentum:HeavyBall", "adam": "dlnpipe.steppers.adam:Adam",
             "sgd": "dlnpipe.steppers.sgd:SGD"}
 NAMES = tuple(STEPPERS)
+DEFAULT = "gd"  # the paper's optimizer: what a cell, a network or train() has unless told otherwise
 
 
 def get(name: str):

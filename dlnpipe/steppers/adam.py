@@ -17,18 +17,21 @@ from dlnpipe.steppers.first_order import FirstOrder
 from dlnpipe.tensors import flatten
 
 
-def threshold(lr, beta1):
-    """(2 + 2β1)/((1 − β1)η): the largest preconditioned sharpness at which Adam is stable."""
-    beta1 = np.asarray(beta1)
-    return (2 + 2 * beta1) / ((1 - beta1) * np.asarray(lr))
-
-
 class Adam(FirstOrder):
     name = "adam"
     options = (*FirstOrder.options, "betas", "eps")
     per_network = {"betas": (2,), "eps": ()}
+    defaults = {"betas": (0.9, 0.999), "eps": 1e-8}
 
-    def __init__(self, *, betas=(0.9, 0.999), eps=1e-8, **kwargs):
+    edge_on = "sharpness_precond"
+
+    @classmethod
+    def threshold(cls, lr, settings):
+        """(2 + 2β1)/((1 − β1)η): the largest preconditioned sharpness at which Adam is stable."""
+        beta1 = np.asarray(settings["beta1"], dtype=float)
+        return (2 + 2 * beta1) / ((1 - beta1) * np.asarray(lr, dtype=float))
+
+    def __init__(self, *, betas=defaults["betas"], eps=defaults["eps"], **kwargs):
         super().__init__(betas=betas, eps=eps, **kwargs)
 
     @classmethod

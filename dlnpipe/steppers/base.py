@@ -30,7 +30,18 @@ class Stepper:
     options: tuple[str, ...] = ()  # the keyword arguments of train() that configure this stepper
     records_sharpness = True  # whether sharpness trajectories can be sampled
     per_network: dict[str, tuple[int, ...]] = {}  # options with one value per network: name -> trailing shape
+    defaults: dict = {}  # the per-network options' defaults
     values: dict[str, np.ndarray] = {}
+
+    # the sharpness this optimizer's stability is about (a cube variable) and its threshold
+    edge_on = "sharpness"
+
+    @classmethod
+    def threshold(cls, lr: np.ndarray, settings) -> np.ndarray:
+        """The largest ``edge_on`` at which the optimizer is stable near a minimizer (its edge of stability),
+        per network: ``lr`` (B,), ``settings`` the option values by name (arrays of B, as the cube's
+        optim coordinates: momentum, beta1, ...). GD: 2/η."""
+        return 2.0 / np.asarray(lr, dtype=float)
 
     @classmethod
     def variant(cls, given: dict) -> type[Stepper]:

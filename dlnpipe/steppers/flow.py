@@ -52,6 +52,11 @@ class GradientFlow(Stepper):
     options = ("flow_rtol", "flow_atol", "flow_max_steps", "explode")
     records_sharpness = False
 
+    @classmethod
+    def threshold(cls, lr, settings):
+        """None: the flow has no step size."""
+        return np.full(np.shape(lr), np.nan)
+
     def __init__(self, *, flow_rtol: float = 1e-8, flow_atol: float = 1e-10, flow_max_steps: int = 100_000,
                  explode: float = 1e6):
         self.rtol, self.atol = check_positive("flow_rtol", flow_rtol), check_positive("flow_atol", flow_atol)

@@ -24,6 +24,8 @@ from dlnpipe.steppers.base import Schedule, Stepper
 class GradientDescent(Stepper):
     name = "gd"
     options = ("check_every", "exit_fixed", "explode", "label_noise")
+    per_network = {"label_noise": ()}  # given: the run is SGD's with the whole batch
+    defaults = {"label_noise": 0.0}
 
     @classmethod
     def variant(cls, given: dict):

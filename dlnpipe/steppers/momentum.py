@@ -12,17 +12,18 @@ from dlnpipe.lazy import torch
 from dlnpipe.steppers.first_order import FirstOrder
 
 
-def threshold(lr, momentum):
-    """(2 + 2β)/η: the largest sharpness at which heavy ball is stable."""
-    return (2 + 2 * np.asarray(momentum)) / np.asarray(lr)
-
-
 class HeavyBall(FirstOrder):
     name = "heavy_ball"
     options = (*FirstOrder.options, "momentum")
     per_network = {"momentum": ()}
+    defaults = {"momentum": 0.9}
 
-    def __init__(self, *, momentum=0.9, **kwargs):
+    @classmethod
+    def threshold(cls, lr, settings):
+        """(2 + 2β)/η: the largest sharpness at which heavy ball is stable."""
+        return (2 + 2 * np.asarray(settings["momentum"], dtype=float)) / np.asarray(lr, dtype=float)
+
+    def __init__(self, *, momentum=defaults["momentum"], **kwargs):
         super().__init__(momentum=momentum, **kwargs)
 
     @classmethod

@@ -27,6 +27,7 @@ class SGD(FirstOrder):
     name = "sgd"
     options = (*FirstOrder.options, "batch_size", "label_noise")
     per_network = {"batch_size": (), "label_noise": ()}
+    defaults = {"batch_size": None, "label_noise": 0.0}  # batch_size None: n, the whole training set
     stochastic = True
 
     def __init__(self, *, batch_size=None, label_noise=0.0, **kwargs):
