@@ -21,7 +21,7 @@ ap.add_argument("--out", default="fig1b.png")
 args = ap.parse_args()
 
 ds = xr.open_datatree(args.cube, engine="zarr", consolidated=False)[args.experiment].to_dataset()
-ds = ds.squeeze([d for d in ("init", "depth", "width", "kappa", "spectrum", "wstar") if ds.sizes[d] == 1])
+ds = ds.squeeze([d for d in ("init", "depth", "width", "kappa", "spectrum", "wstar", "optim") if ds.sizes[d] == 1])
 converged = ds.sharpness.where(ds.status == 0)  # flag_values 0, 1, 2: converged, failed, diverged
 mean, count = converged.mean("seed"), converged.count("seed")
 half = 1.96 * converged.std("seed") / np.sqrt(count.where(count > 1))

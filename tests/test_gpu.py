@@ -35,6 +35,24 @@ def test_cuda_training_equals_cpu_float64(data, arch, width):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["small", "gelu"])
+@pytest.mark.parametrize("optimizer,options", [("heavy_ball", {"momentum": [0.0, 0.5, 0.9]}),
+                                               ("adam", {"betas": [(0.9, 0.999), (0.5, 0.9), (0.0, 0.99)]}),
+                                               ("sgd", {"batch_size": [1, 7, 30], "label_noise": [0.0, 0.3, 0.5]})])
+def test_cuda_optimizers_equal_cpu_float64(data, arch, optimizer, options):
+    """The optimizers' per-network tensors and the counter-based mini-batches and noise are the same on
+    the device: each network's run equals the CPU's."""
+    kw = dict(arch=arch, depth=4, width=5, lr=[0.01, 0.004, 0.002], scale=0.4, seed=[1, 2, 3], steps=300,
+              dtype="float64", record_every=50, optimizer=optimizer, **options)
+    cpu, gpu = dlnpipe.train(data, device="cpu", **kw), dlnpipe.train(data, device="cuda", **kw)
+    np.testing.assert_array_equal(cpu.status, gpu.status)
+    for a, b in zip(cpu.layers, gpu.layers):
+        np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-8 * np.abs(a).max())
+    for name, value in cpu.extras.items():
+        np.testing.assert_allclose(gpu.extras[name], value, rtol=1e-8, atol=1e-8 * np.nanmax(np.abs(value)))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("arch", ["small", "residual", "gelu"])
 def test_cuda_lanczos_equals_cpu_float64(data, arch):
     res = dlnpipe.train(data, arch=arch, depth=4, width=6, lr=0.02, scale=0.4, seed=np.arange(8), steps=300)
