@@ -5,7 +5,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORES ?= all
-PROFILE ?= workflow/profiles/default
 PYTEST_ARGS ?=
 
 .PHONY: install run quick report ui test lint bench docs lock clean
@@ -21,12 +20,16 @@ install: $(STAMP)
 # The rules call `python -m dlnpipe ...`: the venv's python comes first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
+# Snakemake applies the workflow profile (profiles/default) by itself. A lock left by a run that was
+# killed as a whole is removed first, only when no Snakemake process runs in this directory.
 run: $(STAMP)
-	snakemake --cores $(CORES) --profile $(PROFILE)
+	$(PY) -m dlnpipe unlock
+	snakemake --cores $(CORES)
 	snakemake --cores 1 --report results/report.html
 
 quick: $(STAMP)
-	snakemake --cores $(CORES) --profile $(PROFILE) --configfile workflow/configs/quick.yaml
+	$(PY) -m dlnpipe unlock
+	snakemake --cores $(CORES) --configfile workflow/configs/quick.yaml
 
 report: $(STAMP)
 	snakemake --cores 1 --report results/report.html
@@ -34,7 +37,7 @@ report: $(STAMP)
 # The MLflow UI on the default SQLite store, on loopback.
 UI_PORT ?= 5000
 ui: $(STAMP)
-	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store: sqlite:///$(CURDIR)/results/mlflow.db)"
+	@$(PY) -m dlnpipe ui-links --uri sqlite:///$(CURDIR)/results/mlflow.db --base http://127.0.0.1:$(UI_PORT)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 test: $(STAMP)

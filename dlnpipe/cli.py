@@ -30,7 +30,7 @@ def _spec(args) -> dict:
     cfg = config_mod.load(args.config)
     for c in cells(cfg):
         if c.experiment == args.experiment and c.id == args.cell:
-            return c.spec(cfg)
+            return c.spec(cfg, args.command)
     raise SystemExit(f"no cell {args.cell!r} in experiment {args.experiment!r} of {args.config}")
 
 
@@ -58,6 +58,24 @@ def cmd_cells(args):
     for c in cells(cfg):
         net = networks(cfg.experiments[c.experiment], c)
         print(f"{c.experiment}/{c.id}\t{len(net)} networks\t{int(net.steps.sum())} network-steps")
+
+
+def cmd_ui_links(args):
+    from dlnpipe.tracking import COMPARE_MAX, ui_links
+
+    print(f"MLflow UI: {args.base}  (store: {args.uri}). Per experiment: its training runs (a row per "
+          f"configuration) and, up to {COMPARE_MAX} configurations, their comparison (every param and metric "
+          "of every configuration, nothing to click):")
+    for link in ui_links(args.uri, args.base):
+        print(f"  {link['name']} ({link['configurations']} configurations)\n    runs:    {link['runs']}")
+        if link["compare"]:
+            print(f"    compare: {link['compare']}")
+
+
+def cmd_unlock(args):
+    from dlnpipe.locks import unlock_if_stale
+
+    print(f"dlnpipe unlock: {unlock_if_stale(args.directory)}")
 
 
 def cmd_schema(args):
@@ -102,10 +120,8 @@ def cmd_gather(args):
     from dlnpipe.grid import Cell
     from dlnpipe.stages import cube
 
-    if args.config.lstrip().startswith("{"):
-        cfg = config_mod.validate(json.loads(args.config))
-    else:
-        cfg = config_mod.load(args.config)
+    spec = json.loads(args.spec)
+    exp = config_mod.ExperimentConfig.model_validate(spec["experiment"])
     if len(args.train) != len(args.measure):
         raise SystemExit("gather: --train and --measure need one file per cell each, in the same order")
     cells, devices = [], []
@@ -113,11 +129,16 @@ def cmd_gather(args):
         meta = read_meta(t)
         cells.append((Cell(**meta["spec"]["cell"]), Path(t), Path(m)))
         devices.append(meta.get("device", "unknown"))
-    data_paths = {}
-    for p in args.data:
-        meta = read_meta(p)
-        data_paths[(meta["experiment"], meta["data_id"])] = Path(p)
-    cube.gather(cfg, cells, data_paths, args.out, devices=devices)
+    data_paths = {read_meta(p)["data_id"]: Path(p) for p in args.data}
+    cube.gather(spec["name"], exp, cells, data_paths, args.out, devices=devices)
+
+
+def cmd_cube_root(args):
+    from dlnpipe.stages import cube
+
+    cfg = config_mod.validate(json.loads(args.config)) if args.config.lstrip().startswith("{") else \
+        config_mod.load(args.config)
+    cube.root(cfg, args.out)
 
 
 def cmd_bounds(args):
@@ -164,6 +185,13 @@ def _study_commands(sub) -> None:
     p = sub.add_parser("cells", help="list the cells (jobs) of a study")
     p.add_argument("config")
     p.set_defaults(func=cmd_cells)
+    p = sub.add_parser("ui-links", help="print the MLflow UI's page of each experiment (what `make ui` prints)")
+    p.add_argument("--uri", required=True, help="the tracking store, e.g. sqlite:///<abs>/results/mlflow.db")
+    p.add_argument("--base", required=True, help="where the UI is served, e.g. http://127.0.0.1:5000")
+    p.set_defaults(func=cmd_ui_links)
+    p = sub.add_parser("unlock", help="remove Snakemake's lock left by a killed run, if no Snakemake runs here")
+    p.add_argument("directory", nargs="?", default=".")
+    p.set_defaults(func=cmd_unlock)
     p = sub.add_parser("schema", help="print (or write) the config's JSON schema")
     p.add_argument("--out")
     p.set_defaults(func=cmd_schema)
@@ -213,13 +241,17 @@ def _tracking_commands(sub) -> None:
 
 
 def _experiment_commands(sub) -> None:
-    p = sub.add_parser("gather", help="build the cube from the cells' files")
-    p.add_argument("--config", required=True, help="the study config: a YAML file or a JSON string")
+    p = sub.add_parser("gather", help="build one experiment's group of the cube from its cells' files")
+    p.add_argument("--spec", required=True, help="JSON: {name, experiment: its config}")
     p.add_argument("--data", nargs="+", required=True)
     p.add_argument("--train", nargs="+", required=True)
     p.add_argument("--measure", nargs="+", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the group's directory, results/cube.zarr/<experiment>")
     p.set_defaults(func=cmd_gather)
+    p = sub.add_parser("cube-root", help="write the cube's root (the study's attrs; stale groups removed)")
+    p.add_argument("--config", required=True, help="the study config: a YAML file or a JSON string")
+    p.add_argument("--out", required=True, help="the cube, results/cube.zarr")
+    p.set_defaults(func=cmd_cube_root)
     p = sub.add_parser("bounds", help="compare one experiment with the theory")
     p.add_argument("--cube", required=True)
     p.add_argument("--experiment", required=True)

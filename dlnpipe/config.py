@@ -89,9 +89,15 @@ class DataConfig(Strict):
 
     @field_validator("file")
     @classmethod
-    def _file_exists(cls, v):
-        if v is not None and not Path(v).is_file():
+    def _file_is_data(cls, v):
+        """The file is read when the config is parsed (shapes, finiteness), before any job starts."""
+        if v is None:
+            return v
+        if not Path(v).is_file():
             raise ValueError(f"data file {v!r} does not exist (paths are relative to the working directory)")
+        from dlnpipe.data import load_dataset
+
+        load_dataset(v)  # its ValueError names the file and what is wrong with it
         return v
 
     def kappas(self) -> list[float | None]:

@@ -16,6 +16,8 @@ Open it without dlnpipe:  ``xr.open_datatree("results/cube.zarr", engine="zarr",
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -258,7 +260,7 @@ def experiment_dataset(name: str, exp: ExperimentConfig, cells: list[tuple[Cell,
             ds[coord].attrs["long_name"] = text
     first = next(iter(datasets.values()))
     ds.attrs = {"experiment": name, "description": exp.description, "n_train": first.n, "d": first.d,
-                "config": json.dumps(exp.model_dump(mode="json"))}
+                "config": json.dumps(exp.model_dump(mode="json", exclude={"figures"}))}
     return ds
 
 
@@ -293,19 +295,42 @@ def theory(exp: ExperimentConfig, datasets: dict[str, Dataset], point: dict) -> 
                      pd.DataFrame(per_depth).set_index(["depth", *DATA_DIMS]).to_xarray()])
 
 
-def write_cube(groups: dict[str, xr.Dataset], attrs: dict, out: str | Path) -> xr.DataTree:
-    """Write the DataTree (one group per experiment, ``attrs`` on the root) to ``out``, atomically:
-    into a temporary directory beside it, then moved into place."""
-    tree = xr.DataTree.from_dict(groups)
-    tree.attrs = {"title": "dlnpipe study cube", **attrs, "conventions": CONVENTIONS}
+def write_group(ds: xr.Dataset, out: str | Path) -> None:
+    """One experiment's group (``results/cube.zarr/<exp>``), a Zarr group of its own written by its own
+    job, atomically: into a temporary directory beside it, then moved into place. No other job writes
+    inside it; a killed job leaves the previous group (or none), never a partial one."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    tree.to_zarr(tmp / "store.zarr", mode="w", consolidated=False)
-    replace_dir(tmp / "store.zarr", out)
+    ds.to_zarr(tmp / "group.zarr", mode="w", consolidated=False)
+    replace_dir(tmp / "group.zarr", out)
     tmp.rmdir()
-    return tree
+
+
+def write_root(attrs: dict, cube: str | Path, *, groups: list[str]) -> Path:
+    """The store's root (``results/cube.zarr/zarr.json``: a group holding the study's attrs), written
+    atomically; directories of experiments no longer in the study (not in ``groups``) are removed, so
+    the tree holds exactly the study's groups. The groups themselves are their own jobs' outputs."""
+    import zarr
+
+    cube = Path(cube)
+    cube.mkdir(parents=True, exist_ok=True)
+    for child in cube.iterdir():
+        if child.is_dir() and not child.name.startswith(".") and child.name not in groups:
+            shutil.rmtree(child)
+    tmp = Path(tempfile.mkdtemp(dir=cube, prefix=".root."))
+    zarr.open_group(store=str(tmp), mode="w", zarr_format=3,
+                    attributes={"title": "dlnpipe study cube", **attrs, "conventions": CONVENTIONS})
+    os.replace(tmp / "zarr.json", cube / "zarr.json")
+    shutil.rmtree(tmp)
+    return cube / "zarr.json"
 
 
 def open_cube(path: str | Path) -> xr.DataTree:
+    """The whole cube as a DataTree (what a user opens)."""
     return xr.open_datatree(path, engine="zarr", consolidated=False)
+
+
+def open_group(path: str | Path, experiment: str) -> xr.Dataset:
+    """One experiment's group, read on its own (a stage that needs one group does not depend on the root)."""
+    return xr.open_dataset(Path(path) / experiment, engine="zarr", consolidated=False)

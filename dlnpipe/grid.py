@@ -60,6 +60,18 @@ def derived_seed(*parts) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
+# Which keys of an experiment each stage's results depend on. ``grid``: which cells and networks exist
+# (each cell and network carries what it needs of them); ``presentation``: what is only shown. A
+# test checks that every key of ExperimentConfig is listed exactly once.
+STAGE_KEYS = {
+    "train": ("data", "scales", "runs", "dtype", "record_every", "record_sharpness", "optimizer", "flow_rtol",
+              "flow_atol", "flow_max_steps", "scale_unit", "rtol", "atol"),
+    "measure": ("sharpness_k", "trace_method", "trace_probes", "density", "density_probes", "density_steps"),
+    "grid": ("inits", "depths", "widths", "batch_datasets", "split"),
+    "presentation": ("description", "figures"),
+}
+
+
 @dataclass(frozen=True)
 class Cell:
     experiment: str
@@ -76,7 +88,7 @@ class Cell:
 
     @property
     def group(self) -> str:
-        """The cell without its part index: what MLflow logs as one parent run."""
+        """The cell without its part index: one tracking job, whose MLflow runs carry it as a tag."""
         tail = "" if self.optimizer == steppers.DEFAULT else f"-{self.optimizer}"
         return f"{self.init}-L{self.depth}-m{self.width}-{self.data}{tail}"
 
@@ -85,11 +97,15 @@ class Cell:
         """Canonical cell id (unique within an experiment), e.g. ``small-L10-m5-paper-p0``."""
         return f"{self.group}-p{self.part}"
 
-    def spec(self, cfg: StudyConfig) -> dict:
-        """Everything a train/measure job needs, as plain data (the rule's params)."""
-        exp = cfg.experiments[self.experiment]
-        return {"cell": asdict(self), "id": self.id, "experiment": exp.model_dump(mode="json"),
-                "device": cfg.device}
+    def spec(self, cfg: StudyConfig, stage: str = "train") -> dict:
+        """What a ``stage`` job of this cell depends on, and nothing else, as plain data (the rule's params,
+        so that Snakemake reruns the job exactly when one of these values changes): the cell, the device,
+        and the experiment's keys of :data:`STAGE_KEYS` with the cell's own init, depth and width."""
+        exp = cfg.experiments[self.experiment].model_dump(mode="json")
+        keys = [k for s in ("train", stage) for k in STAGE_KEYS[s]]
+        part = {k: exp[k] for k in dict.fromkeys(keys)} | {"inits": [self.init], "depths": [self.depth],
+                                                            "widths": [self.width]}
+        return {"cell": asdict(self), "id": self.id, "experiment": part, "device": cfg.device}
 
 
 def datasets(cfg: StudyConfig) -> list[tuple[str, str, float | None, str, str]]:

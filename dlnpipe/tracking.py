@@ -3,10 +3,14 @@
 * one MLflow experiment per study experiment (``<prefix><name>``), created once, before any job
   logs, by :func:`init` (concurrent creation of a fresh SQLite database, or of one experiment by
   two writers, crashes or files runs under "Default");
-* one parent run per cell (the parts of a split cell together) and one nested run per training
-  configuration (init, depth, width, κ, η, s): every grid value as a param, the across-seed
-  statistics of the final metrics as metrics, the median trajectories as step metrics, the
-  per-seed table as an artifact, and the cell id, git revision and cube path as tags;
+* one top-level run per training configuration (init, depth, width, dataset, optimizer setting, η, s):
+  every grid value as a param, the across-seed statistics of the final metrics as metrics, the
+  median trajectories as step metrics, the per-seed table as an artifact, and the cell id (tag
+  ``dlnpipe.cell``: the runs of one job, to group by in the UI), git revision and cube path as tags.
+  Top-level rather than nested under a run per cell: MLflow's runs table shows nested runs only
+  after their parent row is expanded, one click per cell, and a parent run has no metrics to
+  compare; flat, every configuration is a row with its params and metrics, and grouping by the
+  cell tag gives the nesting back when wanted;
 * idempotent: logging a cell first deletes that cell's earlier runs, so a rerun replaces them.
 
 Only the workflow's local rules (:mod:`dlnpipe.stages.track`) call this module: cluster jobs never
@@ -110,6 +114,36 @@ def init(uri: str, names: list[str], *, artifacts: str | Path) -> dict:
     return {"uri": uri, "experiments": ids}
 
 
+COMPARE_MAX = 120  # ui_links: a comparison page for experiments with at most this many configurations
+
+
+def ui_links(uri: str, base: str, *, prefix: str = "dlnpipe/") -> list[dict]:
+    """Where a researcher lands in the MLflow UI served at ``base``, per study experiment in the store:
+    ``runs``, its training-runs table (a row per configuration; metric columns are added with
+    "Columns"), and ``compare``, MLflow's comparison of all its configuration runs (a parallel-coordinates
+    plot of the grid against a metric, and every param and metric of every configuration side by
+    side, nothing to click), when it has at most :data:`COMPARE_MAX` of them. Both open where they
+    should whatever the sidebar's GenAI / Model training switch says."""
+    import json
+    import urllib.parse
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=absolute(uri))
+    out = []
+    for exp in client.search_experiments(filter_string=f"name LIKE '{prefix}%'", max_results=1000):
+        runs = client.search_runs([exp.experiment_id], "tags.`dlnpipe.role` = 'configuration'", max_results=50000,
+                                  order_by=["attributes.run_name ASC"])
+        link = {"name": exp.name, "configurations": len(runs),
+                "runs": f"{base.rstrip('/')}/#/experiments/{exp.experiment_id}/runs", "compare": None}
+        if 0 < len(runs) <= COMPARE_MAX:
+            ids = json.dumps([r.info.run_id for r in runs], separators=(",", ":"))
+            link["compare"] = (f"{base.rstrip('/')}/#/compare-runs?runs={urllib.parse.quote(ids)}"
+                               f"&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}")
+        out.append(link)
+    return sorted(out, key=lambda link: link["name"])
+
+
 def _quantile_metrics(prefix: str, values: np.ndarray) -> dict[str, float]:
     v = values[np.isfinite(values)]
     if v.size == 0:
@@ -154,7 +188,7 @@ def configurations(parts: list[tuple[dict, dict, dict]], datasets: dict | None =
 def log_cell(uri: str, name: str, cell_id: str, parts: list[tuple[dict, dict, dict]], *, theory: dict,
              datasets: dict | None = None, tags: dict) -> dict:
     """Replace the MLflow runs of one cell (all its parts: (spec, train arrays, measure arrays)) by fresh
-    ones: a parent run for the cell, a nested run per training configuration. ``theory``: data id ->
+    ones: a top-level run per training configuration, tagged with the cell. ``theory``: data id ->
     bounds (s_min, s_upper, eta_c) of the cell's depth on that dataset; ``tags`` go on every run.
     Returns what was logged (run ids, how many old runs were replaced)."""
     uri = absolute(uri)
@@ -170,28 +204,13 @@ def log_cell(uri: str, name: str, cell_id: str, parts: list[tuple[dict, dict, di
     old = client.search_runs([experiment_id], filter_string=f"tags.`{CELL_TAG}` = '{cell_id}'", max_results=50000)
     for run in old:
         client.delete_run(run.info.run_id)
-    tags = {CELL_TAG: cell_id, **tags, "dlnpipe.experiment": spec["cell"]["experiment"]}
-    parent = _log_parent(client, experiment_id, cell_id, spec, len(table), tags)
-    children = [_log_configuration(client, experiment_id, spec, key, group, trains, theory[key[0]],
-                                   {**tags, "mlflow.parentRunId": parent, "dlnpipe.role": "configuration"})
-                for key, group in table.groupby(["data", "optim", "lr", "scale"], sort=True)]
-    client.set_terminated(parent)
-    log.info("cell %s: %d configuration runs logged (replaced %d old runs)", cell_id, len(children), len(old))
-    return {"tracking_uri": uri, "experiment_id": experiment_id, "cell": cell_id, "parent_run": parent,
-            "runs": children, "replaced": len(old)}
-
-
-def _log_parent(client, experiment_id: str, cell_id: str, spec: dict, networks: int, tags: dict) -> str:
-    from mlflow.entities import Metric, Param
-
-    cell, exp_cfg = spec["cell"], spec["experiment"]
-    parent = client.create_run(experiment_id, run_name=cell_id, tags={**tags, "dlnpipe.role": "cell"})
-    params = {"init": cell["init"], "depth": cell["depth"], "width": cell["width"], "data": cell["data"],
-              "kappa": cell["kappa"], "parts": cell["parts"], "networks": networks,
-              "dtype": exp_cfg["dtype"], "n": exp_cfg["data"]["n"], "d": exp_cfg["data"]["d"]}
-    client.log_batch(parent.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                     metrics=[Metric("networks", float(networks), int(time.time() * 1000), 0)])
-    return parent.info.run_id
+    tags = {CELL_TAG: cell_id, **tags, "dlnpipe.experiment": spec["cell"]["experiment"],
+            "dlnpipe.role": "configuration"}
+    runs = [_log_configuration(client, experiment_id, spec, key, group, trains, theory[key[0]], tags)
+            for key, group in table.groupby(["data", "optim", "lr", "scale"], sort=True)]
+    log.info("cell %s: %d configuration runs logged (replaced %d old runs)", cell_id, len(runs), len(old))
+    return {"tracking_uri": uri, "experiment_id": experiment_id, "cell": cell_id, "runs": runs,
+            "replaced": len(old)}
 
 
 def _configuration_metrics(group: pd.DataFrame, b, lr: float, threshold: float) -> dict[str, float]:
@@ -235,7 +254,7 @@ def _log_configuration(client, experiment_id: str, spec: dict, key: tuple, group
     tail = "" if optim == steppers.DEFAULT else f"-{optim}"
     name = f"{cell['init']}-L{cell['depth']}-m{cell['width']}-{data}-lr{lr:g}-s{scale:g}{tail}"
     rid = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    params = {"experiment": cell["experiment"], "init": cell["init"], "depth": cell["depth"],
+    params = {"experiment": cell["experiment"], "cell": tags[CELL_TAG], "init": cell["init"], "depth": cell["depth"],
               "width": cell["width"], "kappa": group.kappa.iloc[0], "spectrum": group.spectrum.iloc[0],
               "wstar": group.wstar.iloc[0], "data": data, "lr": lr, "scale": scale,
               "steps": int(group.steps.iloc[0]), "seeds": len(group), "dtype": exp_cfg["dtype"],

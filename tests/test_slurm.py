@@ -1,6 +1,6 @@
 """Cluster submission on a real single-node SLURM cluster (Debian's slurm-wlm + munge).
 
-The quick config through `--profile workflow/profiles/slurm` gives the local run's cube, every job
+The quick config through `--workflow-profile profiles/slurm` gives the local run's cube, every job
 went through `sbatch` (SLURM logs, `scontrol`); a train_cell job killed by `scancel` is reported
 and a rerun finishes the study without redoing the cells that had finished.
 
@@ -19,7 +19,7 @@ import xarray as xr
 from workflow_utils import BIN, QUICK, ROOT, env, open_tree, snakemake, workdir
 
 pytestmark = pytest.mark.slow
-PROFILE = ["--profile", "workflow/profiles/slurm"]
+PROFILE = ["--workflow-profile", "profiles/slurm"]
 # test-only plugin settings: poll soon after submission; no account exists on this cluster
 FAST = ["--slurm-init-seconds-before-status-checks", "2", "--slurm-no-account"]
 
@@ -76,7 +76,7 @@ def test_quick_study_on_slurm_equals_local_run(cluster, quick_run, tmp_path):
             assert state.get("WorkDir") == str(wd)
             assert state.get("Comment", "").startswith(f"rule_{rule}")
     n_logs = sum(len(ids) for r in ("make_dataset", "train_cell", "measure_sharpness", "gather_cube",
-                                     "compare_bounds", "plot") for ids in slurm_logs(wd, r).values())
+                                     "cube_root", "compare_bounds", "plot") for ids in slurm_logs(wd, r).values())
     assert len(submitted) == n_logs  # one sbatch submission per job, each with its log
     log_text = next(iter((wd / ".snakemake/slurm_logs/rule_train_cell").rglob("*.log"))).read_text()
     assert "--executor slurm-jobstep" in log_text and "rule train_cell" in log_text

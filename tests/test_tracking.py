@@ -23,7 +23,7 @@ def configurations(config_path: Path) -> dict[str, int]:
     for name, exp in cfg.experiments.items():
         lrs = sum(len(expand(r.lr)) for r in exp.runs)
         out[name] = (len(exp.inits) * len(exp.depths) * len(exp.widths) * len(exp.data.points())
-                     * lrs * len(expand(exp.scales)))
+                     * len(exp.optim_points()) * lrs * len(expand(exp.scales)))
     return out
 
 
@@ -76,7 +76,9 @@ def test_every_configuration_is_a_run(quick_run):
             assert key in metrics, key
         assert abs(metrics["frac_converged"] + metrics["frac_failed"] + metrics["frac_diverged"] - 1) < 1e-12
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-        assert tags["dlnpipe.cell"] == "small-L3-m3-paper" and "mlflow.parentRunId" in tags
+        # top-level runs (no parent to expand in the UI), the cell as a tag and a param to group by
+        assert tags["dlnpipe.cell"] == "small-L3-m3-paper" and "mlflow.parentRunId" not in tags
+        assert params["cell"] == "small-L3-m3-paper" and params["optimizer"] == "gd"
         assert tags["dlnpipe.cube"].endswith("results/cube.zarr") and tags["dlnpipe.git_revision"]
         # median trajectories are step metrics
         hist = urllib.request.urlopen(f"{server.url}/api/2.0/mlflow/metrics/get-history?run_id="
@@ -107,34 +109,71 @@ def test_rerun_and_forced_cell_keep_one_run_per_configuration(quick_run, tmp_pat
               "--forcerun", "results/train/small/small-L3-m3-paper-p0.npz")
     after = json.loads(marker.read_text())
     assert after["tracking_uri"] == f"sqlite:///{db}"  # the moved study logs into its own store
-    assert after["replaced"] == len(before["runs"]) + 1  # the cell's configuration runs and its parent
+    assert after["replaced"] == len(before["runs"])  # the cell's configuration runs, replaced
     assert not set(after["runs"]) & set(before["runs"])
     with MlflowServer(db) as server:
         assert count_runs(server.url) == expected
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is installed by .ci/run")
-def test_mlflow_ui_shows_the_runs_in_chromium(quick_run):
-    from playwright.sync_api import sync_playwright
+def test_make_ui_links_open_on_the_configurations_and_their_metrics(quick_run):
+    """`make ui` on a finished quick study prints each experiment's pages; the comparison page it prints
+    for dlnpipe/small shows, in a fresh headless Chromium (sidebar in its default GenAI mode), every
+    configuration run with its params and metrics: nothing to click, nothing to expand."""
+    import os
+    import re
+    import signal
+    import subprocess
 
-    with MlflowServer(quick_run / "results/mlflow.db", ui_only=True) as server:
-        exp_id = experiments(server.url)["dlnpipe/small"]
-        names = {r["info"]["run_name"] for r in search_runs(server.url, exp_id)}
+    from playwright.sync_api import sync_playwright
+    from workflow_utils import ROOT, env, wait_http
+
+    shutil.copy(ROOT / "Makefile", quick_run / "Makefile")
+    port = free_port()
+    proc = subprocess.Popen(["make", "-o", f"{ROOT}/.venv/.installed", "ui", f"UI_PORT={port}", f"VENV={ROOT}/.venv"],
+                            cwd=quick_run, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("mlflow ui"):  # make echoes the server's command after the links
+                break
+        printed = "".join(lines)
+        found = re.search(r"dlnpipe/small \((\d+) configurations\)\n\s+runs:\s+(\S+)\n\s+compare:\s+(\S+)", printed)
+        assert found, printed
+        n, runs, compare = int(found.group(1)), found.group(2), found.group(3)
+        assert n == configurations(QUICK)["small"] and runs.startswith(f"http://127.0.0.1:{port}/#/experiments/")
+        wait_http(f"http://127.0.0.1:{port}/health")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{server.url}/#/experiments/{exp_id}/runs", timeout=60_000)
-            page.get_by_text("small-L3-m3-paper", exact=True).first.wait_for(timeout=60_000)
-            # the configurations are nested under the cell's parent run: expand it
-            row = page.get_by_role("row").filter(has_text="small-L3-m3-paper")
-            row.first.get_by_role("button").first.click()
-            page.get_by_text("small-L3-m3-paper-lr0.1-s0.3", exact=True).first.wait_for(timeout=60_000)
-            text = page.inner_text("body")
+            page.goto(compare, timeout=60_000)
+            page.get_by_text("Run details").first.wait_for(timeout=60_000)
             page.screenshot(path=str(quick_run / "results/mlflow-ui.png"))
+            keys = ("frac_converged", "sharpness_median", "sharpness_ratio_median", "s_min", "threshold", "lr", "scale")
+            text = ""
+            page.mouse.move(600, 700)
+            for _ in range(80):  # the table of params and metrics fills the page as a reader scrolls down it
+                text += page.inner_text("body")
+                if all(key in text for key in keys):
+                    break
+                page.mouse.wheel(0, 400)
+                page.wait_for_timeout(150)
+            page.goto(runs, timeout=60_000)  # the training-runs table: one row per configuration
+            page.get_by_text(f"{n} matching runs").first.wait_for(timeout=60_000)
+            table = page.inner_text("body")
             browser.close()
-    assert f"{len(names)} matching runs" in text  # the parent and its 4 configurations
-    assert all(name in text for name in names), (names, text[:3000])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert re.search(rf"Comparing\s+{n}\s+Runs", text, re.I), text[text.find("dlnpipe/small"):][:300]
+    assert f"{n} matching runs" in table
+    names = [f"small-L3-m3-paper-lr{lr}-s{s}" for lr in ("0.1", "0.8") for s in ("0.3", "0.5")]
+    assert all(name in text and name in table for name in names), text[:3000]
+    for key in keys:
+        assert key in text, key
 
 
 def test_tracking_server_down_then_up(tmp_path):
@@ -150,10 +189,14 @@ def test_tracking_server_down_then_up(tmp_path):
     log = (wd / "logs/mlflow_init/mlflow_init.log").read_text()
     assert f"MLflow tracking server {uri} is not reachable" in log and "run the workflow again" in log
     assert "Error in rule mlflow_init" in out.stdout + out.stderr
+    # the job's one-line cause reaches the terminal, with its log's path
+    assert f"error: tracking error: MLflow tracking server {uri} is not reachable" in out.stderr
+    assert "(log: logs/mlflow_init/mlflow_init.log)" in out.stderr
     # the training results (and, with --keep-going, everything else) are on disk regardless of tracking
     assert (wd / "results/train/small/small-L3-m3-paper-p0.npz").exists()
     assert (wd / "results/measure/small/small-L3-m3-paper-p0.npz").exists()
     assert (wd / "results/cube.zarr/zarr.json").exists() and (wd / "results/figures/small/fig1b.png").exists()
+    assert (wd / "results/cube.zarr/small/zarr.json").exists()
     assert not (wd / "results/mlflow/logged/small/small-L3-m3-paper.json").exists()
     with MlflowServer(tmp_path / "server.db", port=port) as server:
         out = snakemake(wd, "--configfile", str(cfg), "--cores", "2", extra_env={"MLFLOW_TRACKING_URI": uri})

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import yaml
 from workflow_utils import BIN, QUICK, ROOT, env, open_tree, snakemake, workdir
 
 from dlnpipe.status import Status
@@ -23,12 +24,15 @@ pytestmark = pytest.mark.slow
 
 def test_quick_cube_content(quick_run):
     tree = open_tree(quick_run / "results/cube.zarr")
-    assert set(tree.children) == {"small", "relu", "resid", "traj", "under", "bounds"}
+    assert set(tree.children) == {"small", "relu", "resid", "traj", "under", "bounds", "optim"}
 
     assert json.loads(tree.attrs["config"])["experiments"]["small"]["depths"] == [3]
-    assert "torch" in json.loads(tree.attrs["versions"]) and tree.attrs["devices"] == '["cpu"]'
+    assert "torch" in json.loads(tree.attrs["versions"]) and tree.attrs["git_revision"]
     small = tree["small"].to_dataset()
-    assert small.sharpness.dims == ("init", "depth", "width", "kappa", "spectrum", "wstar", "lr", "scale", "seed")
+    assert small.attrs["devices"] == '["cpu"]' and "figures" not in json.loads(small.attrs["config"])
+    assert small.sharpness.dims == ("init", "depth", "width", "kappa", "spectrum", "wstar", "optim", "lr", "scale",
+                                    "seed")
+    assert list(small.optim.values) == ["gd"] and list(small.optimizer.values) == ["gd"]
     assert list(small.spectrum.values) == ["gaussian"] and list(small.wstar.values) == ["gaussian"]
     for var in ("sharpness", "sharpness_exact", "sharpness_init", "loss_train", "loss_test", "distance", "status",
                 "s_min", "s_upper", "eta_c", "traj_loss_train", "traj_distance", "sharpness_topk", "sv_ratio"):
@@ -199,10 +203,61 @@ def test_killed_train_job_is_repaired_by_rerun(tmp_path):
     assert "Error in rule train_cell" in out
     assert not (wd / "results/train/slow/gelu-L4-m3-paper-p0.npz").exists()
     assert not list((wd / "results/train/slow").glob(".*.tmp"))  # no half-written file left behind
-    snakemake(wd, "--configfile", str(fault), "--cores", "1", "--rerun-incomplete")
+    # a plain rerun: the workflow profile (profiles/default, found by Snakemake itself) says rerun-incomplete
+    snakemake(wd, "--configfile", str(fault), "--cores", "1")
+    a, b = open_tree(clean / "results/cube.zarr"), open_tree(wd / "results/cube.zarr")
+    assert sorted(a.children) == sorted(b.children) == ["fast", "slow"]
+    for name in a.children:
+        xr.testing.assert_identical(a[name].to_dataset(), b[name].to_dataset())
+
+
+def test_whole_run_killed_then_unlocked_and_rerun(tmp_path):
+    """Snakemake itself killed (SIGKILL to its whole process group): its lock stays; `dlnpipe unlock`
+    (what `make run` does first) removes it because no Snakemake runs there, and a plain rerun finishes
+    with the cube of an uninterrupted run and no duplicated work left behind."""
+    fault = ROOT / "tests/data/fault.yaml"
+    clean = workdir(tmp_path / "clean")
+    snakemake(clean, "--configfile", str(fault), "--cores", "1")
+    wd = workdir(tmp_path / "killed")
+    proc = subprocess.Popen([str(BIN / "snakemake"), "--configfile", str(fault), "--cores", "1"], cwd=wd, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    _wait_for("^python -m dlnpipe train .*gelu-L4-m3-paper-p0", timeout=120)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert list((wd / ".snakemake/locks").glob("*"))  # the stale lock
+    stuck = snakemake(wd, "--configfile", str(fault), "--cores", "1", check=False)
+    assert stuck.returncode != 0 and "LockException" in stuck.stdout + stuck.stderr
+    out = subprocess.run([str(BIN / "python"), "-m", "dlnpipe", "unlock"], cwd=wd, env=env(), capture_output=True,
+                         text=True, check=True)
+    assert "removed a stale lock" in out.stdout
+    snakemake(wd, "--configfile", str(fault), "--cores", "1")
     a, b = open_tree(clean / "results/cube.zarr"), open_tree(wd / "results/cube.zarr")
     for name in a.children:
         xr.testing.assert_identical(a[name].to_dataset(), b[name].to_dataset())
+
+
+def test_unlock_leaves_a_live_run_alone(tmp_path):
+    """A Snakemake process running in the directory holds its lock: `dlnpipe unlock` keeps it."""
+    import shutil
+
+    from dlnpipe.locks import unlock_if_stale
+
+    (tmp_path / ".snakemake/locks").mkdir(parents=True)
+    lock = tmp_path / ".snakemake/locks/0.input.lock"
+    lock.write_text("results/x\n")
+    fake = tmp_path / "bin/snakemake"  # a process whose program is called snakemake, running here
+    fake.parent.mkdir()
+    shutil.copy("/bin/sleep", fake)
+    live = subprocess.Popen([str(fake), "30"], cwd=tmp_path)
+    try:
+        time.sleep(0.2)
+        assert unlock_if_stale(tmp_path).startswith("locked by a running Snakemake") and lock.exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert unlock_if_stale(tmp_path).startswith("removed a stale lock") and not lock.exists()
+    assert unlock_if_stale(tmp_path) == "no lock"
 
 
 def test_default_config_dry_run(tmp_path):
@@ -239,7 +294,7 @@ def test_gpu_resource_follows_device(tmp_path, device, gpu):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     wd = workdir(tmp_path / "wd")
-    out = snakemake(wd, "-n", "--profile", "workflow/profiles/default", "--configfile", str(path)).stdout
+    out = snakemake(wd, "-n", "--configfile", str(path)).stdout  # the workflow profile applies by itself
     jobs = out.split("\nrule ")[1:] + out.split("\nlocalrule ")[1:]
     per_rule = {}
     for job in jobs:
@@ -247,5 +302,50 @@ def test_gpu_resource_follows_device(tmp_path, device, gpu):
         per_rule.setdefault(name, set()).add("gpu=1" in job)
     assert per_rule["train_cell"] == {bool(gpu)} and per_rule["measure_sharpness"] == {bool(gpu)}
     assert per_rule["gather_cube"] == {False}
-    profile = yaml.safe_load((ROOT / "workflow/profiles/default/config.yaml").read_text())
+    profile = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
     assert profile["resources"] == ["gpu=1"]
+
+
+def test_local_and_cluster_profiles_share_their_defaults():
+    """profiles/slurm replaces profiles/default (--workflow-profile): it repeats the shared block."""
+    import yaml
+
+    local = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
+    cluster = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    shared = ("keep-going", "rerun-incomplete", "show-failed-logs", "printshellcmds")
+    assert {k: local[k] for k in shared} == {k: cluster[k] for k in shared}
+    assert local["rerun-incomplete"] is True and cluster["executor"] == "slurm"
+
+
+def test_snakemake_module_runs_the_study_in_its_own_directory(tmp_path):
+    """Another project uses dlnpipe as a Snakemake module (`module dlnpipe: snakefile: ..., config:
+    config` and `use rule * from dlnpipe`): the quick study's small experiment runs in that project's
+    directory, with that project's config."""
+    cfg = yaml.safe_load(QUICK.read_text())
+    cfg["experiments"] = {"small": cfg["experiments"]["small"]}
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "study.yaml").write_text(yaml.safe_dump(cfg))
+    (host / "Snakefile").write_text(
+        'configfile: "study.yaml"\n\n\n'
+        f'module dlnpipe:\n    snakefile:\n        "{ROOT / "Snakefile"}"\n    config:\n        config\n\n\n'
+        "use rule * from dlnpipe\n")
+    snakemake(host, "--cores", "2")
+    tree = open_tree(host / "results/cube.zarr")
+    assert sorted(tree.children) == ["small"] and int(tree["small"].to_dataset().valid.sum()) == 12
+    assert (host / "results/figures/small/fig1b.png").exists() and (host / "results/bounds/small.md").exists()
+    assert (host / "results/mlflow.db").exists() and not (ROOT / "results/cube.zarr/small").exists()
+
+
+def test_figures_without_data_say_so(quick_run, tmp_path):
+    """A figure whose networks all diverged says so on each empty panel instead of drawing empty axes."""
+    from dlnpipe import figures
+
+    ds = open_tree(quick_run / "results/cube.zarr")["small"].to_dataset().load()
+    ds["status"] = ds.status.where(ds.status < 0, Status.DIVERGED)
+    for var in ("sharpness", "distance", "loss_train", "loss_test", "hessian_trace", "hessian_trace_minimizer"):
+        ds[var] = ds[var] * np.nan
+    for name in ("fig1a", "fig1b", "trace", "trace_vs_sharpness"):
+        fig = figures.draw(ds, name)
+        texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+        assert any(t.startswith("no converged") for t in texts), (name, texts)

@@ -19,7 +19,7 @@ BIN = Path(sys.executable).parent
 def workdir(tmp: Path) -> Path:
     """A fresh copy of the workflow (not of results) to run in."""
     tmp.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "config.yaml", "workflow", "envs"):
+    for name in ("Snakefile", "config.yaml", "workflow", "profiles", "envs"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp / name)
     return tmp

@@ -1,14 +1,17 @@
 """The figures, by name: the one registry the config and the plot stage ask.
 
-Each entry: name -> (module, drawing function, title). A drawing function takes one experiment's
-group of the cube (an ``xr.Dataset``) and returns a matplotlib Figure. Adding a figure: its
-function in a module of this package and one entry below; the config's ``figures`` accept every
-name listed here. The modules (matplotlib, seaborn) are imported only when a figure is drawn.
+Each entry: name -> (module, drawing function, title), and its caption, ``captions/<name>.rst``: what
+the figure shows, the text the workflow's report puts under it. A drawing function takes one
+experiment's group of the cube (an ``xr.Dataset``) and returns a matplotlib Figure; a panel with
+nothing to show says so. Adding a figure: its function in a module of this package, one entry below
+and its caption file; the config's ``figures`` accept every name listed here. The modules
+(matplotlib, seaborn) are imported only when a figure is drawn.
 """
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from dlnpipe._checks import check_choice
 
@@ -35,12 +38,21 @@ FIGURES = {
 NAMES = tuple(FIGURES)
 
 
+CAPTIONS = Path(__file__).parent / "captions"
+
+
+def caption(name: str) -> str:
+    """What figure ``name`` shows (reStructuredText)."""
+    return (CAPTIONS / f"{check_choice('figure', name, NAMES)}.rst").read_text().strip()
+
+
 def draw(ds, name: str):
     """The figure ``name`` of one experiment, in the house style, titled."""
     module, function, title = FIGURES[check_choice("figure", name, NAMES)]
     common = importlib.import_module("dlnpipe.figures.common")  # sets the Agg backend first
     common.style()
     fig = getattr(importlib.import_module(f"dlnpipe.figures.{module}"), function)(ds)
+    common.mark_empty(fig, "no converged networks" if not common.any_converged(ds) else "no data to show")
     fig.suptitle(f"{ds.attrs.get('experiment', '')}: {title}", y=1.0)
     fig.tight_layout()
     return fig

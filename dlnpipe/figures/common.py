@@ -86,3 +86,27 @@ def plain_log(ax, axis: str = "y") -> None:
     target.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_formatter(mticker.FuncFormatter(
         lambda v, _: f"{v:g}" if f"{v:.1g}"[0] in "25" else ""))
+
+
+def any_converged(ds: xr.Dataset) -> bool:
+    from dlnpipe.status import Status
+
+    return bool((ds.status == Status.CONVERGED).any())
+
+
+def has_data(ax) -> bool:
+    """Whether a panel shows data: a line in data coordinates (reference lines such as axhline are in
+    axes coordinates along one axis), a scatter, a band or bars; or already says why it is empty."""
+    if any(t.get_text() for t in ax.texts if t.get_transform() == ax.transAxes):
+        return True
+    for line in ax.lines:
+        if line.get_transform() == ax.transData and np.isfinite(np.asarray(line.get_ydata(), float)).any():
+            return True
+    return any(len(c.get_offsets()) or len(c.get_paths()) for c in ax.collections) or bool(ax.patches)
+
+
+def mark_empty(fig, text: str) -> None:
+    """Every visible panel of ``fig`` with no data says so (instead of empty axes)."""
+    for ax in fig.axes:
+        if ax.get_visible() and ax.get_label() != "<colorbar>" and not has_data(ax):
+            ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")

@@ -34,7 +34,7 @@ def _threshold(ds, label, lr) -> float:
 
 
 def empty(ax, text: str) -> None:
-    """A panel with nothing to draw says so."""
+    """A panel with nothing to draw says why."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 

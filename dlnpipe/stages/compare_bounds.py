@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from dlnpipe.analysis import claims, constant, table
-from dlnpipe.cube import open_cube
+from dlnpipe.cube import open_group
 
 CONSTANT_TEXT = (
     "`C`: largest S/S_min over depth, width, init scale and seeds (at `at_depth`, `at_width`, `at_scale`). "
@@ -21,7 +21,7 @@ CONSTANT_TEXT = (
 
 def run(cube_path: str | Path, experiment: str, csv: str | Path, md: str | Path,
         constant_csv: str | Path | None = None) -> pd.DataFrame:
-    ds = open_cube(cube_path)[experiment].to_dataset()
+    ds = open_group(cube_path, experiment)
     tab = table(ds)
     cl = claims(tab, ds)
     const = constant(ds)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from dlnpipe import figures
-from dlnpipe.cube import open_cube
+from dlnpipe.cube import open_group
 
 
 def run(cube_path: str | Path, experiment: str, figure: str, png: str | Path, pdf: str | Path) -> None:
-    ds = open_cube(cube_path)[experiment].to_dataset()
+    ds = open_group(cube_path, experiment)
     fig = figures.draw(ds, figure)
     import matplotlib.pyplot as plt  # after draw(), which chose the backend
 

@@ -3,7 +3,7 @@
 
 rule compare_bounds:
     input:
-        cube=rules.gather_cube.output.cube,
+        group=rules.gather_cube.output.group,
     output:
         csv=report(
             "results/bounds/{exp}.csv",
@@ -20,5 +20,7 @@ rule compare_bounds:
     conda:
         ENV
     shell:
-        "python -m dlnpipe bounds --cube $(dirname {input.cube}) --experiment {wildcards.exp}"
-        " --csv {output.csv} --md {output.md} --constant {output.constant} 2> {log}"
+        logged(
+            "python -m dlnpipe bounds --cube $(dirname $(dirname {input.group})) --experiment {wildcards.exp}"
+            " --csv {output.csv} --md {output.md} --constant {output.constant}"
+        )

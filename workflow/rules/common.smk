@@ -4,6 +4,7 @@ import math
 import sys
 
 from dlnpipe.config import ConfigError, validate
+from dlnpipe.figures import caption as figure_caption
 from dlnpipe.grid import ALL_DATA
 from dlnpipe.grid import cells as grid_cells
 from dlnpipe.grid import cost as grid_cost
@@ -55,8 +56,15 @@ def data_spec(wildcards):
     return json.dumps(spec)
 
 
-def cell_spec(wildcards):
-    return json.dumps(CELLS[(wildcards.exp, wildcards.cell)].spec(STUDY))
+def cell_spec(stage):
+    """Input function: the JSON spec of a ``stage`` job of the cell, holding only what its outputs
+    depend on (dlnpipe.grid.STAGE_KEYS), so that its params change exactly when they should rerun.
+    """
+
+    def spec(wildcards):
+        return json.dumps(CELLS[(wildcards.exp, wildcards.cell)].spec(STUDY, stage))
+
+    return spec
 
 
 def cell_priority(wildcards):
@@ -109,6 +117,36 @@ def uses_gpu(wildcards):
     return int(torch.cuda.is_available())
 
 
+def experiment_cells(template, exp):
+    """``template`` (a train or measure file) for every cell of experiment ``exp``."""
+    return [template.format(exp=e, cell=c) for e, c in sorted(CELLS) if e == exp]
+
+
+def group_spec(wildcards):
+    """What an experiment's group of the cube depends on: its config without the figure list."""
+    exp = STUDY.experiments[wildcards.exp].model_dump(mode="json")
+    exp.pop("figures")
+    return json.dumps({"name": wildcards.exp, "experiment": exp})
+
+
+def root_config():
+    """The study config the cube's root records: every experiment without its figure list."""
+    study = STUDY.model_dump(mode="json")
+    for exp in study["experiments"].values():
+        exp.pop("figures")
+    return json.dumps(study)
+
+
+def logged(command):
+    """``command`` with its stderr into the job's log; when it fails, the log's last line (the cause, one
+    line) is echoed to Snakemake's own output with the log's path."""
+    return (
+        command
+        + ' 2> {log} || {{ status=$?; echo "error: $(tail -n 1 {log})  (log: {log})" >&2;'
+        " exit $status; }}"
+    )
+
+
 def cell_keys():
     keys = sorted(CELLS)
     return dict(exp=[e for e, _ in keys], cell=[c for _, c in keys])
@@ -120,7 +158,7 @@ def data_keys():
 
 
 def all_targets():
-    targets = [rules.gather_cube.output.cube]
+    targets = [rules.cube_root.output.root]
     targets += expand(rules.compare_bounds.output.csv, exp=list(STUDY.experiments))
     if STUDY.mlflow.enabled:
         targets += [

@@ -1,23 +1,48 @@
-# Stage gather_cube: the single writer of results/cube.zarr (one group per experiment).
+# Stage gather_cube: one job per experiment writes its group of results/cube.zarr (its cells' files
+# into one labelled Dataset); cube_root writes the store's root (the study's attrs). No two jobs
+# write the same file, and tables and figures read only their experiment's group.
 
 
 rule gather_cube:
     input:
-        data=expand(rules.make_dataset.output.npz, zip, **data_keys()),
-        train=expand(rules.train_cell.output.npz, zip, **cell_keys()),
-        measure=expand(rules.measure_sharpness.output.npz, zip, **cell_keys()),
+        data=lambda w: experiment_data(w.exp, ALL_DATA),
+        train=lambda w: experiment_cells(rules.train_cell.output.npz, w.exp),
+        measure=lambda w: experiment_cells(rules.measure_sharpness.output.npz, w.exp),
     output:
-        # The store's root metadata file stands for the whole store (written atomically), so that
-        # Snakemake leaves no marker file inside the Zarr hierarchy.
-        cube="results/cube.zarr/zarr.json",
+        # The group's metadata file stands for the group (the job replaces the whole directory
+        # atomically), so that Snakemake leaves no marker file inside the Zarr hierarchy.
+        group="results/cube.zarr/{exp}/zarr.json",
     log:
-        "logs/gather_cube/gather_cube.log",
+        "logs/gather_cube/{exp}.log",
     benchmark:
-        "benchmarks/gather_cube/gather_cube.tsv"
+        "benchmarks/gather_cube/{exp}.tsv"
     conda:
         ENV
     params:
-        config=json.dumps(STUDY.model_dump(mode="json")),
+        spec=group_spec,
     shell:
-        "python -m dlnpipe gather --config {params.config:q} --data {input.data}"
-        " --train {input.train} --measure {input.measure} --out $(dirname {output.cube}) 2> {log}"
+        logged(
+            "python -m dlnpipe gather --spec {params.spec:q} --data {input.data} --train {input.train}"
+            " --measure {input.measure} --out $(dirname {output.group})"
+        )
+
+
+rule cube_root:
+    input:
+        groups=expand(rules.gather_cube.output.group, exp=list(STUDY.experiments)),
+    output:
+        # The root's metadata file stands for the store's root (written atomically), so that
+        # Snakemake leaves no marker file inside the Zarr hierarchy.
+        root="results/cube.zarr/zarr.json",
+    log:
+        "logs/cube_root/cube_root.log",
+    benchmark:
+        "benchmarks/cube_root/cube_root.tsv"
+    conda:
+        ENV
+    params:
+        config=root_config(),
+    shell:
+        logged(
+            "python -m dlnpipe cube-root --config {params.config:q} --out $(dirname {output.root})"
+        )

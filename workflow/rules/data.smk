@@ -13,4 +13,4 @@ rule make_dataset:
     params:
         spec=data_spec,
     shell:
-        "python -m dlnpipe data --spec {params.spec:q} --out {output.npz} 2> {log}"
+        logged("python -m dlnpipe data --spec {params.spec:q} --out {output.npz}")

@@ -21,7 +21,9 @@ rule measure_sharpness:
         runtime=60,
         gpu=uses_gpu,
     params:
-        spec=cell_spec,
+        spec=cell_spec("measure"),
     shell:
-        "python -m dlnpipe measure --spec {params.spec:q} --data {input.data} --train {input.train}"
-        " --out {output.npz} --threads {threads} 2> {log}"
+        logged(
+            "python -m dlnpipe measure --spec {params.spec:q} --data {input.data} --train {input.train}"
+            " --out {output.npz} --threads {threads}"
+        )

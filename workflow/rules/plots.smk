@@ -3,7 +3,7 @@
 
 rule plot:
     input:
-        cube=rules.gather_cube.output.cube,
+        group=rules.gather_cube.output.group,
     output:
         png=report(
             "results/figures/{exp}/{figure}.png",
@@ -19,6 +19,11 @@ rule plot:
         "benchmarks/plot/{exp}/{figure}.tsv"
     conda:
         ENV
+    params:
+        # the figure's own caption (dlnpipe/figures/captions/<figure>.rst), rendered by report/figure.rst
+        caption=lambda w: figure_caption(w.figure),
     shell:
-        "python -m dlnpipe plot --cube $(dirname {input.cube}) --experiment {wildcards.exp} --figure {wildcards.figure}"
-        " --png {output.png} --pdf {output.pdf} 2> {log}"
+        logged(
+            "python -m dlnpipe plot --cube $(dirname $(dirname {input.group})) --experiment {wildcards.exp} --figure {wildcards.figure}"
+            " --png {output.png} --pdf {output.pdf}"
+        )

@@ -20,13 +20,16 @@ rule mlflow_init:
         uri=TRACKING_URI,
         names=[MLFLOW_NAMES[e] for e in STUDY.experiments],
     shell:
-        "python -m dlnpipe track-init --uri {params.uri:q} --experiments {params.names:q}"
-        " --artifacts results/mlflow/artifacts --out {output.json} 2> {log}"
+        logged(
+            "python -m dlnpipe track-init --uri {params.uri:q} --experiments {params.names:q}"
+            " --artifacts results/mlflow/artifacts --out {output.json}"
+        )
 
 
 rule track_cell:
     input:
-        init=rules.mlflow_init.output.json,
+        # ancient: creating the store's experiments again (a new experiment in the study) relogs nothing
+        init=ancient(rules.mlflow_init.output.json),
         data=group_data,
         train=group_files(rules.train_cell.output.npz),
         measure=group_files(rules.measure_sharpness.output.npz),
@@ -41,8 +44,10 @@ rule track_cell:
     params:
         uri=TRACKING_URI,
         name=mlflow_name,
-        cube=rules.gather_cube.output.cube,
+        cube=rules.cube_root.output.root,
     shell:
-        "python -m dlnpipe track --uri {params.uri:q} --name {params.name:q} --cell {wildcards.group}"
-        " --data {input.data} --train {input.train} --measure {input.measure}"
-        " --cube $(dirname {params.cube}) --out {output.json} 2> {log}"
+        logged(
+            "python -m dlnpipe track --uri {params.uri:q} --name {params.name:q} --cell {wildcards.group}"
+            " --data {input.data} --train {input.train} --measure {input.measure}"
+            " --cube $(dirname {params.cube}) --out {output.json}"
+        )

@@ -20,7 +20,9 @@ rule train_cell:
         runtime=120,
         gpu=uses_gpu,
     params:
-        spec=cell_spec,
+        spec=cell_spec("train"),
     shell:
-        "python -m dlnpipe train --spec {params.spec:q} --data {input.data} --out {output.npz}"
-        " --threads {threads} 2> {log}"
+        logged(
+            "python -m dlnpipe train --spec {params.spec:q} --data {input.data} --out {output.npz}"
+            " --threads {threads}"
+        )
