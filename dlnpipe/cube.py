@@ -7,8 +7,12 @@ trajectories, ``eig`` for the top-k eigenvalues, ``layer`` for per-layer diagnos
 for the spectral density). Every variable, its dimensions, long name and units are listed once here
 (:data:`ATTRS`, :func:`dims_of`); ``docs/cube.md`` is generated from them. Ragged
 axes (80 seeds for one η, 20 for the others) are NaN-padded; ``valid`` marks real networks and
-``status`` is -1 there. Units and long names are in each variable's attrs; the resolved config,
-versions, git revision and devices in the root's attrs.
+``status`` is -1 there. The ``optim`` axis holds the experiment's optimizer settings, with each
+one's options as coordinates along it (``optimizer``, ``momentum``, ``beta1``, ``beta2``, ``eps``,
+``batch_size``, ``label_noise``). Units and long names are in each variable's attrs; the group's own
+config (without its figure list) and devices in the group's attrs; the study's config, versions and git
+revision in the root's. Each group is written by its own job (:func:`write_group`), the root by
+another (:func:`write_root`).
 
 Open it without dlnpipe:  ``xr.open_datatree("results/cube.zarr", engine="zarr", consolidated=False)``.
 """

@@ -245,7 +245,7 @@ def optimizer_params(exp_cfg: dict, label: str) -> dict:
 
 def _log_configuration(client, experiment_id: str, spec: dict, key: tuple, group: pd.DataFrame, trains: dict,
                        b, tags: dict) -> str:
-    """One nested run: every grid value as a param, the statistics as metrics, the median trajectories
+    """One configuration run: every grid value as a param, the statistics as metrics, the median trajectories
     as step metrics, the per-seed table as an artifact."""
     from mlflow.entities import Metric, Param
 

@@ -186,17 +186,26 @@ def _wait_for(pattern: str, timeout: float) -> int:
     raise AssertionError(f"no process matching {pattern!r} within {timeout} s")
 
 
-def test_killed_train_job_is_repaired_by_rerun(tmp_path):
-    fault = ROOT / "tests/data/fault.yaml"
-    clean = workdir(tmp_path / "clean")
-    snakemake(clean, "--configfile", str(fault), "--cores", "1")
+FAULT = ROOT / "tests/data/fault.yaml"
 
+
+def _clean_and_training(tmp_path, **popen):
+    """The fault study run to the end in one directory, and started in another until its slow cell is
+    training (mid-run: it trains for several seconds); (clean dir, run dir, Snakemake process, pid of
+    the training python process — not its `bash -c` wrapper, whose command line also matches)."""
+    clean = workdir(tmp_path / "clean")
+    snakemake(clean, "--configfile", str(FAULT), "--cores", "1")
     wd = workdir(tmp_path / "killed")
-    proc = subprocess.Popen([str(BIN / "snakemake"), "--configfile", str(fault), "--cores", "1"], cwd=wd, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # the python process itself (not the `bash -c` wrapper, whose command line also matches)
+    proc = subprocess.Popen([str(BIN / "snakemake"), "--configfile", str(FAULT), "--cores", "1"], cwd=wd, env=env(),
+                            **popen)
     pid = _wait_for("^python -m dlnpipe train .*gelu-L4-m3-paper-p0", timeout=120)
-    time.sleep(1.0)  # mid-run: the cell trains for several seconds
+    time.sleep(1.0)
+    return clean, wd, proc, pid
+
+
+def test_killed_train_job_is_repaired_by_rerun(tmp_path):
+    fault = FAULT
+    clean, wd, proc, pid = _clean_and_training(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     os.kill(pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0, out
@@ -215,14 +224,9 @@ def test_whole_run_killed_then_unlocked_and_rerun(tmp_path):
     """Snakemake itself killed (SIGKILL to its whole process group): its lock stays; `dlnpipe unlock`
     (what `make run` does first) removes it because no Snakemake runs there, and a plain rerun finishes
     with the cube of an uninterrupted run and no duplicated work left behind."""
-    fault = ROOT / "tests/data/fault.yaml"
-    clean = workdir(tmp_path / "clean")
-    snakemake(clean, "--configfile", str(fault), "--cores", "1")
-    wd = workdir(tmp_path / "killed")
-    proc = subprocess.Popen([str(BIN / "snakemake"), "--configfile", str(fault), "--cores", "1"], cwd=wd, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    _wait_for("^python -m dlnpipe train .*gelu-L4-m3-paper-p0", timeout=120)
-    time.sleep(1.0)
+    fault = FAULT
+    clean, wd, proc, _ = _clean_and_training(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                             start_new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert list((wd / ".snakemake/locks").glob("*"))  # the stale lock
