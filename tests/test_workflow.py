@@ -287,6 +287,26 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert not (wd / "results").exists()
 
 
+def test_bad_data_file_stops_before_any_job(tmp_path):
+    """A user's data file with a NaN label is read when the config is parsed: one line naming the file
+    and what is wrong, and no job runs."""
+    wd = workdir(tmp_path / "wd")
+    X = np.random.default_rng(0).standard_normal((12, 3))
+    y = X @ np.ones(3)
+    y[4] = np.nan
+    np.savez(wd / "mine.npz", X=X, y=y)
+    cfg = yaml.safe_load(QUICK.read_text())
+    cfg["experiments"] = {"mine": {**cfg["experiments"]["small"], "data": {"file": "mine.npz"}}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "--configfile", str(path), "--cores", "1", check=False)
+    assert out.returncode != 0
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("config error")]
+    assert lines == ["config error: experiments.mine.data.file: mine.npz: y has 1 non-finite value(s), first at "
+                     "index (4,): np.float64(nan)"], out.stderr[-2000:]
+    assert not (wd / "results").exists()
+
+
 @pytest.mark.parametrize("device,gpu", [("cuda", 1), ("cpu", 0)])
 def test_gpu_resource_follows_device(tmp_path, device, gpu):
     """`device: cuda` makes every training and measuring job ask for gpu=1: the local profile caps
