@@ -206,7 +206,8 @@ def log_cell(uri: str, name: str, cell_id: str, parts: list[tuple[dict, dict, di
         client.delete_run(run.info.run_id)
     tags = {CELL_TAG: cell_id, **tags, "dlnpipe.experiment": spec["cell"]["experiment"],
             "dlnpipe.role": "configuration"}
-    runs = [_log_configuration(client, experiment_id, spec, key, group, trains, theory[key[0]], tags)
+    optimizers = optimizer_params(spec["experiment"])
+    runs = [_log_configuration(client, experiment_id, spec, key, group, trains, theory[key[0]], tags, optimizers)
             for key, group in table.groupby(["data", "optim", "lr", "scale"], sort=True)]
     log.info("cell %s: %d configuration runs logged (replaced %d old runs)", cell_id, len(runs), len(old))
     return {"tracking_uri": uri, "experiment_id": experiment_id, "cell": cell_id, "runs": runs,
@@ -235,22 +236,22 @@ def _configuration_metrics(group: pd.DataFrame, b, lr: float, threshold: float) 
     return values
 
 
-def optimizer_params(exp_cfg: dict, label: str) -> dict:
-    """The optimizer of a setting and its options (defaults filled in), as MLflow params."""
+def optimizer_params(exp_cfg: dict) -> dict[str, dict]:
+    """Each optimizer setting's name and options (defaults filled in), as MLflow params, by optim label."""
     from dlnpipe.config import ExperimentConfig
 
-    point = {p.label: p for p in ExperimentConfig.model_validate(exp_cfg).optim_points()}[label]
-    return {"optimizer": point.name, "optim": label, **point.resolved(exp_cfg["data"]["n"])}
+    points = ExperimentConfig.model_validate(exp_cfg).optim_points()
+    return {p.label: {"optimizer": p.name, "optim": p.label, **p.resolved(exp_cfg["data"]["n"])} for p in points}
 
 
 def _log_configuration(client, experiment_id: str, spec: dict, key: tuple, group: pd.DataFrame, trains: dict,
-                       b, tags: dict) -> str:
+                       b, tags: dict, optimizers: dict) -> str:
     """One configuration run: every grid value as a param, the statistics as metrics, the median trajectories
     as step metrics, the per-seed table as an artifact."""
     from mlflow.entities import Metric, Param
 
     (data, optim, lr, scale), cell, exp_cfg = key, spec["cell"], spec["experiment"]
-    opt = optimizer_params(exp_cfg, optim)
+    opt = optimizers[optim]
     tail = "" if optim == steppers.DEFAULT else f"-{optim}"
     name = f"{cell['init']}-L{cell['depth']}-m{cell['width']}-{data}-lr{lr:g}-s{scale:g}{tail}"
     rid = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id

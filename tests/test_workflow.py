@@ -189,23 +189,29 @@ def _wait_for(pattern: str, timeout: float) -> int:
 FAULT = ROOT / "tests/data/fault.yaml"
 
 
-def _clean_and_training(tmp_path, **popen):
-    """The fault study run to the end in one directory, and started in another until its slow cell is
-    training (mid-run: it trains for several seconds); (clean dir, run dir, Snakemake process, pid of
-    the training python process — not its `bash -c` wrapper, whose command line also matches)."""
-    clean = workdir(tmp_path / "clean")
+@pytest.fixture(scope="module")
+def fault_clean(tmp_path_factory):
+    """The fault study run to the end, uninterrupted: what every interrupted run must end up equal to."""
+    clean = workdir(tmp_path_factory.mktemp("clean"))
     snakemake(clean, "--configfile", str(FAULT), "--cores", "1")
+    return clean
+
+
+def _training(tmp_path, **popen):
+    """The fault study started until its slow cell is training (mid-run: it trains for several seconds);
+    (run dir, Snakemake process, pid of the training python process — not its `bash -c` wrapper, whose
+    command line also matches)."""
     wd = workdir(tmp_path / "killed")
     proc = subprocess.Popen([str(BIN / "snakemake"), "--configfile", str(FAULT), "--cores", "1"], cwd=wd, env=env(),
                             **popen)
     pid = _wait_for("^python -m dlnpipe train .*gelu-L4-m3-paper-p0", timeout=120)
     time.sleep(1.0)
-    return clean, wd, proc, pid
+    return wd, proc, pid
 
 
-def test_killed_train_job_is_repaired_by_rerun(tmp_path):
-    fault = FAULT
-    clean, wd, proc, pid = _clean_and_training(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def test_killed_train_job_is_repaired_by_rerun(tmp_path, fault_clean):
+    fault, clean = FAULT, fault_clean
+    wd, proc, pid = _training(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     os.kill(pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0, out
@@ -220,13 +226,12 @@ def test_killed_train_job_is_repaired_by_rerun(tmp_path):
         xr.testing.assert_identical(a[name].to_dataset(), b[name].to_dataset())
 
 
-def test_whole_run_killed_then_unlocked_and_rerun(tmp_path):
+def test_whole_run_killed_then_unlocked_and_rerun(tmp_path, fault_clean):
     """Snakemake itself killed (SIGKILL to its whole process group): its lock stays; `dlnpipe unlock`
     (what `make run` does first) removes it because no Snakemake runs there, and a plain rerun finishes
     with the cube of an uninterrupted run and no duplicated work left behind."""
-    fault = FAULT
-    clean, wd, proc, _ = _clean_and_training(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                             start_new_session=True)
+    fault, clean = FAULT, fault_clean
+    wd, proc, _ = _training(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert list((wd / ".snakemake/locks").glob("*"))  # the stale lock
