@@ -105,8 +105,13 @@ def has_data(ax) -> bool:
     return any(len(c.get_offsets()) or len(c.get_paths()) for c in ax.collections) or bool(ax.patches)
 
 
+def empty(ax, text: str) -> None:
+    """A panel with nothing to draw says why, in its middle."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
 def mark_empty(fig, text: str) -> None:
     """Every visible panel of ``fig`` with no data says so (instead of empty axes)."""
     for ax in fig.axes:
         if ax.get_visible() and ax.get_label() != "<colorbar>" and not has_data(ax):
-            ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+            empty(ax, text)

@@ -18,7 +18,7 @@ import seaborn as sns
 
 from dlnpipe import steppers
 from dlnpipe.analysis import frame as analysis_frame
-from dlnpipe.figures.common import CI, N_BOOT, constant, grid, legend, lr_palette, panels, plain_log, select
+from dlnpipe.figures.common import CI, N_BOOT, constant, empty, grid, legend, lr_palette, panels, plain_log, select
 from dlnpipe.status import Status
 
 MINIMIZER_EXCESS = 0.05  # an averaged iterate is shown when R − R* <= 5% of yᵀy/n (= R* + a, ‖w*‖ = 1)
@@ -31,11 +31,6 @@ def _settings(ds, label) -> dict:
 def _threshold(ds, label, lr) -> float:
     s = _settings(ds, label)
     return float(steppers.get(str(s["optimizer"])).threshold(np.array([lr]), {k: [v] for k, v in s.items()})[0])
-
-
-def empty(ax, text: str) -> None:
-    """A panel with nothing to draw says why."""
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
 def optim_sharpness(ds):

@@ -61,11 +61,12 @@ class Stepper:
         for name, value in self.values.items():
             tail = self.per_network[name]
             arr = np.asarray(value, dtype=float)
-            if arr.shape != tail and arr.shape != (B, *tail) and not (tail == () and arr.shape == (1,)):
+            if tail == () and arr.shape == (1,):  # a one-element list: one value for all
+                arr = arr.reshape(())
+            if arr.shape not in (tail, (B, *tail)):
                 raise ValueError(f"{name} must be {'a scalar' if not tail else f'of shape {tail}'} or have one "
                                  f"entry per network ({B}), got shape {arr.shape}")
-            out.values[name] = np.broadcast_to(arr.reshape(arr.shape if arr.shape != (1,) else ()),
-                                               (B, *tail)).copy()
+            out.values[name] = np.broadcast_to(arr, (B, *tail)).copy()
         return out
 
     def take(self, part: slice) -> Stepper:

@@ -20,6 +20,7 @@ import numpy as np
 
 from dlnpipe._checks import check_int
 from dlnpipe.lazy import torch
+from dlnpipe.problem import distance
 from dlnpipe.steppers.base import Schedule, Stepper
 
 AVERAGE_FRACTION = 10  # stochastic runs: the average of the last ⌈steps / AVERAGE_FRACTION⌉ iterates
@@ -149,7 +150,7 @@ class FirstOrder(Stepper):
         w = state.arch.regressor(avg, c)
         self.out["loss_train_avg"][gi] = state.arch.loss(avg, c, prob).to(torch.float64)
         self.out["loss_test_avg"][gi] = state.arch.test_loss(avg, c, prob, w).to(torch.float64)
-        self.out["distance_avg"][gi] = ((w - prob.w_star)[:, : prob.d] ** 2).sum(-1).to(torch.float64)
+        self.out["distance_avg"][gi] = distance(w, prob).to(torch.float64)
 
     def outputs(self) -> dict[str, np.ndarray]:
         return {name: v.cpu().numpy() for name, v in self.out.items()}
