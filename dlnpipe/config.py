@@ -8,6 +8,7 @@ naming the key and the offending value.
 
 from __future__ import annotations
 
+import decimal
 import itertools
 import json
 from pathlib import Path
@@ -42,18 +43,35 @@ class Linspace(Strict):
 
 class Logspace(Strict):
     logspace: tuple[float, float, Annotated[int, Field(ge=1)]] = Field(
-        description="[start, stop, num]: num values 10^x for x evenly spaced in [start, stop] (numpy.logspace)")
+        description="[start, stop, num]: num values 10^x for x evenly spaced in [start, stop] (numpy.logspace), "
+                    "each 10^x correctly rounded, so the same on every CPU")
 
 
 Values = float | Annotated[list[float], Field(min_length=1)] | Linspace | Logspace
 
 
+def exp10(x: float) -> float:
+    """10^x correctly rounded to float64, in software: the same bits on every CPU.
+
+    numpy.power is vectorised per CPU (on AVX-512 through SVML, within 1 ulp, elsewhere through other
+    code): 10^-1.25 lies 0.49 ulp from one float64 and 0.51 ulp from the next, and numpy.logspace gives the
+    first on an AVX2 CPU and the second on an AVX-512 one. A grid value that differs in its last bit is
+    another network (seeds hash the shortest repr of the coordinates, dlnpipe.grid.derived_seed), so
+    grid values are computed here: 10^x in 40 decimal digits (libmpdec, integer arithmetic), then
+    rounded once to float64.
+    """
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        return float(decimal.Decimal(10) ** decimal.Decimal(float(x)))
+
+
 def expand(values: Values) -> list[float]:
-    """A scalar, list, {linspace: [a, b, n]} or {logspace: [a, b, n]} as a list of floats."""
+    """A scalar, list, {linspace: [a, b, n]} or {logspace: [a, b, n]} as a list of floats.
+    linspace takes only + and × (IEEE, the same on every CPU); logspace its exponents from it, then :func:`exp10`."""
     if isinstance(values, Linspace):
         return [float(x) for x in np.linspace(*values.linspace)]
     if isinstance(values, Logspace):
-        return [float(x) for x in np.logspace(*values.logspace)]
+        return [exp10(x) for x in np.linspace(*values.logspace)]
     if isinstance(values, (int, float)):
         return [float(values)]
     return [float(x) for x in values]

@@ -93,7 +93,8 @@ def configuration_markdown(default_config: str | Path = "config.yaml") -> str:
              "out-of-range values stop the run with one line naming the key and the value. "
              "`workflow/schemas/config.schema.json` is the same model as a JSON schema. Numbers in lists of grid "
              "values may be given as a list, a single value, `{linspace: [start, stop, num]}` or "
-             "`{logspace: [start, stop, num]}` (10^x).", "",
+             "`{logspace: [start, stop, num]}` (10^x, correctly rounded: the same values, hence the same seeds, on "
+             "every CPU).", "",
              "Registries the config draws its choices from: architectures (`inits`): "
              + ", ".join(f"`{a.name}` ({a.description})" for a in archs.ARCHITECTURES.values())
              + "; optimizers (`optimizer`): " + ", ".join(f"`{n}`" for n in steppers.NAMES)
