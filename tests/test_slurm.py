@@ -16,7 +16,7 @@ import time
 
 import pytest
 import xarray as xr
-from workflow_utils import BIN, QUICK, ROOT, env, open_tree, snakemake, workdir
+from workflow_utils import BIN, QUICK, ROOT, STUDY_TIMEOUT_S, env, open_tree, snakemake, wait_for_line, workdir
 
 pytestmark = pytest.mark.slow
 PROFILE = ["--workflow-profile", "profiles/slurm"]
@@ -31,11 +31,16 @@ def cluster():
         if required:
             pytest.fail("DLNPIPE_REQUIRE_SLURM=1 but slurm-wlm is not installed")
         pytest.skip("slurm-wlm is not installed (apt-get install slurm-wlm munge)")
-    out = subprocess.run([str(ROOT / "tests/cluster/start-slurm.sh")], capture_output=True, text=True, timeout=180)
+    out = subprocess.run([str(ROOT / "tests/cluster/start-slurm.sh")], capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         if required:
             pytest.fail(f"could not start the SLURM cluster:\n{out.stdout}\n{out.stderr}")
         pytest.skip(f"could not start the SLURM cluster: {out.stderr.strip()[-300:]}")
+    # the tests read finished jobs' records (scontrol) after a whole study: slurmctld must keep them
+    # longer than any machine takes (start-slurm.sh sets a day; SLURM's default, 300 s, is not enough)
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    age = re.search(r"MinJobAge\s*=\s*(\d+)", config)
+    assert age and int(age.group(1)) >= 86400, f"slurmctld forgets finished jobs too soon: {age and age.group(0)}"
     return True
 
 
@@ -63,7 +68,7 @@ def test_quick_study_on_slurm_equals_local_run(cluster, quick_run, tmp_path):
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(cfg))
     wd = workdir(tmp_path / "wd")
-    out = snakemake(wd, *PROFILE, *FAST, "--configfile", str(study), timeout=900)
+    out = snakemake(wd, *PROFILE, *FAST, "--configfile", str(study))
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out.stdout + out.stderr)
     # the cube equals the local run's, group by group (same networks, seeds, steps: bit for bit)
     local, cluster_cube = open_tree(quick_run / "results/cube.zarr"), open_tree(wd / "results/cube.zarr")
@@ -111,13 +116,12 @@ def test_scancelled_cell_is_reported_and_rerun_completes(cluster, tmp_path):
     wd = workdir(tmp_path)
     proc = subprocess.Popen([str(BIN / "snakemake"), *PROFILE, *FAST, "--configfile", str(fault)], cwd=wd,
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    job = _slurm_job("rule_train_cell_wildcards_slow", timeout=180)
-    log = wd / "logs/train_cell/slow/gelu-L4-m3-paper-p0.log"
-    deadline = time.time() + 60
-    while not log.exists() and time.time() < deadline:  # the training command has started on the node
-        time.sleep(0.2)
+    job = _slurm_job("rule_train_cell_wildcards_slow", timeout=STUDY_TIMEOUT_S)
+    # the training command has started on the node and trains (for seconds): cancel it mid-training
+    wait_for_line(wd / "logs/train_cell/slow/gelu-L4-m3-paper-p0.log", "cell slow/gelu-L4-m3-paper-p0: 4 networks",
+                  alive=proc)
     subprocess.run(["scancel", str(job)], check=True)
-    out, _ = proc.communicate(timeout=600)
+    out, _ = proc.communicate(timeout=STUDY_TIMEOUT_S)
     assert proc.returncode != 0, out
     assert "Error in rule train_cell" in out and f"SLURM-job '{job}' failed" in out, out[-3000:]
     assert "CANCELLED" in out
@@ -127,7 +131,7 @@ def test_scancelled_cell_is_reported_and_rerun_completes(cluster, tmp_path):
     assert [p.parent.parent.name for p in done] == ["data", "measure", "train"]
     before = {p: p.stat().st_mtime_ns for p in done}
 
-    rerun = snakemake(wd, *PROFILE, *FAST, "--configfile", str(fault), timeout=900)
+    rerun = snakemake(wd, *PROFILE, *FAST, "--configfile", str(fault))
     text = rerun.stdout + rerun.stderr
     assert re.search(r"rule train_cell:\s*\n\s*input: results/data/slow/", text)
     # only the killed cell (and what depends on it) runs again
