@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
-from workflow_utils import BIN, QUICK, ROOT, env, open_tree, snakemake, workdir
+from workflow_utils import BIN, QUICK, ROOT, STUDY_TIMEOUT_S, env, open_tree, snakemake, wait_for_line, workdir
 
 from dlnpipe.status import Status
 
@@ -197,23 +197,33 @@ def fault_clean(tmp_path_factory):
     return clean
 
 
+SLOW_LOG = "logs/train_cell/slow/gelu-L4-m3-paper-p0.log"
+TRAINING = "cell slow/gelu-L4-m3-paper-p0: 4 networks"  # the job's log line just before it trains
+
+
 def _training(tmp_path, **popen):
-    """The fault study started until its slow cell is training (mid-run: it trains for several seconds);
-    (run dir, Snakemake process, pid of the training python process — not its `bash -c` wrapper, whose
-    command line also matches)."""
+    """The fault study started until its slow cell is training: its log says so (it then trains for
+    seconds, and the test kills it within a tenth of one, on any machine); (run dir, Snakemake process, pid
+    of the training python process — not its `bash -c` wrapper, whose command line also matches)."""
     wd = workdir(tmp_path / "killed")
     proc = subprocess.Popen([str(BIN / "snakemake"), "--configfile", str(FAULT), "--cores", "1"], cwd=wd, env=env(),
                             **popen)
-    pid = _wait_for("^python -m dlnpipe train .*gelu-L4-m3-paper-p0", timeout=120)
-    time.sleep(1.0)
-    return wd, proc, pid
+    wait_for_line(wd / SLOW_LOG, TRAINING, alive=proc)
+    return wd, proc, _wait_for("^python -m dlnpipe train .*gelu-L4-m3-paper-p0", timeout=STUDY_TIMEOUT_S)
+
+
+def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        raise AssertionError("the slow cell finished before it could be killed: give it more steps") from None
 
 
 def test_killed_train_job_is_repaired_by_rerun(tmp_path, fault_clean):
     fault, clean = FAULT, fault_clean
     wd, proc, pid = _training(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    os.kill(pid, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=300)
+    _kill(pid)
+    out, _ = proc.communicate(timeout=STUDY_TIMEOUT_S)
     assert proc.returncode != 0, out
     assert "Error in rule train_cell" in out
     assert not (wd / "results/train/slow/gelu-L4-m3-paper-p0.npz").exists()
@@ -233,7 +243,7 @@ def test_whole_run_killed_then_unlocked_and_rerun(tmp_path, fault_clean):
     fault, clean = FAULT, fault_clean
     wd, proc, _ = _training(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.wait(timeout=STUDY_TIMEOUT_S)
     assert list((wd / ".snakemake/locks").glob("*"))  # the stale lock
     stuck = snakemake(wd, "--configfile", str(fault), "--cores", "1", check=False)
     assert stuck.returncode != 0 and "LockException" in stuck.stdout + stuck.stderr
@@ -258,9 +268,8 @@ def test_unlock_leaves_a_live_run_alone(tmp_path):
     fake = tmp_path / "bin/snakemake"  # a process whose program is called snakemake, running here
     fake.parent.mkdir()
     shutil.copy("/bin/sleep", fake)
-    live = subprocess.Popen([str(fake), "30"], cwd=tmp_path)
-    try:
-        time.sleep(0.2)
+    live = subprocess.Popen([str(fake), "3600"], cwd=tmp_path)  # lives until killed below: no race on any machine
+    try:  # Popen returns after the exec: /proc already shows the program and its working directory
         assert unlock_if_stale(tmp_path).startswith("locked by a running Snakemake") and lock.exists()
     finally:
         live.kill()

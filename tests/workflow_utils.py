@@ -14,6 +14,11 @@ import xarray as xr
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "workflow/configs/quick.yaml"
 BIN = Path(sys.executable).parent
+# Timeouts in these tests are bounds for a hang, never a measure of speed: each is several times what
+# the slowest machine needs (a quick study takes about 3 min on 2 cores of an AMD EPYC with AVX2,
+# without AVX-512; CI machines may be three times slower).
+STUDY_TIMEOUT_S = 1800  # one Snakemake run of a test study
+SERVER_TIMEOUT_S = 300  # a server (mlflow) to answer after its start
 
 
 def workdir(tmp: Path) -> Path:
@@ -32,12 +37,26 @@ def env(**extra) -> dict:
     return out
 
 
-def snakemake(cwd: Path, *args, check=True, timeout=600, extra_env=None) -> subprocess.CompletedProcess:
+def snakemake(cwd: Path, *args, check=True, timeout=STUDY_TIMEOUT_S, extra_env=None) -> subprocess.CompletedProcess:
     out = subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, env=env(**(extra_env or {})),
                          capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out
+
+
+def wait_for_line(path: Path, text: str, *, alive: subprocess.Popen | None = None,
+                  timeout: float = STUDY_TIMEOUT_S) -> None:
+    """Until the file ``path`` (a job's log) holds a line containing ``text``; fails when ``alive``, the
+    process that should write it, has ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        if alive is not None and alive.poll() is not None:
+            raise AssertionError(f"the run ended before {path} said {text!r}")
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not say {text!r} within {timeout} s")
 
 
 def open_tree(path: Path) -> xr.DataTree:
@@ -50,7 +69,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 90) -> None:
+def wait_http(url: str, timeout: float = SERVER_TIMEOUT_S) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -86,4 +105,4 @@ class MlflowServer:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        self.proc.wait(timeout=30)
+        self.proc.wait(timeout=SERVER_TIMEOUT_S)
