@@ -20,24 +20,30 @@ install: $(STAMP)
 # The rules call `python -m dlnpipe ...`: the venv's python comes first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-# Snakemake applies the workflow profile (profiles/default) by itself. A lock left by a run that was
-# killed as a whole is removed first, only when no Snakemake process runs in this directory.
+# Every study lives in its own directory, results/<study>/ (its name: the config's `study:` key):
+# the default study (config.yaml) in results/default/, `make quick` in results/quick/. Snakemake applies
+# the workflow profile (profiles/default) by itself. A lock left by a run that was killed as a whole is
+# removed first, only when no Snakemake process runs in this directory.
 run: $(STAMP)
 	$(PY) -m dlnpipe unlock
 	snakemake --cores $(CORES)
-	snakemake --cores 1 --report results/report.html
+	snakemake --cores 1 --report results/default/report.html
 
 quick: $(STAMP)
 	$(PY) -m dlnpipe unlock
 	snakemake --cores $(CORES) --configfile workflow/configs/quick.yaml
 
+# The HTML report of one study: `make report` (the default study), `make report CONFIG=<its config file>`.
+CONFIG ?= config.yaml
 report: $(STAMP)
-	snakemake --cores 1 --report results/report.html
+	snakemake --cores 1 --configfile $(CONFIG) --report $$($(PY) -m dlnpipe study --dir $(CONFIG))/report.html
 
-# The MLflow UI on the default SQLite store, on loopback.
+# The MLflow UI on the SQLite store every study logs into, on loopback: `make ui` lists every study's
+# experiments, `make ui STUDY=quick` one study's.
 UI_PORT ?= 5000
+STUDY ?=
 ui: $(STAMP)
-	@$(PY) -m dlnpipe ui-links --uri sqlite:///$(CURDIR)/results/mlflow.db --base http://127.0.0.1:$(UI_PORT)
+	@$(PY) -m dlnpipe ui-links --uri sqlite:///$(CURDIR)/results/mlflow.db --base http://127.0.0.1:$(UI_PORT) --study "$(STUDY)"
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 test: $(STAMP)
@@ -64,5 +70,6 @@ lock:
 	{ echo "# Resolved from envs/requirements.txt on Python 3.11 (make lock)."; \
 	  /tmp/dlnpipe-lock/bin/pip freeze | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > envs/requirements.lock
 
+# Every study's results and Snakemake's state (one study: rm -rf results/<study>).
 clean:
-	rm -rf results logs .snakemake
+	rm -rf results .snakemake

@@ -4,7 +4,7 @@ Snakemake, cluster jobs and a user running one cell by hand).
     python -m dlnpipe validate config.yaml
     python -m dlnpipe cells config.yaml                       # list the cells (jobs) of a study
     python -m dlnpipe train --config config.yaml --experiment fig1 --cell small-L10-m5-paper-p0 \\
-        --data results/data/fig1/paper.npz --out /tmp/cell.npz
+        --data results/default/data/fig1/paper.npz --out /tmp/cell.npz
 """
 
 from __future__ import annotations
@@ -60,13 +60,23 @@ def cmd_cells(args):
         print(f"{c.experiment}/{c.id}\t{len(net)} networks\t{int(net.steps.sum())} network-steps")
 
 
+def cmd_study(args):
+    cfg = config_mod.load(args.config)
+    name = config_mod.study_name(cfg, [args.config])
+    from dlnpipe.studies import study_dir
+
+    print(study_dir("results", name) if args.dir else name)
+
+
 def cmd_ui_links(args):
     from dlnpipe.tracking import COMPARE_MAX, ui_links
 
-    print(f"MLflow UI: {args.base}  (store: {args.uri}). Per experiment: its training runs (a row per "
+    which = f"study {args.study}" if args.study else "every study"
+    print(f"MLflow UI: {args.base}  (store: {args.uri}; {which}). Per experiment: its training runs (a row per "
           f"configuration) and, up to {COMPARE_MAX} configurations, their comparison (every param and metric "
           "of every configuration, nothing to click):")
-    for link in ui_links(args.uri, args.base):
+    prefix = f"{args.prefix}{args.study}/" if args.study else args.prefix
+    for link in ui_links(args.uri, args.base, prefix=prefix):
         print(f"  {link['name']} ({link['configurations']} configurations)\n    runs:    {link['runs']}")
         if link["compare"]:
             print(f"    compare: {link['compare']}")
@@ -75,7 +85,7 @@ def cmd_ui_links(args):
 def cmd_unlock(args):
     from dlnpipe.locks import unlock_if_stale
 
-    print(f"dlnpipe unlock: {unlock_if_stale(args.directory)}")
+    print(f"dlnpipe unlock: {unlock_if_stale(args.directory, other_hosts=args.other_hosts)}")
 
 
 def cmd_schema(args):
@@ -164,7 +174,7 @@ def cmd_track(args):
     from dlnpipe.stages import track
 
     track.run(args.uri, args.name, args.cell, args.data, args.train, args.measure,
-              cube=str(Path(args.cube).resolve()), out=args.out)
+              cube=str(Path(args.cube).resolve()), study=args.study, out=args.out)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -185,12 +195,20 @@ def _study_commands(sub) -> None:
     p = sub.add_parser("cells", help="list the cells (jobs) of a study")
     p.add_argument("config")
     p.set_defaults(func=cmd_cells)
+    p = sub.add_parser("study", help="the study's name (its results are in results/<name>/)")
+    p.add_argument("config")
+    p.add_argument("--dir", action="store_true", help="print the study's directory instead")
+    p.set_defaults(func=cmd_study)
     p = sub.add_parser("ui-links", help="print the MLflow UI's page of each experiment (what `make ui` prints)")
     p.add_argument("--uri", required=True, help="the tracking store, e.g. sqlite:///<abs>/results/mlflow.db")
     p.add_argument("--base", required=True, help="where the UI is served, e.g. http://127.0.0.1:5000")
+    p.add_argument("--study", default="", help="only this study's experiments (default: every study)")
+    p.add_argument("--prefix", default="dlnpipe/", help="the studies' MLflow experiment prefix")
     p.set_defaults(func=cmd_ui_links)
     p = sub.add_parser("unlock", help="remove Snakemake's lock left by a killed run, if no Snakemake runs here")
     p.add_argument("directory", nargs="?", default=".")
+    p.add_argument("--other-hosts", action="store_true",
+                   help="also when a run recorded on another host holds it (that run is known to be gone)")
     p.set_defaults(func=cmd_unlock)
     p = sub.add_parser("schema", help="print (or write) the config's JSON schema")
     p.add_argument("--out")
@@ -236,6 +254,7 @@ def _tracking_commands(sub) -> None:
     p.add_argument("--train", nargs="+", required=True)
     p.add_argument("--measure", nargs="+", required=True)
     p.add_argument("--cube", required=True, help="where the cube is (a tag)")
+    p.add_argument("--study", default="", help="the study's name (a tag)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_track)
 
@@ -246,11 +265,11 @@ def _experiment_commands(sub) -> None:
     p.add_argument("--data", nargs="+", required=True)
     p.add_argument("--train", nargs="+", required=True)
     p.add_argument("--measure", nargs="+", required=True)
-    p.add_argument("--out", required=True, help="the group's directory, results/cube.zarr/<experiment>")
+    p.add_argument("--out", required=True, help="the group's directory, results/<study>/cube.zarr/<experiment>")
     p.set_defaults(func=cmd_gather)
     p = sub.add_parser("cube-root", help="write the cube's root (the study's attrs; stale groups removed)")
     p.add_argument("--config", required=True, help="the study config: a YAML file or a JSON string")
-    p.add_argument("--out", required=True, help="the cube, results/cube.zarr")
+    p.add_argument("--out", required=True, help="the cube, results/<study>/cube.zarr")
     p.set_defaults(func=cmd_cube_root)
     p = sub.add_parser("bounds", help="compare one experiment with the theory")
     p.add_argument("--cube", required=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import decimal
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -340,10 +341,18 @@ class MlflowConfig(Strict):
     tracking_uri: str | None = Field(
         None, description="tracking store; null: sqlite:///<absolute path>/results/mlflow.db. The environment "
                           "variable MLFLOW_TRACKING_URI, when set, overrides both (e.g. a server for clusters)")
-    experiment_prefix: str = Field("dlnpipe/", description="MLflow experiment name = prefix + study experiment name")
+    experiment_prefix: str = Field("dlnpipe/", description="MLflow experiment name = prefix + study name + / + "
+                                                           "experiment name")
+
+
+STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class StudyConfig(Strict):
+    study: Annotated[str, Field(pattern=STUDY_NAME)] | None = Field(
+        None, description="the study's name: everything it produces lives in results/<study>/ and its MLflow "
+                          "experiments are <prefix><study>/<experiment>; null: the config file's name "
+                          "(config.yaml: default)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where training and Lanczos run: auto uses CUDA when torch sees a GPU")
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="experiment tracking")
@@ -380,6 +389,21 @@ def validate(raw: dict) -> StudyConfig:
         return StudyConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
+
+
+def study_name(cfg: StudyConfig, config_files=()) -> str:
+    """The study's name: its ``study`` key, else the stem of the last config file given (``config.yaml``, the
+    repository's default study, is ``default``), else ``default``."""
+    if cfg.study:
+        return cfg.study
+    files = [Path(f) for f in config_files]
+    if not files or files[-1].name == "config.yaml":
+        return "default"
+    stem = files[-1].stem
+    if not re.match(STUDY_NAME, stem):
+        raise ConfigError(f"study: the config file's name {stem!r} is not a study name (letters, digits, _ . -): "
+                          "give the study a name with the `study:` key")
+    return stem
 
 
 def load(path: str | Path) -> StudyConfig:

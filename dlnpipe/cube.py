@@ -1,4 +1,4 @@
-"""The cube, ``results/cube.zarr``: its schema, how one experiment's group is built from its cells, and
+"""The cube, ``results/<study>/cube.zarr``: its schema, how one experiment's group is built from its cells, and
 how the store is written and opened.
 
 An xarray DataTree with one group per experiment. Each group is a Dataset whose dimension
@@ -14,7 +14,7 @@ config (without its figure list) and devices in the group's attrs; the study's c
 revision in the root's. Each group is written by its own job (:func:`write_group`), the root by
 another (:func:`write_root`).
 
-Open it without dlnpipe:  ``xr.open_datatree("results/cube.zarr", engine="zarr", consolidated=False)``.
+Open it without dlnpipe:  ``xr.open_datatree("results/default/cube.zarr", engine="zarr", consolidated=False)``.
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ def theory(exp: ExperimentConfig, datasets: dict[str, Dataset], point: dict) -> 
 
 
 def write_group(ds: xr.Dataset, out: str | Path) -> None:
-    """One experiment's group (``results/cube.zarr/<exp>``), a Zarr group of its own written by its own
+    """One experiment's group (``results/<study>/cube.zarr/<exp>``), a Zarr group of its own written by its own
     job, atomically: into a temporary directory beside it, then moved into place. No other job writes
     inside it; a killed job leaves the previous group (or none), never a partial one."""
     out = Path(out)
@@ -312,7 +312,7 @@ def write_group(ds: xr.Dataset, out: str | Path) -> None:
 
 
 def write_root(attrs: dict, cube: str | Path, *, groups: list[str]) -> Path:
-    """The store's root (``results/cube.zarr/zarr.json``: a group holding the study's attrs), written
+    """The store's root (``results/<study>/cube.zarr/zarr.json``: a group holding the study's attrs), written
     atomically; directories of experiments no longer in the study (not in ``groups``) are removed, so
     the tree holds exactly the study's groups. The groups themselves are their own jobs' outputs."""
     import zarr

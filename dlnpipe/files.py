@@ -1,13 +1,13 @@
 """The study's files, one per job (npz with a JSON ``meta``, written atomically by :mod:`dlnpipe.io`):
 
-* a **dataset** (``results/data/<exp>/<data>.npz``): X, y, X_test, y_test, already normalised
+* a **dataset** (``results/<study>/data/<exp>/<data>.npz``): X, y, X_test, y_test, already normalised
   (‖w*‖ = 1), and in meta its experiment, data id and constants;
-* a **trained cell** (``results/train/<exp>/<cell>.npz``): each network's grid coordinates (lr, scale,
+* a **trained cell** (``results/<study>/train/<exp>/<cell>.npz``): each network's grid coordinates (lr, scale,
   seed_index, seed, steps, data id, optim label), its final weights W0..W{L−1} (and p), status, losses,
   distance, divergence step and trajectories, and its optimizer's own outputs (stochastic runs: the
   averaged iterates avg_W0.. and their losses; Adam: its final preconditioner ``precond``); meta: the job
   spec, device and dtype;
-* a **measured cell** (``results/measure/<exp>/<cell>.npz``): the Hessian measurements of the same networks.
+* a **measured cell** (``results/<study>/measure/<exp>/<cell>.npz``): the Hessian measurements of the same networks.
 """
 
 from __future__ import annotations

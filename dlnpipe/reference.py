@@ -111,14 +111,14 @@ def configuration_markdown(default_config: str | Path = "config.yaml") -> str:
 
 
 def cube_markdown() -> str:
-    """Every group, dimension and variable of ``results/cube.zarr`` (long names, units, flags)."""
+    """Every group, dimension and variable of ``results/<study>/cube.zarr`` (long names, units, flags)."""
     from dlnpipe import cube
 
     lines = [GENERATED, "", "# The cube", "",
-             "`results/cube.zarr` is an xarray DataTree in Zarr, one group per experiment of the study (the group's "
-             "name is the experiment's). It opens with xarray alone:", "",
+             "`results/<study>/cube.zarr` is an xarray DataTree in Zarr, one group per experiment of the study "
+             "(the group's name is the experiment's). It opens with xarray alone:", "",
              "```python", "import xarray as xr",
-             'tree = xr.open_datatree("results/cube.zarr", engine="zarr", consolidated=False)',
+             'tree = xr.open_datatree("results/default/cube.zarr", engine="zarr", consolidated=False)',
              'fig1 = tree["fig1"].to_dataset()', "```", "",
              "The root's attributes: " + ", ".join(f"`{k}`" for k in ("title", "config", "versions", "git_revision",
                                                                      "devices", "conventions"))

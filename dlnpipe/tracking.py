@@ -1,8 +1,12 @@
 """MLflow runs for every training configuration, logged after a cell's results exist.
 
-* one MLflow experiment per study experiment (``<prefix><name>``), created once, before any job
-  logs, by :func:`init` (concurrent creation of a fresh SQLite database, or of one experiment by
-  two writers, crashes or files runs under "Default");
+* one MLflow experiment per study experiment (``<prefix><study>/<name>``: one store serves every study,
+  each in experiments of its own), created once, before any job logs, by :func:`init` (concurrent
+  creation of a fresh SQLite database, or of one experiment by two writers, crashes or files runs
+  under "Default");
+* writers of one SQLite store take turns (:func:`store_lock`): two studies' tracking jobs may run at
+  once, and SQLite admits one writer, so an overlap past its busy timeout fails with "database is
+  locked";
 * one top-level run per training configuration (init, depth, width, dataset, optimizer setting, η, s):
   every grid value as a param, the across-seed statistics of the final metrics as metrics, the
   median trajectories as step metrics, the per-seed table as an artifact, and the cell id (tag
@@ -19,6 +23,8 @@ open the tracking store.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -76,7 +82,7 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as exc:
         raise TrackingUnavailable(
             f"MLflow tracking server {uri} is not reachable ({getattr(exc, 'reason', exc)}); the training "
-            f"results are kept in results/train and results/measure: start the server (or unset "
+            f"results are kept in the study's results/<study>/train and measure: start the server (or unset "
             f"MLFLOW_TRACKING_URI) and run the workflow again to log them") from None
 
 
@@ -91,11 +97,32 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Exclusive use of a SQLite store (``<db>.lock``, an flock) while the block writes; other URIs: no lock
+    (a tracking server serialises its own writes)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri[len("sqlite:///"):] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def init(uri: str, names: list[str], *, artifacts: str | Path) -> dict:
     """Create the store (SQLite: the file and its schema) and one MLflow experiment per name, once.
     Returns {"uri": the absolute tracking URI, "experiments": name -> experiment id}."""
     uri = absolute(uri)
-    client = _client(uri)
+    with store_lock(uri):
+        return _init(uri, _client(uri), names, artifacts)
+
+
+def _init(uri: str, client, names: list[str], artifacts: str | Path) -> dict:
     ids = {}
     for name in names:
         exp = client.get_experiment_by_name(name)
@@ -192,7 +219,12 @@ def log_cell(uri: str, name: str, cell_id: str, parts: list[tuple[dict, dict, di
     bounds (s_min, s_upper, eta_c) of the cell's depth on that dataset; ``tags`` go on every run.
     Returns what was logged (run ids, how many old runs were replaced)."""
     uri = absolute(uri)
-    client = _client(uri)
+    with store_lock(uri):
+        return _log_cell(uri, _client(uri), name, cell_id, parts, theory=theory, datasets=datasets, tags=tags)
+
+
+def _log_cell(uri: str, client, name: str, cell_id: str, parts, *, theory: dict, datasets: dict | None,
+              tags: dict) -> dict:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         raise TrackingUnavailable(f"MLflow experiment {name!r} does not exist at {uri}: the mlflow_init rule "

@@ -2,7 +2,7 @@
 scale, one line per learning rate (mean over converged seeds, 95% interval), with 2/η (dashed) and
 S_min (dotted). No dlnpipe import: the cube carries everything it needs.
 
-    python examples/redraw_fig1b.py [results/cube.zarr] [--experiment fig1] [--out fig1b.png]
+    python examples/redraw_fig1b.py [results/default/cube.zarr] [--experiment fig1] [--out fig1b.png]
 """
 
 import argparse
@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ap.add_argument("cube", nargs="?", default="results/cube.zarr")
+ap.add_argument("cube", nargs="?", default="results/default/cube.zarr")
 ap.add_argument("--experiment", default="fig1")
 ap.add_argument("--out", default="fig1b.png")
 args = ap.parse_args()

@@ -194,3 +194,22 @@ def test_optimizer_grid_points_and_cells():
     assert opts["betas"].shape == (4, 2)
     assert exp.optim_points()[0].resolved(10) == {"label_noise": 0.0, "batch_size": 10}
     assert exp.optim_points()[-1].resolved(10) == {"eps": 1e-8, "beta1": 0.5, "beta2": 0.9}
+
+
+def test_study_name_from_its_key_or_its_config_file():
+    """A study's name (its directory results/<study>/): the `study:` key, else the config file's name."""
+    from dlnpipe.config import study_name
+    from dlnpipe.studies import study_dir
+
+    root = Path(__file__).resolve().parents[1]
+    for path, name in (("config.yaml", "default"), ("workflow/configs/quick.yaml", "quick"),
+                       ("workflow/configs/bounds_full.yaml", "bounds_full")):
+        assert study_name(cfgmod.load(root / path), [root / path]) == name
+    unnamed = validate(study())
+    assert study_name(unnamed, ["/home/me/my_question.yaml"]) == "my_question"
+    assert study_name(unnamed, ["config.yaml"]) == study_name(unnamed, []) == "default"
+    assert study_name(validate({**study(), "study": "mine"}), ["other.yaml"]) == "mine"
+    with pytest.raises(ConfigError, match=r"^study: 'cube.zarr' is the name of an entry of results/"):
+        study_dir("results", "cube.zarr")
+    with pytest.raises(ConfigError, match=r"^study: String should match pattern"):
+        validate({**study(), "study": "../elsewhere"})

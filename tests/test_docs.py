@@ -76,7 +76,8 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
 @pytest.mark.slow
 def test_examples_run(quick_run, tmp_path):
     png = tmp_path / "fig1b.png"
-    out = subprocess.run([sys.executable, str(ROOT / "examples/redraw_fig1b.py"), str(quick_run / "results/cube.zarr"),
+    cube = quick_run / "results/quick/cube.zarr"
+    out = subprocess.run([sys.executable, str(ROOT / "examples/redraw_fig1b.py"), str(cube),
                           "--experiment", "small", "--out", str(png)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "converged networks" in out.stdout

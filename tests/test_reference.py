@@ -76,11 +76,11 @@ def _perturbed_study(wd: Path, seed: int) -> dict[str, np.ndarray]:
     cfg.write_text(QUICK.read_text() + "\nmlflow: {enabled: false}\n")
     snakemake(wd, "--configfile", str(cfg), "--cores", "2", "--until", "make_dataset")
     rng = np.random.default_rng(seed)
-    for path in sorted((wd / "results/data").rglob("*.npz")):
+    for path in sorted((wd / "results/quick/data").rglob("*.npz")):
         arrays, meta = load_npz(path)
         save_npz(path, meta=meta, **{k: v * (1 + PERTURB * rng.standard_normal(v.shape)) for k, v in arrays.items()})
     snakemake(wd, "--configfile", str(cfg), "--cores", "2")
-    return _arrays(open_tree(wd / "results/cube.zarr"))
+    return _arrays(open_tree(wd / "results/quick/cube.zarr"))
 
 
 def _move(now: dict, perturbed: dict, g: str) -> np.ndarray:
@@ -145,7 +145,7 @@ def _check_group(g: str, now: dict, ref: dict) -> None:
 
 
 def test_quick_cube_matches_reference(quick_run, tmp_path):
-    now = _arrays(open_tree(quick_run / "results/cube.zarr"))
+    now = _arrays(open_tree(quick_run / "results/quick/cube.zarr"))
     assert sorted({k.split("/")[0] for k in now}) == GROUPS
     if os.environ.get("DLNPIPE_WRITE_REFERENCE"):
         _write_reference(now, tmp_path)

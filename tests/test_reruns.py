@@ -105,7 +105,7 @@ def test_new_experiment_runs_only_its_own_jobs(study):
 
 def test_untouched_cells_keep_their_mlflow_runs(study, tmp_path):
     wd, cfg, dry = study
-    logged = sorted((wd / "results/mlflow/logged").rglob("*.json"))
+    logged = sorted((wd / "results/quick/mlflow/logged").rglob("*.json"))
     before = {p.relative_to(wd): json.loads(p.read_text())["runs"] for p in logged}
     cfg["experiments"]["small"]["scales"] = [0.3, 0.5, 0.7]
     cfg["experiments"]["resid"]["description"] = "edited"
@@ -114,16 +114,16 @@ def test_untouched_cells_keep_their_mlflow_runs(study, tmp_path):
     snakemake(wd, "--cores", "2", "--configfile", str(path))
     after = {p: json.loads((wd / p).read_text())["runs"] for p in before}
     for p, runs in before.items():
-        if p.parts[3] == "small":
+        if p.parts[4] == "small":
             assert not set(after[p]) & set(runs), p  # relogged: new runs
         else:
             assert after[p] == runs, p  # untouched: the same run ids
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{wd / 'results/mlflow.db'}")
-    exp = client.get_experiment_by_name("dlnpipe/resid")
+    exp = client.get_experiment_by_name("dlnpipe/quick/resid")
     live = {r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.`dlnpipe.role` = 'configuration'")}
-    assert live == {r for p, runs in before.items() if p.parts[3] == "resid" for r in runs}
+    assert live == {r for p, runs in before.items() if p.parts[4] == "resid" for r in runs}
 
 
 def test_every_figure_has_its_own_caption(tmp_path):

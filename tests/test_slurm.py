@@ -71,13 +71,13 @@ def test_quick_study_on_slurm_equals_local_run(cluster, quick_run, tmp_path):
     out = snakemake(wd, *PROFILE, *FAST, "--configfile", str(study))
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out.stdout + out.stderr)
     # the cube equals the local run's, group by group (same networks, seeds, steps: bit for bit)
-    local, cluster_cube = open_tree(quick_run / "results/cube.zarr"), open_tree(wd / "results/cube.zarr")
+    local, cluster_cube = open_tree(quick_run / "results/quick/cube.zarr"), open_tree(wd / "results/quick/cube.zarr")
     assert sorted(cluster_cube.children) == sorted(cfg["experiments"])
     for name in cluster_cube.children:
         xr.testing.assert_identical(local[name].to_dataset(), cluster_cube[name].to_dataset())
     # every cell's training and measuring job was an sbatch job: its log names a job id that
     # slurmctld knows, ran on the node in this workflow's directory and completed
-    cells = {f.stem for f in (quick_run / "results/train").rglob("*.npz") if f.parent.name != "optim"}
+    cells = {f.stem for f in (quick_run / "results/quick/train").rglob("*.npz") if f.parent.name != "optim"}
     for rule in ("make_dataset", "train_cell", "measure_sharpness", "gather_cube", "plot"):
         logs = slurm_logs(wd, rule)
         assert logs, f"no SLURM log for rule {rule}"
@@ -118,14 +118,14 @@ def test_scancelled_cell_is_reported_and_rerun_completes(cluster, tmp_path):
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     job = _slurm_job("rule_train_cell_wildcards_slow", timeout=STUDY_TIMEOUT_S)
     # the training command has started on the node and trains (for seconds): cancel it mid-training
-    wait_for_line(wd / "logs/train_cell/slow/gelu-L4-m3-paper-p0.log", "cell slow/gelu-L4-m3-paper-p0: 4 networks",
-                  alive=proc)
+    log = wd / "results/fault/logs/train_cell/slow/gelu-L4-m3-paper-p0.log"
+    wait_for_line(log, "cell slow/gelu-L4-m3-paper-p0: 4 networks", alive=proc)
     subprocess.run(["scancel", str(job)], check=True)
     out, _ = proc.communicate(timeout=STUDY_TIMEOUT_S)
     assert proc.returncode != 0, out
     assert "Error in rule train_cell" in out and f"SLURM-job '{job}' failed" in out, out[-3000:]
     assert "CANCELLED" in out
-    assert not (wd / "results/train/slow/gelu-L4-m3-paper-p0.npz").exists()
+    assert not (wd / "results/fault/train/slow/gelu-L4-m3-paper-p0.npz").exists()
     # keep-going: the other cell finished; note its files to show the rerun leaves them alone
     done = sorted((wd / "results").rglob("fast/*.npz"))
     assert [p.parent.parent.name for p in done] == ["data", "measure", "train"]
@@ -133,11 +133,11 @@ def test_scancelled_cell_is_reported_and_rerun_completes(cluster, tmp_path):
 
     rerun = snakemake(wd, *PROFILE, *FAST, "--configfile", str(fault))
     text = rerun.stdout + rerun.stderr
-    assert re.search(r"rule train_cell:\s*\n\s*input: results/data/slow/", text)
+    assert re.search(r"rule train_cell:\s*\n\s*input: results/fault/data/slow/", text)
     # only the killed cell (and what depends on it) runs again
-    assert "output: results/train/fast/" not in text and "output: results/measure/fast/" not in text
+    assert "output: results/fault/train/fast/" not in text and "output: results/fault/measure/fast/" not in text
     assert {p: p.stat().st_mtime_ns for p in done} == before  # finished cells are not redone
     assert len(slurm_logs(wd, "train_cell")["fast_small-L2-m3-paper-p0"]) == 1  # one sbatch job ever
     assert len(slurm_logs(wd, "train_cell")["slow_gelu-L4-m3-paper-p0"]) == 2  # the killed one and its rerun
-    tree = open_tree(wd / "results/cube.zarr")
+    tree = open_tree(wd / "results/fault/cube.zarr")
     assert int((tree["slow"].status >= 0).sum()) == 4

@@ -56,10 +56,11 @@ def experiments(url: str) -> dict[str, str]:
     return {e["name"]: e["experiment_id"] for e in page["experiments"]}
 
 
-def count_runs(url: str) -> dict[str, int]:
-    exps = experiments(url)
-    return {name.removeprefix("dlnpipe/"): len(search_runs(url, eid, "tags.`dlnpipe.role` = 'configuration'"))
-            for name, eid in exps.items() if name.startswith("dlnpipe/")}
+def count_runs(url: str, study: str = "quick") -> dict[str, int]:
+    """Configuration runs per experiment of ``study`` (its MLflow experiments dlnpipe/<study>/<experiment>)."""
+    prefix = f"dlnpipe/{study}/"
+    return {name.removeprefix(prefix): len(search_runs(url, eid, "tags.`dlnpipe.role` = 'configuration'"))
+            for name, eid in experiments(url).items() if name.startswith(prefix)}
 
 
 def test_every_configuration_is_a_run(quick_run):
@@ -69,7 +70,7 @@ def test_every_configuration_is_a_run(quick_run):
         assert count_runs(server.url) == expected
         exps = experiments(server.url)
         assert len(search_runs(server.url, exps["Default"])) == 0  # nothing mis-filed under "Default"
-        runs = search_runs(server.url, exps["dlnpipe/small"], "tags.`dlnpipe.role` = 'configuration'")
+        runs = search_runs(server.url, exps["dlnpipe/quick/small"], "tags.`dlnpipe.role` = 'configuration'")
         run = runs[0]
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         assert {"init", "depth", "width", "kappa", "lr", "scale", "steps", "seeds"} <= set(params)
@@ -83,7 +84,8 @@ def test_every_configuration_is_a_run(quick_run):
         # top-level runs (no parent to expand in the UI), the cell as a tag and a param to group by
         assert tags["dlnpipe.cell"] == "small-L3-m3-paper" and "mlflow.parentRunId" not in tags
         assert params["cell"] == "small-L3-m3-paper" and params["optimizer"] == "gd"
-        assert tags["dlnpipe.cube"].endswith("results/cube.zarr") and tags["dlnpipe.git_revision"]
+        assert tags["dlnpipe.cube"].endswith("results/quick/cube.zarr") and tags["dlnpipe.git_revision"]
+        assert tags["dlnpipe.study"] == "quick"
         # median trajectories are step metrics
         hist = urllib.request.urlopen(f"{server.url}/api/2.0/mlflow/metrics/get-history?run_id="
                                       f"{run['info']['run_id']}&metric_key=traj_loss_train_median").read()
@@ -106,11 +108,11 @@ def test_rerun_and_forced_cell_keep_one_run_per_configuration(quick_run, tmp_pat
     expected = configurations(QUICK)
     out = snakemake(wd, "--configfile", str(QUICK), "--cores", "2")
     assert "Nothing to be done" in out.stdout + out.stderr
-    marker = wd / "results/mlflow/logged/small/small-L3-m3-paper.json"
+    marker = wd / "results/quick/mlflow/logged/small/small-L3-m3-paper.json"
     assert json.loads(marker.read_text())["tracking_uri"] == f"sqlite:///{quick_run / 'results/mlflow.db'}"
     before = json.loads(marker.read_text())
     snakemake(wd, "--configfile", str(QUICK), "--cores", "2",
-              "--forcerun", "results/train/small/small-L3-m3-paper-p0.npz")
+              "--forcerun", "results/quick/train/small/small-L3-m3-paper-p0.npz")
     after = json.loads(marker.read_text())
     assert after["tracking_uri"] == f"sqlite:///{db}"  # the moved study logs into its own store
     assert after["replaced"] == len(before["runs"])  # the cell's configuration runs, replaced
@@ -145,7 +147,8 @@ def test_make_ui_links_open_on_the_configurations_and_their_metrics(quick_run):
             if line.startswith("mlflow ui"):  # make echoes the server's command after the links
                 break
         printed = "".join(lines)
-        found = re.search(r"dlnpipe/small \((\d+) configurations\)\n\s+runs:\s+(\S+)\n\s+compare:\s+(\S+)", printed)
+        found = re.search(r"dlnpipe/quick/small \((\d+) configurations\)\n\s+runs:\s+(\S+)\n\s+compare:\s+(\S+)",
+                          printed)
         assert found, printed
         n, runs, compare = int(found.group(1)), found.group(2), found.group(3)
         assert n == configurations(QUICK)["small"] and runs.startswith(f"http://127.0.0.1:{port}/#/experiments/")
@@ -158,7 +161,7 @@ def test_make_ui_links_open_on_the_configurations_and_their_metrics(quick_run):
             page.set_default_timeout(UI_WAIT_S * 1000)
             page.goto(compare)
             page.get_by_text("Run details").first.wait_for()
-            page.screenshot(path=str(quick_run / "results/mlflow-ui.png"))
+            page.screenshot(path=str(quick_run / "results/quick/mlflow-ui.png"))
             keys = ("frac_converged", "sharpness_median", "sharpness_ratio_median", "s_min", "threshold", "lr", "scale")
             text = ""
             page.mouse.move(600, 700)
@@ -178,7 +181,7 @@ def test_make_ui_links_open_on_the_configurations_and_their_metrics(quick_run):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
-    assert re.search(rf"Comparing\s+{n}\s+Runs", text, re.I), text[text.find("dlnpipe/small"):][:300]
+    assert re.search(rf"Comparing\s+{n}\s+Runs", text, re.I), text[text.find("dlnpipe/quick/small"):][:300]
     assert f"{n} matching runs" in table
     assert all(name in text and name in table for name in names), text[:3000]
     for key in keys:
@@ -195,19 +198,20 @@ def test_tracking_server_down_then_up(tmp_path):
     out = snakemake(wd, "--configfile", str(cfg), "--cores", "2", "--keep-going", check=False,
                     extra_env={"MLFLOW_TRACKING_URI": uri})
     assert out.returncode != 0
-    log = (wd / "logs/mlflow_init/mlflow_init.log").read_text()
+    log = (wd / "results/one/logs/mlflow_init/mlflow_init.log").read_text()
     assert f"MLflow tracking server {uri} is not reachable" in log and "run the workflow again" in log
     assert "Error in rule mlflow_init" in out.stdout + out.stderr
     # the job's one-line cause reaches the terminal, with its log's path
     assert f"error: tracking error: MLflow tracking server {uri} is not reachable" in out.stderr
-    assert "(log: logs/mlflow_init/mlflow_init.log)" in out.stderr
+    assert "(log: results/one/logs/mlflow_init/mlflow_init.log)" in out.stderr
     # the training results (and, with --keep-going, everything else) are on disk regardless of tracking
-    assert (wd / "results/train/small/small-L3-m3-paper-p0.npz").exists()
-    assert (wd / "results/measure/small/small-L3-m3-paper-p0.npz").exists()
-    assert (wd / "results/cube.zarr/zarr.json").exists() and (wd / "results/figures/small/fig1b.png").exists()
-    assert (wd / "results/cube.zarr/small/zarr.json").exists()
-    assert not (wd / "results/mlflow/logged/small/small-L3-m3-paper.json").exists()
+    one = wd / "results/one"  # the study's directory, after its config file's name
+    assert (one / "train/small/small-L3-m3-paper-p0.npz").exists()
+    assert (one / "measure/small/small-L3-m3-paper-p0.npz").exists()
+    assert (one / "cube.zarr/zarr.json").exists() and (one / "figures/small/fig1b.png").exists()
+    assert (one / "cube.zarr/small/zarr.json").exists()
+    assert not (one / "mlflow/logged/small/small-L3-m3-paper.json").exists()
     with MlflowServer(tmp_path / "server.db", port=port) as server:
         out = snakemake(wd, "--configfile", str(cfg), "--cores", "2", extra_env={"MLFLOW_TRACKING_URI": uri})
         assert "train_cell" not in out.stdout.split("Job stats:")[-1].split("Reasons")[0]  # nothing retrained
-        assert count_runs(server.url) == {"small": 4}
+        assert count_runs(server.url, "one") == {"small": 4}

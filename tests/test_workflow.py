@@ -1,7 +1,8 @@
 """The Snakemake workflow through its real CLI, in temporary directories.
 
-The quick config end to end (cube content, bound tables, figures), determinism, a train_cell job
-killed with SIGKILL and repaired by a rerun, the default config's dry run, snakefmt, config errors.
+The quick config end to end (cube content, bound tables, figures), a train_cell job killed with SIGKILL
+and repaired by a rerun, the default config's dry run, snakefmt, config errors. (The quick study's
+determinism: a second run, beside another study, equals the first, in tests/test_studies.py.)
 """
 
 import json
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_cube_content(quick_run):
-    tree = open_tree(quick_run / "results/cube.zarr")
+    tree = open_tree(quick_run / "results/quick/cube.zarr")
     assert set(tree.children) == {"small", "relu", "resid", "traj", "under", "bounds", "optim"}
 
     assert json.loads(tree.attrs["config"])["experiments"]["small"]["depths"] == [3]
@@ -77,31 +78,31 @@ def test_quick_cube_content(quick_run):
 def test_quick_bounds_experiment(quick_run):
     """The bounds experiment in miniature: gradient flow, κ × spectrum × w* datasets batched into one
     job per (init, depth, width); the controlled κ appear exactly in the cube; the constant table."""
-    ds = open_tree(quick_run / "results/cube.zarr")["bounds"].to_dataset()
+    ds = open_tree(quick_run / "results/quick/cube.zarr")["bounds"].to_dataset()
     np.testing.assert_array_equal(ds.kappa.values, [1.0, 10.0])
     assert list(ds.spectrum.values) == ["geometric", "linear"] and list(ds.wstar.values) == ["random", "top"]
     # every dataset has exactly the condition number it was asked for
     np.testing.assert_allclose(ds.kappa_achieved.values, np.broadcast_to(ds.kappa.values[:, None, None], (2, 2, 2)),
                                rtol=1e-10)
     assert int(ds.valid.sum()) == 2 * 2 * 1 * 8 * 2 * 2  # inits, depths, widths, datasets, scales, seeds
-    assert len(list((quick_run / "results/train/bounds").glob("*.npz"))) == 2 * 2  # one job per cell
+    assert len(list((quick_run / "results/quick/train/bounds").glob("*.npz"))) == 2 * 2  # one job per cell
     conv = ds.status == 0
     assert int(conv.sum()) >= 0.9 * int(ds.valid.sum())
     assert float((ds.sharpness / ds.s_min).where(conv).min()) >= 1 - 1e-6  # claim 1 at the flow's limit
     np.testing.assert_allclose(ds.sharpness.where(conv).values, ds.sharpness_exact.where(conv).values, rtol=1e-5)
-    const = pd.read_csv(quick_run / "results/bounds/bounds_constant.csv")
+    const = pd.read_csv(quick_run / "results/quick/bounds/bounds_constant.csv")
     assert len(const) == 2 * 2 * 2 * 2 and (const.C >= 1).all()
     # κ = 1: Σ = I whatever the spectrum shape, so both shapes give the same networks and constant
     k1 = const[const.kappa == 1].set_index(["init", "wstar", "spectrum"]).C.unstack("spectrum")
     np.testing.assert_allclose(k1.geometric, k1.linear, rtol=1e-8)
-    claims = (quick_run / "results/bounds/bounds.md").read_text()
+    claims = (quick_run / "results/quick/bounds/bounds.md").read_text()
     assert "| c1      | converged => S >= S_min" in claims and "c3b" in claims
     for fig in ("ratio_kappa", "ratio_depth", "ratio_width", "structure", "topk"):
-        assert (quick_run / f"results/figures/bounds/{fig}.png").stat().st_size > 20_000
+        assert (quick_run / f"results/quick/figures/bounds/{fig}.png").stat().st_size > 20_000
 
 
 def test_quick_tables_and_figures(quick_run):
-    res = quick_run / "results"
+    res = quick_run / "results/quick"
     import pandas as pd
     from matplotlib.image import imread
 
@@ -123,8 +124,8 @@ def test_quick_tables_and_figures(quick_run):
             assert img.std() > 0.01  # not a blank canvas
             assert (res / f"figures/{exp}/{fig}.pdf").read_bytes()[:5] == b"%PDF-"
     for rule in ("train_cell", "measure_sharpness"):
-        assert any((quick_run / "logs" / rule).rglob("*.log"))
-    assert any((quick_run / "benchmarks/train_cell").rglob("*.tsv"))
+        assert any((quick_run / "results/quick/logs" / rule).rglob("*.log"))
+    assert any((quick_run / "results/quick/benchmarks/train_cell").rglob("*.tsv"))
 
 
 def test_quick_optimizers(quick_run):
@@ -132,7 +133,7 @@ def test_quick_optimizers(quick_run):
     own measurements, their thresholds and claims in the tables, their settings in MLflow."""
     import pandas as pd
 
-    ds = open_tree(quick_run / "results/cube.zarr")["optim"].to_dataset()
+    ds = open_tree(quick_run / "results/quick/cube.zarr")["optim"].to_dataset()
     assert list(ds.optim.values) == ["gd", "gd:label_noise=0.2", "heavy_ball:momentum=0.5", "adam:betas=0.9/0.999",
                                      "sgd:batch_size=2", "sgd:batch_size=3"]
     assert list(ds.optimizer.values) == ["gd", "gd", "heavy_ball", "adam", "sgd", "sgd"]
@@ -151,28 +152,20 @@ def test_quick_optimizers(quick_run):
     assert (noisy.status == Status.FAILED).all()  # label noise keeps the iterates moving
     assert (noisy.loss_train_avg < noisy.loss_train).all() and noisy.sharpness_avg.notnull().all()
     assert ds.sharpness_avg.sel(optim="heavy_ball:momentum=0.5").isnull().all()  # deterministic: no average
-    claims = pd.read_csv(quick_run / "results/bounds/optim.csv")
+    claims = pd.read_csv(quick_run / "results/quick/bounds/optim.csv")
     assert {"optim", "threshold", "c8_checked", "c9_checked"} <= set(claims.columns)
     assert claims.c8_checked.sum() > 0 and claims.c9_checked.sum() > 0 and claims.c1_fail.sum() == 0
-    text = (quick_run / "results/bounds/optim.md").read_text()
+    text = (quick_run / "results/quick/bounds/optim.md").read_text()
     assert "| c9 " in text and "| c10 " in text
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{quick_run / 'results/mlflow.db'}")
-    exp = client.get_experiment_by_name("dlnpipe/optim")
+    exp = client.get_experiment_by_name("dlnpipe/quick/optim")
     runs = client.search_runs([exp.experiment_id], "tags.`dlnpipe.role` = 'configuration'")
     assert {r.data.params["optim"] for r in runs} == set(ds.optim.values)
     adam_run = next(r for r in runs if r.data.params["optimizer"] == "adam")
     assert adam_run.data.params["beta1"] == "0.9" and adam_run.data.metrics["threshold"] == pytest.approx(threshold)
     assert "sharpness_precond_median" in adam_run.data.metrics
-
-
-def test_quick_is_deterministic(quick_run, tmp_path):
-    wd = workdir(tmp_path)
-    snakemake(wd, "--configfile", str(QUICK), "--cores", "2")
-    first, second = open_tree(quick_run / "results/cube.zarr"), open_tree(wd / "results/cube.zarr")
-    for name in first.children:
-        xr.testing.assert_identical(first[name].to_dataset(), second[name].to_dataset())
 
 
 def _wait_for(pattern: str, timeout: float) -> int:
@@ -197,7 +190,7 @@ def fault_clean(tmp_path_factory):
     return clean
 
 
-SLOW_LOG = "logs/train_cell/slow/gelu-L4-m3-paper-p0.log"
+SLOW_LOG = "results/fault/logs/train_cell/slow/gelu-L4-m3-paper-p0.log"
 TRAINING = "cell slow/gelu-L4-m3-paper-p0: 4 networks"  # the job's log line just before it trains
 
 
@@ -226,11 +219,11 @@ def test_killed_train_job_is_repaired_by_rerun(tmp_path, fault_clean):
     out, _ = proc.communicate(timeout=STUDY_TIMEOUT_S)
     assert proc.returncode != 0, out
     assert "Error in rule train_cell" in out
-    assert not (wd / "results/train/slow/gelu-L4-m3-paper-p0.npz").exists()
-    assert not list((wd / "results/train/slow").glob(".*.tmp"))  # no half-written file left behind
+    assert not (wd / "results/fault/train/slow/gelu-L4-m3-paper-p0.npz").exists()
+    assert not list((wd / "results/fault/train/slow").glob(".*.tmp"))  # no half-written file left behind
     # a plain rerun: the workflow profile (profiles/default, found by Snakemake itself) says rerun-incomplete
     snakemake(wd, "--configfile", str(fault), "--cores", "1")
-    a, b = open_tree(clean / "results/cube.zarr"), open_tree(wd / "results/cube.zarr")
+    a, b = open_tree(clean / "results/fault/cube.zarr"), open_tree(wd / "results/fault/cube.zarr")
     assert sorted(a.children) == sorted(b.children) == ["fast", "slow"]
     for name in a.children:
         xr.testing.assert_identical(a[name].to_dataset(), b[name].to_dataset())
@@ -251,7 +244,7 @@ def test_whole_run_killed_then_unlocked_and_rerun(tmp_path, fault_clean):
                          text=True, check=True)
     assert "removed a stale lock" in out.stdout
     snakemake(wd, "--configfile", str(fault), "--cores", "1")
-    a, b = open_tree(clean / "results/cube.zarr"), open_tree(wd / "results/cube.zarr")
+    a, b = open_tree(clean / "results/fault/cube.zarr"), open_tree(wd / "results/fault/cube.zarr")
     for name in a.children:
         xr.testing.assert_identical(a[name].to_dataset(), b[name].to_dataset())
 
@@ -368,18 +361,21 @@ def test_snakemake_module_runs_the_study_in_its_own_directory(tmp_path):
         'configfile: "study.yaml"\n\n\n'
         f'module dlnpipe:\n    snakefile:\n        "{ROOT / "Snakefile"}"\n    config:\n        config\n\n\n'
         "use rule * from dlnpipe\n")
+    ours = sorted((ROOT / "results").rglob("*")) if (ROOT / "results").exists() else []
     snakemake(host, "--cores", "2")
-    tree = open_tree(host / "results/cube.zarr")
+    tree = open_tree(host / "results/quick/cube.zarr")
     assert sorted(tree.children) == ["small"] and int(tree["small"].to_dataset().valid.sum()) == 12
-    assert (host / "results/figures/small/fig1b.png").exists() and (host / "results/bounds/small.md").exists()
-    assert (host / "results/mlflow.db").exists() and not (ROOT / "results/cube.zarr/small").exists()
+    assert (host / "results/quick/figures/small/fig1b.png").exists()
+    assert (host / "results/quick/bounds/small.md").exists()
+    assert (host / "results/mlflow.db").exists()
+    assert (sorted((ROOT / "results").rglob("*")) if (ROOT / "results").exists() else []) == ours  # nothing here
 
 
 def test_figures_without_data_say_so(quick_run, tmp_path):
     """A figure whose networks all diverged says so on each empty panel instead of drawing empty axes."""
     from dlnpipe import figures
 
-    ds = open_tree(quick_run / "results/cube.zarr")["small"].to_dataset().load()
+    ds = open_tree(quick_run / "results/quick/cube.zarr")["small"].to_dataset().load()
     ds["status"] = ds.status.where(ds.status < 0, Status.DIVERGED)
     for var in ("sharpness", "distance", "loss_train", "loss_test", "hessian_trace", "hessian_trace_minimizer"):
         ds[var] = ds[var] * np.nan

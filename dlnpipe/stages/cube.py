@@ -1,5 +1,5 @@
 """Stage gather_cube: one experiment's per-cell files become its group of the labelled store
-``results/cube.zarr`` (one job per experiment); ``cube_root`` writes the store's root (the study's
+``results/<study>/cube.zarr`` (one job per experiment); ``cube_root`` writes the store's root (the study's
 attrs). The schema and layout: :mod:`dlnpipe.cube`."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def run_init(uri: str, names: list[str], out: str | Path, *, artifacts: str | Pa
 
 
 def run(uri: str, name: str, cell_id: str, data_paths, train_files, measure_files, *, cube: str,
-        out: str | Path) -> dict:
+        out: str | Path, study: str = "") -> dict:
     """Log one cell (all its parts) and write a marker with what was logged."""
     parts = []
     for t, m in zip(train_files, measure_files):
@@ -30,7 +30,8 @@ def run(uri: str, name: str, cell_id: str, data_paths, train_files, measure_file
     depth = parts[0][0]["cell"]["depth"]
     theory = {key: bounds(ds, depth) for key, ds in sets.items()}
     marker = log_cell(uri, name, cell_id, parts, theory=theory, datasets=sets,
-                      tags={"dlnpipe.git_revision": git_revision(), "dlnpipe.cube": cube})
+                      tags={"dlnpipe.git_revision": git_revision(), "dlnpipe.cube": cube,
+                                            "dlnpipe.study": study})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(marker, indent=1))
     return marker

@@ -6,17 +6,17 @@ rule compare_bounds:
         group=rules.gather_cube.output.group,
     output:
         csv=report(
-            "results/bounds/{exp}.csv",
+            out("bounds/{exp}.csv"),
             caption="../report/bounds.rst",
             category="Bounds",
             labels={"experiment": "{exp}"},
         ),
-        md="results/bounds/{exp}.md",
-        constant="results/bounds/{exp}_constant.csv",
+        md=out("bounds/{exp}.md"),
+        constant=out("bounds/{exp}_constant.csv"),
     log:
-        "logs/compare_bounds/{exp}.log",
+        out("logs/compare_bounds/{exp}.log"),
     benchmark:
-        "benchmarks/compare_bounds/{exp}.tsv"
+        out("benchmarks/compare_bounds/{exp}.tsv")
     conda:
         ENV
     shell:

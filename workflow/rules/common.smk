@@ -1,14 +1,17 @@
-# Validated config, the grid as a table of cells, wildcard constraints, and the job specs.
+# Validated config, the study's directory, the grid as a table of cells, wildcard constraints, and the
+# job specs.
 import json
 import math
 import sys
 
-from dlnpipe.config import ConfigError, validate
+from dlnpipe.config import ConfigError, study_name, validate
 from dlnpipe.figures import caption as figure_caption
 from dlnpipe.grid import ALL_DATA
 from dlnpipe.grid import cells as grid_cells
 from dlnpipe.grid import cost as grid_cost
 from dlnpipe.grid import datasets as grid_datasets
+from dlnpipe.locks import record_holder, release_holder
+from dlnpipe.studies import LayoutError, check_layout, study_dir
 from dlnpipe.tracking import tracking_uri
 
 # A --configfile on the command line *is* the study (it replaces config.yaml rather than being
@@ -18,15 +21,31 @@ if workflow.overwrite_configfiles:
     config.update(workflow.config_settings.overwrite_config)
 try:
     STUDY = validate(config)
+    STUDY_NAME = study_name(STUDY, workflow.overwrite_configfiles or ["config.yaml"])
+    # Everything the study produces lives under its own directory (results/<study>/): no job of one
+    # study reads, writes or deletes a file of another. Only the MLflow store, results/mlflow.db, is shared.
+    RESULTS = study_dir("results", STUDY_NAME)
 except ConfigError as err:
     sys.exit(f"config error: {err}")
+try:
+    check_layout("results")
+except LayoutError as err:
+    sys.exit(str(err))
+
+
+def out(path):
+    """A path inside the study's directory."""
+    return f"{RESULTS}/{path}"
+
 
 CELLS = {(c.experiment, c.id): c for c in grid_cells(STUDY)}
 GROUPS = {}  # (experiment, cell without part) -> its parts
 for _cell in CELLS.values():
     GROUPS.setdefault((_cell.experiment, _cell.group), []).append(_cell)
 TRACKING_URI = tracking_uri(STUDY.mlflow.tracking_uri, "results")
-MLFLOW_NAMES = {e: STUDY.mlflow.experiment_prefix + e for e in STUDY.experiments}
+MLFLOW_NAMES = {
+    e: f"{STUDY.mlflow.experiment_prefix}{STUDY_NAME}/{e}" for e in STUDY.experiments
+}
 DATASETS = {
     (exp, data): (kappa, spectrum, wstar)
     for exp, data, kappa, spectrum, wstar in grid_datasets(STUDY)
@@ -145,6 +164,20 @@ def logged(command):
         + ' 2> {log} || {{ status=$?; echo "error: $(tail -n 1 {log})  (log: {log})" >&2;'
         " exit $status; }}"
     )
+
+
+# Where this run holds Snakemake's lock (host, pid), for `python -m dlnpipe unlock` on a shared
+# filesystem; not for dry runs or cluster jobs (Snakemake runs no hooks there).
+onstart:
+    record_holder(".", study=STUDY_NAME)
+
+
+onsuccess:
+    release_holder(".")
+
+
+onerror:
+    release_holder(".")
 
 
 def cell_keys():

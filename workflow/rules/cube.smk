@@ -1,4 +1,4 @@
-# Stage gather_cube: one job per experiment writes its group of results/cube.zarr (its cells' files
+# Stage gather_cube: one job per experiment writes its group of results/<study>/cube.zarr (its cells' files
 # into one labelled Dataset); cube_root writes the store's root (the study's attrs). No two jobs
 # write the same file, and tables and figures read only their experiment's group.
 
@@ -11,11 +11,11 @@ rule gather_cube:
     output:
         # The group's metadata file stands for the group (the job replaces the whole directory
         # atomically), so that Snakemake leaves no marker file inside the Zarr hierarchy.
-        group="results/cube.zarr/{exp}/zarr.json",
+        group=out("cube.zarr/{exp}/zarr.json"),
     log:
-        "logs/gather_cube/{exp}.log",
+        out("logs/gather_cube/{exp}.log"),
     benchmark:
-        "benchmarks/gather_cube/{exp}.tsv"
+        out("benchmarks/gather_cube/{exp}.tsv")
     conda:
         ENV
     params:
@@ -33,11 +33,11 @@ rule cube_root:
     output:
         # The root's metadata file stands for the store's root (written atomically), so that
         # Snakemake leaves no marker file inside the Zarr hierarchy.
-        root="results/cube.zarr/zarr.json",
+        root=out("cube.zarr/zarr.json"),
     log:
-        "logs/cube_root/cube_root.log",
+        out("logs/cube_root/cube_root.log"),
     benchmark:
-        "benchmarks/cube_root/cube_root.tsv"
+        out("benchmarks/cube_root/cube_root.tsv")
     conda:
         ENV
     params:

@@ -3,11 +3,11 @@
 
 rule make_dataset:
     output:
-        npz="results/data/{exp}/{data}.npz",
+        npz=out("data/{exp}/{data}.npz"),
     log:
-        "logs/make_dataset/{exp}/{data}.log",
+        out("logs/make_dataset/{exp}/{data}.log"),
     benchmark:
-        "benchmarks/make_dataset/{exp}/{data}.tsv"
+        out("benchmarks/make_dataset/{exp}/{data}.tsv")
     conda:
         ENV
     params:

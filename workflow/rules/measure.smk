@@ -7,11 +7,11 @@ rule measure_sharpness:
         data=cell_data,
         train=rules.train_cell.output.npz,
     output:
-        npz="results/measure/{exp}/{cell}.npz",
+        npz=out("measure/{exp}/{cell}.npz"),
     log:
-        "logs/measure_sharpness/{exp}/{cell}.log",
+        out("logs/measure_sharpness/{exp}/{cell}.log"),
     benchmark:
-        "benchmarks/measure_sharpness/{exp}/{cell}.tsv"
+        out("benchmarks/measure_sharpness/{exp}/{cell}.tsv")
     priority: cell_priority
     conda:
         ENV

@@ -6,17 +6,17 @@ rule plot:
         group=rules.gather_cube.output.group,
     output:
         png=report(
-            "results/figures/{exp}/{figure}.png",
+            out("figures/{exp}/{figure}.png"),
             caption="../report/figure.rst",
             category="Figures",
             subcategory="{exp}",
             labels={"experiment": "{exp}", "figure": "{figure}"},
         ),
-        pdf="results/figures/{exp}/{figure}.pdf",
+        pdf=out("figures/{exp}/{figure}.pdf"),
     log:
-        "logs/plot/{exp}/{figure}.log",
+        out("logs/plot/{exp}/{figure}.log"),
     benchmark:
-        "benchmarks/plot/{exp}/{figure}.tsv"
+        out("benchmarks/plot/{exp}/{figure}.tsv")
     conda:
         ENV
     params:

@@ -1,5 +1,6 @@
 # Stage track: MLflow runs for every training configuration. Local rules only, so cluster jobs never
-# open the tracking store; the store and its experiments are created once, before any cell logs.
+# open the tracking store; the study's experiments are created once, before any of its cells logs. The
+# store (results/mlflow.db) is shared by every study; each logs into its own <prefix><study>/<experiment>.
 
 
 localrules:
@@ -9,20 +10,21 @@ localrules:
 
 rule mlflow_init:
     output:
-        json="results/mlflow/experiments.json",
+        json=out("mlflow/experiments.json"),
     log:
-        "logs/mlflow_init/mlflow_init.log",
+        out("logs/mlflow_init/mlflow_init.log"),
     benchmark:
-        "benchmarks/mlflow_init/mlflow_init.tsv"
+        out("benchmarks/mlflow_init/mlflow_init.tsv")
     conda:
         ENV
     params:
         uri=TRACKING_URI,
         names=[MLFLOW_NAMES[e] for e in STUDY.experiments],
+        artifacts=out("mlflow/artifacts"),
     shell:
         logged(
             "python -m dlnpipe track-init --uri {params.uri:q} --experiments {params.names:q}"
-            " --artifacts results/mlflow/artifacts --out {output.json}"
+            " --artifacts {params.artifacts} --out {output.json}"
         )
 
 
@@ -34,20 +36,21 @@ rule track_cell:
         train=group_files(rules.train_cell.output.npz),
         measure=group_files(rules.measure_sharpness.output.npz),
     output:
-        json="results/mlflow/logged/{exp}/{group}.json",
+        json=out("mlflow/logged/{exp}/{group}.json"),
     log:
-        "logs/track_cell/{exp}/{group}.log",
+        out("logs/track_cell/{exp}/{group}.log"),
     benchmark:
-        "benchmarks/track_cell/{exp}/{group}.tsv"
+        out("benchmarks/track_cell/{exp}/{group}.tsv")
     conda:
         ENV
     params:
         uri=TRACKING_URI,
         name=mlflow_name,
         cube=rules.cube_root.output.root,
+        study=STUDY_NAME,
     shell:
         logged(
             "python -m dlnpipe track --uri {params.uri:q} --name {params.name:q} --cell {wildcards.group}"
             " --data {input.data} --train {input.train} --measure {input.measure}"
-            " --cube $(dirname {params.cube}) --out {output.json}"
+            " --cube $(dirname {params.cube}) --study {params.study} --out {output.json}"
         )

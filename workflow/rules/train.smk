@@ -6,11 +6,11 @@ rule train_cell:
     input:
         data=cell_data,
     output:
-        npz="results/train/{exp}/{cell}.npz",
+        npz=out("train/{exp}/{cell}.npz"),
     log:
-        "logs/train_cell/{exp}/{cell}.log",
+        out("logs/train_cell/{exp}/{cell}.log"),
     benchmark:
-        "benchmarks/train_cell/{exp}/{cell}.tsv"
+        out("benchmarks/train_cell/{exp}/{cell}.tsv")
     priority: cell_priority
     conda:
         ENV
