@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 PYTEST_ARGS ?=
 
-.PHONY: install run quick report ui test lint bench docs lock clean
+.PHONY: install run quick report ui test lint bench docs package lock clean
 
 $(STAMP): envs/requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -43,8 +43,7 @@ report: $(STAMP)
 UI_PORT ?= 5000
 STUDY ?=
 ui: $(STAMP)
-	@$(PY) -m dlnpipe ui-links --uri sqlite:///$(CURDIR)/results/mlflow.db --base http://127.0.0.1:$(UI_PORT) --study "$(STUDY)"
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+	@$(PY) -m dlnpipe ui --port $(UI_PORT) --study "$(STUDY)"
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -52,6 +51,11 @@ test: $(STAMP)
 # The documentation site (MkDocs, warnings are errors), into site/.
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict --quiet
+
+# The package as a researcher gets it: the wheel installed with its declared dependencies into a fresh venv,
+# then the library example and a `dlnpipe new` study run outside this checkout (about 3 min).
+package:
+	.ci/check-package
 
 lint: $(STAMP)
 	ruff check dlnpipe tests benchmarks examples
@@ -69,6 +73,16 @@ lock:
 	/tmp/dlnpipe-lock/bin/pip install -q -r envs/requirements.txt
 	{ echo "# Resolved from envs/requirements.txt on Python 3.11 (make lock)."; \
 	  /tmp/dlnpipe-lock/bin/pip freeze | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > envs/requirements.lock
+	$(MAKE) envs/dlnpipe.yaml
+
+# The conda environment of every rule (`snakemake --sdm conda`), written from the lock: Snakemake copies the
+# file alone, so it lists every locked package itself (dlnpipe reaches its jobs through PYTHONPATH: common.smk).
+envs/dlnpipe.yaml: envs/requirements.lock
+	{ echo "# Conda environment of every rule (snakemake --sdm conda): the locked set of envs/requirements.lock,"; \
+	  echo "# written from it by make (do not edit). dlnpipe itself reaches the jobs through PYTHONPATH."; \
+	  echo "name: dlnpipe"; echo "channels:"; echo "  - conda-forge"; echo "dependencies:"; \
+	  echo "  - python=3.11"; echo "  - pip"; echo "  - pip:"; \
+	  grep -v '^#' envs/requirements.lock | sed 's/^/      - /'; } > $@
 
 # Every study's results and Snakemake's state (one study: rm -rf results/<study>).
 clean:

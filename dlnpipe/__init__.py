@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place of the version: pyproject.toml reads it; CHANGELOG.md says what it added
 
 _EXPORTS = {
     "Dataset": "dlnpipe.data", "dataset_from_arrays": "dlnpipe.data", "load_dataset": "dlnpipe.data",

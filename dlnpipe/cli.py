@@ -82,6 +82,27 @@ def cmd_ui_links(args):
             print(f"    compare: {link['compare']}")
 
 
+def cmd_new(args):
+    from dlnpipe.scaffold import new_study
+
+    written = new_study(args.directory, name=args.name)
+    print(f"dlnpipe new: wrote {len(written)} files in {args.directory}: "
+          + ", ".join(str(p.relative_to(args.directory)) for p in written[:3]) + ", profiles/")
+    print(f"next: cd {args.directory} && snakemake --cores all    (README.md there: the report, the MLflow UI)")
+
+
+def cmd_ui(args):
+    """The MLflow UI on the study directory's store, after the links of its experiments (what `make ui` does)."""
+    import os
+
+    uri = args.uri or f"sqlite:///{Path('results/mlflow.db').resolve()}"
+    base = f"http://{args.host}:{args.port}"
+    cmd_ui_links(argparse.Namespace(uri=uri, base=base, study=args.study, prefix=args.prefix))
+    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print(" ".join(command), flush=True)
+    os.execv(sys.executable, [sys.executable, "-m", *command])
+
+
 def cmd_unlock(args):
     from dlnpipe.locks import unlock_if_stale
 
@@ -180,6 +201,9 @@ def cmd_track(args):
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dlnpipe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    from dlnpipe import __version__
+
+    ap.add_argument("--version", action="version", version=f"dlnpipe {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     _study_commands(sub)
     _cell_commands(sub)
@@ -205,6 +229,17 @@ def _study_commands(sub) -> None:
     p.add_argument("--study", default="", help="only this study's experiments (default: every study)")
     p.add_argument("--prefix", default="dlnpipe/", help="the studies' MLflow experiment prefix")
     p.set_defaults(func=cmd_ui_links)
+    p = sub.add_parser("new", help="write a study of one's own (config.yaml, Snakefile using this workflow, profiles)")
+    p.add_argument("directory")
+    p.add_argument("--name", help="the study's name (default: the directory's name)")
+    p.set_defaults(func=cmd_new)
+    p = sub.add_parser("ui", help="the MLflow UI on results/mlflow.db, after each experiment's links")
+    p.add_argument("--uri", help="the tracking store (default: sqlite:///<here>/results/mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--study", default="", help="only this study's experiments (default: every study)")
+    p.add_argument("--prefix", default="dlnpipe/", help="the studies' MLflow experiment prefix")
+    p.set_defaults(func=cmd_ui)
     p = sub.add_parser("unlock", help="remove Snakemake's lock left by a killed run, if no Snakemake runs here")
     p.add_argument("directory", nargs="?", default=".")
     p.add_argument("--other-hosts", action="store_true",

@@ -58,8 +58,10 @@ def git_revision(cwd: str | Path | None = None) -> str:
 def versions() -> dict:
     import importlib.metadata as md
 
-    out = {}
-    for pkg in ("dlnpipe", "torch", "numpy", "scipy", "xarray", "zarr", "snakemake", "mlflow", "seaborn"):
+    from dlnpipe import __version__
+
+    out = {"dlnpipe": __version__}  # the code's own version, whatever an installer recorded
+    for pkg in ("torch", "numpy", "scipy", "xarray", "zarr", "snakemake", "mlflow", "seaborn"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -11,6 +11,7 @@ from dlnpipe.grid import cells as grid_cells
 from dlnpipe.grid import cost as grid_cost
 from dlnpipe.grid import datasets as grid_datasets
 from dlnpipe.locks import record_holder, release_holder
+from dlnpipe.scaffold import package_link
 from dlnpipe.studies import LayoutError, check_layout, study_dir
 from dlnpipe.tracking import tracking_uri
 
@@ -156,11 +157,22 @@ def root_config():
     return json.dumps(study)
 
 
+# With --sdm conda the jobs run in envs/dlnpipe.yaml's environment, which holds every locked dependency
+# but not dlnpipe itself: they import this very package through PYTHONPATH (a directory linking only it).
+if any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method):
+    PYTHONPATH = (
+        "PYTHONPATH=" + package_link(".snakemake") + "${{PYTHONPATH:+:$PYTHONPATH}} "
+    )
+else:
+    PYTHONPATH = ""
+
+
 def logged(command):
     """``command`` with its stderr into the job's log; when it fails, the log's last line (the cause, one
     line) is echoed to Snakemake's own output with the log's path."""
     return (
-        command
+        PYTHONPATH
+        + command
         + ' 2> {log} || {{ status=$?; echo "error: $(tail -n 1 {log})  (log: {log})" >&2;'
         " exit $status; }}"
     )
