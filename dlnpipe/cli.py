@@ -73,8 +73,9 @@ def cmd_ui_links(args):
 
     which = f"study {args.study}" if args.study else "every study"
     print(f"MLflow UI: {args.base}  (store: {args.uri}; {which}). Per experiment: its training runs (a row per "
-          f"configuration) and, up to {COMPARE_MAX} configurations, their comparison (every param and metric "
-          "of every configuration, nothing to click):")
+          f"configuration, its coordinates and key metrics as columns) and, up to {COMPARE_MAX} configurations, "
+          "their comparison (every param and metric of every configuration, nothing to click). On a first visit "
+          "to a local server MLflow opens its Assistant panel by itself: its × closes it for good.")
     prefix = f"{args.prefix}{args.study}/" if args.study else args.prefix
     for link in ui_links(args.uri, args.base, prefix=prefix):
         print(f"  {link['name']} ({link['configurations']} configurations)\n    runs:    {link['runs']}")
@@ -188,7 +189,8 @@ def cmd_plot(args):
 def cmd_track_init(args):
     from dlnpipe.stages import track
 
-    track.run_init(args.uri, args.experiments, args.out, artifacts=args.artifacts)
+    track.run_init(args.uri, args.experiments, args.out, artifacts=args.artifacts,
+                   views=json.loads(args.views) if args.views else None)
 
 
 def cmd_track(args):
@@ -279,6 +281,7 @@ def _tracking_commands(sub) -> None:
     p.add_argument("--uri", required=True)
     p.add_argument("--experiments", nargs="+", required=True, help="MLflow experiment names")
     p.add_argument("--artifacts", required=True, help="artifact root for a local (SQLite) store")
+    p.add_argument("--views", help="JSON: experiment name -> its runs table's view (dlnpipe.tracking.table_view)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_track_init)
     p = sub.add_parser("track", help="log one cell's training configurations to MLflow (replacing earlier runs)")

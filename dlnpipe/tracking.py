@@ -44,6 +44,44 @@ log = logging.getLogger(__name__)
 
 CELL_TAG = "dlnpipe.cell"
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+# The runs table a researcher lands on (make ui's links): MLflow 3.17 reads a view state from the experiment
+# tag mlflow.sharedViewState.<key> when the page's URL says viewStateShareKey=<key> (its "share view"), and
+# the sidebar's mode from ?workflowType= (otherwise a fresh browser opens in GenAI mode, whatever the
+# experiment's mlflow.experimentKind says: the sidebar's mode decides the experiment's kind in 3.17).
+VIEW_KEY = "dlnpipe"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+KEY_METRICS = ("sharpness_ratio_median", "frac_converged", "sharpness_median", "threshold", "s_min",
+               "frac_diverged")
+# A configuration's grid coordinates, as (param, label in a run name); lr and s name every run.
+AXES = (("init", ""), ("depth", "L="), ("width", "m="), ("data", ""), ("optim", ""), ("lr", "lr="), ("scale", "s="))
+
+
+def configuration_axes(exp_cfg: dict) -> list[str]:
+    """The grid coordinates that tell an experiment's configurations apart: those with more than one value
+    (init, depth, width, dataset, optimizer setting), and always η and s."""
+    from dlnpipe.config import ExperimentConfig
+
+    exp = ExperimentConfig.model_validate(exp_cfg)
+    sizes = {"init": len(exp.inits), "depth": len(exp.depths), "width": len(exp.widths),
+             "data": len(exp.data.points()), "optim": len(exp.optim_points())}
+    return [axis for axis, _ in AXES if sizes.get(axis, 2) > 1]
+
+
+def run_name(axes: list[str], values: dict) -> str:
+    """A configuration run's name: its value on each axis that varies, e.g. ``lr=0.02 s=0.31``."""
+    labels = dict(AXES)
+    return " ".join(f"{labels[a]}{values[a]:g}" if isinstance(values[a], float) else f"{labels[a]}{values[a]}"
+                    for a in axes)
+
+
+def table_view(axes: list[str]) -> str:
+    """The runs table's view state (JSON, MLflow's shared-view format): the configuration's coordinates
+    and the key metrics as columns, in that order, sorted by η."""
+    import json
+
+    columns = [f"params.`{a}`" for a in axes] + [f"metrics.`{m}`" for m in KEY_METRICS]
+    return json.dumps({"selectedColumns": columns, "columnOrder": columns, "orderByKey": "params.`lr`",
+                       "orderByAsc": True})
 
 
 class TrackingUnavailable(RuntimeError):
@@ -114,12 +152,16 @@ def store_lock(uri: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def init(uri: str, names: list[str], *, artifacts: str | Path) -> dict:
-    """Create the store (SQLite: the file and its schema) and one MLflow experiment per name, once.
-    Returns {"uri": the absolute tracking URI, "experiments": name -> experiment id}."""
+def init(uri: str, names: list[str], *, artifacts: str | Path, views: dict[str, str] | None = None) -> dict:
+    """Create the store (SQLite: the file and its schema) and one MLflow experiment per name, once; ``views``
+    (name -> :func:`table_view`) set each experiment's runs-table view. Returns {"uri": the absolute tracking
+    URI, "experiments": name -> experiment id}."""
     uri = absolute(uri)
     with store_lock(uri):
-        return _init(uri, _client(uri), names, artifacts)
+        ids = _init(uri, _client(uri), names, artifacts)
+        for name, view in (views or {}).items():
+            _client(uri).set_experiment_tag(ids["experiments"][name], VIEW_TAG, view)
+        return ids
 
 
 def _init(uri: str, client, names: list[str], artifacts: str | Path) -> dict:
@@ -161,12 +203,15 @@ def ui_links(uri: str, base: str, *, prefix: str = "dlnpipe/") -> list[dict]:
     for exp in client.search_experiments(filter_string=f"name LIKE '{prefix}%'", max_results=1000):
         runs = client.search_runs([exp.experiment_id], "tags.`dlnpipe.role` = 'configuration'", max_results=50000,
                                   order_by=["attributes.run_name ASC"])
-        link = {"name": exp.name, "configurations": len(runs),
-                "runs": f"{base.rstrip('/')}/#/experiments/{exp.experiment_id}/runs", "compare": None}
+        view = f"viewStateShareKey={VIEW_KEY}&" if VIEW_TAG in exp.tags else ""
+        page = f"{base.rstrip('/')}/#/experiments/{exp.experiment_id}/runs"
+        link = {"name": exp.name, "configurations": len(runs), "compare": None,
+                "runs": f"{page}?{view}workflowType=machine_learning"}
         if 0 < len(runs) <= COMPARE_MAX:
             ids = json.dumps([r.info.run_id for r in runs], separators=(",", ":"))
             link["compare"] = (f"{base.rstrip('/')}/#/compare-runs?runs={urllib.parse.quote(ids)}"
-                               f"&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}")
+                               f"&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}"
+                               "&workflowType=machine_learning")
         out.append(link)
     return sorted(out, key=lambda link: link["name"])
 
@@ -284,8 +329,9 @@ def _log_configuration(client, experiment_id: str, spec: dict, key: tuple, group
 
     (data, optim, lr, scale), cell, exp_cfg = key, spec["cell"], spec["experiment"]
     opt = optimizers[optim]
-    tail = "" if optim == steppers.DEFAULT else f"-{optim}"
-    name = f"{cell['init']}-L{cell['depth']}-m{cell['width']}-{data}-lr{lr:g}-s{scale:g}{tail}"
+    coords = {"init": cell["init"], "depth": cell["depth"], "width": cell["width"], "data": data, "optim": optim,
+              "lr": float(lr), "scale": float(scale)}
+    name = run_name(configuration_axes(exp_cfg), coords)
     rid = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     params = {"experiment": cell["experiment"], "cell": tags[CELL_TAG], "init": cell["init"], "depth": cell["depth"],
               "width": cell["width"], "kappa": group.kappa.iloc[0], "spectrum": group.spectrum.iloc[0],

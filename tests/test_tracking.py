@@ -123,9 +123,10 @@ def test_rerun_and_forced_cell_keep_one_run_per_configuration(quick_run, tmp_pat
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is installed by .ci/run")
 def test_make_ui_links_open_on_the_configurations_and_their_metrics(quick_run):
-    """`make ui` on a finished quick study prints each experiment's pages; the comparison page it prints
-    for dlnpipe/small shows, in a fresh headless Chromium (sidebar in its default GenAI mode), every
-    configuration run with its params and metrics: nothing to click, nothing to expand."""
+    """`make ui` on a finished quick study prints each experiment's pages. In a fresh headless Chromium (whose
+    sidebar would open in GenAI mode), the comparison page it prints for dlnpipe/quick/small shows every
+    configuration run with its params and metrics, and its runs page lands on the model-training view with
+    rows named by what tells them apart (lr=0.1 s=0.3) and the key metrics as columns: nothing to click."""
     import os
     import re
     import signal
@@ -144,7 +145,7 @@ def test_make_ui_links_open_on_the_configurations_and_their_metrics(quick_run):
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("mlflow ui"):  # make echoes the server's command after the links
+            if line.startswith("mlflow ui"):  # dlnpipe ui prints the server's command after the links
                 break
         printed = "".join(lines)
         found = re.search(r"dlnpipe/quick/small \((\d+) configurations\)\n\s+runs:\s+(\S+)\n\s+compare:\s+(\S+)",
@@ -153,7 +154,7 @@ def test_make_ui_links_open_on_the_configurations_and_their_metrics(quick_run):
         n, runs, compare = int(found.group(1)), found.group(2), found.group(3)
         assert n == configurations(QUICK)["small"] and runs.startswith(f"http://127.0.0.1:{port}/#/experiments/")
         wait_http(f"http://127.0.0.1:{port}/health", timeout=UI_WAIT_S)
-        names = [f"small-L3-m3-paper-lr{lr}-s{s}" for lr in ("0.1", "0.8") for s in ("0.3", "0.5")]
+        names = [f"lr={lr} s={s}" for lr in ("0.1", "0.8") for s in ("0.3", "0.5")]  # what tells them apart
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -172,10 +173,14 @@ def test_make_ui_links_open_on_the_configurations_and_their_metrics(quick_run):
                     break
                 page.mouse.wheel(0, 400)
                 page.wait_for_timeout(150)
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})  # a fresh page, as from the terminal
+            page.set_default_timeout(UI_WAIT_S * 1000)
             page.goto(runs)  # the training-runs table: one row per configuration
             page.get_by_text(f"{n} matching runs").first.wait_for()
             for name in names:  # the count shows before the rows: wait for each row's run name itself
                 page.get_by_text(name, exact=True).first.wait_for()
+            page.get_by_text("sharpness_ratio_median").first.wait_for()  # the key metrics are columns, no click
+            page.screenshot(path=str(quick_run / "results/quick/mlflow-runs.png"))
             table = page.inner_text("body")
             browser.close()
     finally:
@@ -183,6 +188,10 @@ def test_make_ui_links_open_on_the_configurations_and_their_metrics(quick_run):
         proc.wait(timeout=60)
     assert re.search(rf"Comparing\s+{n}\s+Runs", text, re.I), text[text.find("dlnpipe/quick/small"):][:300]
     assert f"{n} matching runs" in table
+    # the sidebar in its model-training mode (Runs, Models, Model registry), not GenAI's (Judges, Prompts, ...)
+    assert "Model registry" in table and "Judges" not in table and "Prompts" not in table, table[:1500]
+    for column in ("lr", "scale", "sharpness_ratio_median", "frac_converged", "sharpness_median", "threshold"):
+        assert f"\n{column}\n" in table, column  # a column header of the landing table
     assert all(name in text and name in table for name in names), text[:3000]
     for key in keys:
         assert key in text, key

@@ -12,8 +12,9 @@ from dlnpipe.theory import bounds
 from dlnpipe.tracking import init, log_cell
 
 
-def run_init(uri: str, names: list[str], out: str | Path, *, artifacts: str | Path) -> dict:
-    ids = init(uri, names, artifacts=artifacts)
+def run_init(uri: str, names: list[str], out: str | Path, *, artifacts: str | Path,
+             views: dict[str, str] | None = None) -> dict:
+    ids = init(uri, names, artifacts=artifacts, views=views)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"tracking_uri": ids["uri"], "experiments": ids["experiments"]}, indent=1))
     return ids

@@ -13,7 +13,7 @@ from dlnpipe.grid import datasets as grid_datasets
 from dlnpipe.locks import record_holder, release_holder
 from dlnpipe.scaffold import package_link
 from dlnpipe.studies import LayoutError, check_layout, study_dir
-from dlnpipe.tracking import tracking_uri
+from dlnpipe.tracking import configuration_axes, table_view, tracking_uri
 
 # A --configfile on the command line *is* the study (it replaces config.yaml rather than being
 # merged into it); --config key=value alone still adjusts config.yaml.
@@ -124,6 +124,16 @@ def group_data(wildcards):
 
 def mlflow_name(wildcards):
     return MLFLOW_NAMES[wildcards.exp]
+
+
+def mlflow_views():
+    """Each MLflow experiment's runs-table view: the coordinates that vary, then the key metrics."""
+    return json.dumps(
+        {
+            MLFLOW_NAMES[e]: table_view(configuration_axes(exp.model_dump(mode="json")))
+            for e, exp in STUDY.experiments.items()
+        }
+    )
 
 
 def uses_gpu(wildcards):

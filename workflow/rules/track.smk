@@ -21,10 +21,11 @@ rule mlflow_init:
         uri=TRACKING_URI,
         names=[MLFLOW_NAMES[e] for e in STUDY.experiments],
         artifacts=out("mlflow/artifacts"),
+        views=mlflow_views(),
     shell:
         logged(
             "python -m dlnpipe track-init --uri {params.uri:q} --experiments {params.names:q}"
-            " --artifacts {params.artifacts} --out {output.json}"
+            " --artifacts {params.artifacts} --views {params.views:q} --out {output.json}"
         )
 
 
