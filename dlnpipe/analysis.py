@@ -108,8 +108,16 @@ def frame(ds: xr.Dataset) -> pd.DataFrame:
         df.loc[rows, "threshold"] = cls.threshold(sub.lr.to_numpy(), sub)
         df.loc[rows, "edge_sharpness"] = sub[cls.edge_on] if cls.edge_on in sub else np.nan
     theory = ds[[c for c in ("s_min", "s_upper", "eta_c", "trace_min") if c in ds]].to_dataframe().reset_index()
-    data = ds[["a", "lam_max"]].to_dataframe().reset_index()
+    data = ds[["a", "lam_max", "w_norm"]].to_dataframe().reset_index()
     return df.merge(theory, on=["depth", *DATA_DIMS], how="left").merge(data, on=list(DATA_DIMS), how="left")
+
+
+def minimizer_bound(df: pd.DataFrame) -> pd.Series:
+    """The lower bound on the sharpness at each network's minimizer (docs/theory.md#the-sharpness-and-its-lower-bound):
+    2 L (w*ᵀΣw*) ‖w_prod‖^{−2/L} = S_min (‖w*‖² / (‖w*‖² + ‖w_prod − w*‖²))^{1/L}. With n ≥ d the minimizer's
+    product is w* and this is S_min; with n < d it is any w* + (a null direction of Σ), orthogonal to w*."""
+    w2 = df.w_norm**2
+    return df.s_min * (w2 / (w2 + df.distance.fillna(0.0))) ** (1.0 / df.depth)
 
 
 def checks(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=EXACT_RTOL) -> pd.DataFrame:
@@ -118,7 +126,7 @@ def checks(ds: xr.Dataset, *, tol=TOL, eos_overshoot=EOS_OVERSHOOT, exact_rtol=E
     conv = df.status == Status.CONVERGED
     linear = df["init"].isin(LINEAR)  # the bounds are linear theory: reference lines only for other nets
     df["c1_checked"] = conv & linear
-    df["c1_fail"] = df.c1_checked & (df.sharpness < df.s_min * (1 - tol))
+    df["c1_fail"] = df.c1_checked & (df.sharpness < minimizer_bound(df) * (1 - tol))
     flow, gd = df.optimizer == "flow", df.optimizer.isin(GD_LIKE)
     small_lr = ((df.lr <= df.eta_c / 4) & (df.optimizer == "gd")) | flow  # gradient flow: the η → 0 limit itself
     df["c2_checked"] = conv & df["init"].isin(SMALL_INIT_LINEAR) & small_lr
@@ -166,7 +174,7 @@ def table(ds: xr.Dataset, **tolerances) -> pd.DataFrame:
 
 
 CLAIMS = {
-    "c1": "converged => S >= S_min",
+    "c1": "converged => S >= S_min (n < d: the bound at the minimizer reached, S_min (1 + |w - w*|^2/|w*|^2)^(-1/L))",
     "c2": "small init, eta <= eta_c/4, converged => S <= 8 L Lambda ||w*||^(2-2/L)",
     "c3a": "gd, sgd: converged => S <= 2/eta (10% edge-of-stability overshoot allowed)",
     "c3b": "gd, sgd: eta > eta_c => not converged",

@@ -253,12 +253,14 @@ class ExperimentConfig(Strict):
     density_probes: int = Field(4, ge=1, description="start vectors per network for the spectral density")
     density_steps: int = Field(40, ge=1, description="Lanczos steps per start vector (quadrature nodes; at most "
                                                      "the number of parameters)")
-    optimizer: OptimizerName | Annotated[list[OptimizerName | OptimizerConfig], Field(min_length=1)] = Field(
+    optimizer: OptimizerName | OptimizerConfig | Annotated[list[OptimizerName | OptimizerConfig],
+                                                           Field(min_length=1)] = Field(
         "gd", description="gd: gradient descent with step lr; flow: gradient flow dW/dt = −∇R integrated by an "
                           "adaptive Dormand–Prince 5(4) solver to time lr·steps (lr then only sets the time "
                           "scale and the sampling times lr·record_every); heavy_ball: momentum; adam; sgd: "
-                          "mini-batches. A list of names or {name, options} entries: one point of the cube's "
-                          "optim axis per entry and per value of a listed option (every network of the grid is "
+                          "mini-batches. A {name, options} entry (options: experiments.<name>.optimizer[] below), or a "
+                          "list of names and entries: one point of the cube's optim axis per entry and per value of "
+                          "a listed option (every network of the grid is "
                           "trained by each; the same seeds, so the same initial weights)")
     flow_rtol: Positive = Field(1e-8, description="relative error tolerance of the flow solver (per step, on the "
                                                   "weights)")

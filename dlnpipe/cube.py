@@ -93,6 +93,7 @@ ATTRS = {
     "trace_balanced": ("Hessian trace of the balanced rank-one minimizer, 2 ||w*||^(2-2/L) (tr Sigma + (L-1) a)",
                        "1"),
     "a": ("w*^T Sigma w* / ||w*||^2", "1"),
+    "w_norm": ("||w*||, the minimum-norm least-squares solution's norm (1 for normalised data)", "1"),
     "lam_max": ("largest eigenvalue Lambda of Sigma = X^T X / n", "1"),
     "lam_min": ("smallest non-zero eigenvalue of Sigma", "1"),
     "kappa_achieved": ("condition number of the dataset's Sigma (non-zero spectrum)", "1"),
@@ -291,7 +292,7 @@ def theory(exp: ExperimentConfig, datasets: dict[str, Dataset], point: dict) -> 
     for key, d in datasets.items():
         coords = dict(zip(DATA_DIMS, point[key]))
         per_data.append({**coords, "a": d.a, "lam_max": d.lam_max, "lam_min": d.lam_min, "kappa_achieved": d.kappa,
-                         "loss_opt": d.loss_opt})
+                         "loss_opt": d.loss_opt, "w_norm": d.w_norm})
         for L in exp.depths:
             b = bounds(d, L)
             per_depth.append({**coords, "depth": L, **{v: getattr(b, v) for v in THEORY_PER_DEPTH}})

@@ -20,8 +20,8 @@ def _type(prop: dict, defs: dict) -> str:
     """A property's type in words."""
     if "$ref" in prop:
         name = prop["$ref"].split("/")[-1]
-        return {"Linspace": "{linspace: [start, stop, num]}", "Logspace": "{logspace: [start, stop, num]}"}.get(
-            name, name)
+        return {"Linspace": "{linspace: [start, stop, num]}", "Logspace": "{logspace: [start, stop, num]}",
+                "OptimizerConfig": "{name, options} (optimizer[] below)"}.get(name, name)
     if "anyOf" in prop:
         return " or ".join(dict.fromkeys(_type(p, defs) for p in prop["anyOf"]))
     if "const" in prop:
@@ -29,6 +29,8 @@ def _type(prop: dict, defs: dict) -> str:
     if "enum" in prop:
         return "one of " + ", ".join(f"`{v}`" for v in prop["enum"])
     kind = prop.get("type")
+    if kind == "array" and "prefixItems" in prop:  # a tuple
+        return "[" + ", ".join(_type(p, defs) for p in prop["prefixItems"]) + "]"
     if kind == "array":
         return f"list of {_type(prop.get('items', {}), defs)}"
     if kind == "object":
@@ -49,33 +51,38 @@ def _text(value: str) -> str:
     return _cell(value).replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _examples(config: dict) -> dict[str, object]:
-    """The value each key has in the default study (first occurrence), by dotted key."""
-    found: dict[str, object] = {}
+def _examples(config: dict) -> dict[str, str]:
+    """Where each key is set in the default study, by dotted key: its value, and for an experiment's keys
+    the experiment that sets it first (a value, not a default: most experiments leave most keys out)."""
+    found: dict[str, str] = {}
 
-    def walk(node, path):
-        if isinstance(node, dict):
+    def walk(node, path, where=""):
+        if isinstance(node, dict) and not ({"linspace", "logspace"} & set(node)):  # a section, not a value
             for key, value in node.items():
-                walk(value, f"{path}.{key}" if path else key)
-        if path and not isinstance(node, dict):
-            found.setdefault(path, node)
+                walk(value, f"{path}.{key}" if path else key, where)
+        elif path:
+            found.setdefault(path, f"`{_cell(node)}`" + (f" ({where})" if where else ""))
 
     walk({k: v for k, v in config.items() if k != "experiments"}, "")
-    for exp in config.get("experiments", {}).values():
-        walk(exp, "experiments.<name>")
+    for name, exp in config.get("experiments", {}).items():
+        walk(exp, "experiments.<name>", name)
         for run in exp.get("runs", []):
-            walk(run, "experiments.<name>.runs[]")
+            walk(run, "experiments.<name>.runs[]", name)
+        entries = exp.get("optimizer") if isinstance(exp.get("optimizer"), list) else [exp.get("optimizer")]
+        for entry in entries:
+            if isinstance(entry, dict):
+                walk(entry, "experiments.<name>.optimizer[]", name)
     return found
 
 
 def _section(title: str, path: str, model: dict, defs: dict, examples: dict) -> list[str]:
-    lines = [f"## {title}", "", "| key | type | default | description | in the default study |",
+    lines = [f"## {title}", "", "| key | type | default | description | set in the default study (experiment) |",
              "|---|---|---|---|---|"]
     for key, prop in model["properties"].items():
         full = f"{path}.{key}" if path else key
         default = (f"`{_cell(prop['default'])}`" if "default" in prop else
                    "its defaults" if "$ref" in prop else "required")
-        example = f"`{_cell(examples[full])}`" if full in examples else ""
+        example = examples.get(full, "")
         lines.append(f"| `{key}` | {_type(prop, defs)} | {default} | {_text(prop.get('description', ''))} | "
                      f"{example} |")
     return lines + [""]
@@ -107,6 +114,8 @@ def configuration_markdown(default_config: str | Path = "config.yaml") -> str:
                       examples)
     lines += _section("`experiments.<name>.runs[]`: learning rates, steps, seeds", "experiments.<name>.runs[]",
                       defs["RunConfig"], defs, examples)
+    lines += _section("`experiments.<name>.optimizer[]`: an optimizer and its options (one entry, or each of a list)",
+                      "experiments.<name>.optimizer[]", defs["OptimizerConfig"], defs, examples)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -213,3 +213,13 @@ def test_study_name_from_its_key_or_its_config_file():
         study_dir("results", "cube.zarr")
     with pytest.raises(ConfigError, match=r"^study: String should match pattern"):
         validate({**study(), "study": "../elsewhere"})
+
+
+def test_optimizer_may_be_one_mapping():
+    """`optimizer: {name: adam, ...}` (the type the configuration page gives) is one entry, as in a list."""
+    one = validate(study(optimizer={"name": "heavy_ball", "momentum": [0.5, 0.9]})).experiments["e"]
+    listed = validate(study(optimizer=[{"name": "heavy_ball", "momentum": [0.5, 0.9]}])).experiments["e"]
+    assert [p.label for p in one.optim_points()] == [p.label for p in listed.optim_points()] == [
+        "heavy_ball:momentum=0.5", "heavy_ball:momentum=0.9"]
+    with pytest.raises(ConfigError, match="takes no option 'momentum'"):
+        validate(study(optimizer={"name": "adam", "momentum": 0.5}))

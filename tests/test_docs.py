@@ -37,6 +37,34 @@ def test_generated_pages_are_in_sync():
     assert (ROOT / "docs/cube.md").read_text() == reference.cube_markdown(), "run: python -m dlnpipe docs --out docs"
 
 
+def test_configuration_page_lists_every_key_a_user_can_write():
+    """Every model a study config can hold (walked from StudyConfig's field types, so a new nested one counts)
+    has a section of docs/configuration.md whose table lists exactly its keys: optimizer options included."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from dlnpipe.config import Linspace, Logspace, StudyConfig
+
+    def models(tp, seen):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if tp not in seen and tp not in (Linspace, Logspace):  # value forms, in the page's introduction
+                seen.append(tp)
+                for field in tp.model_fields.values():
+                    models(field.annotation, seen)
+        for arg in typing.get_args(tp):
+            models(arg, seen)
+        return seen
+
+    page = (ROOT / "docs/configuration.md").read_text()
+    tables = [set(re.findall(r"^\| `(\w+)` \|", part, re.M)) for part in page.split("\n## ")[1:]]
+    found = models(StudyConfig, [])
+    assert {m.__name__ for m in found} >= {"StudyConfig", "MlflowConfig", "ExperimentConfig", "DataConfig",
+                                           "RunConfig", "OptimizerConfig"}
+    for model in found:
+        assert set(model.model_fields) in tables, f"{model.__name__}: no section lists {sorted(model.model_fields)}"
+
+
 def anchors(page: Path) -> set[str]:
     """The heading ids MkDocs gives a page (its toc slugs: lowercase, punctuation dropped, spaces -> '-')."""
     out = set()

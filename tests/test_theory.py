@@ -54,3 +54,29 @@ def test_structure_of_balanced_minimizer(paper_data):
     random = dlnpipe.init_network("small", depth=5, width=5, d=5, scale=1.0, seed=0)
     st_r = dlnpipe.structure(random)
     assert np.nanmin(st_r.sv_ratio[:, :-1]) > 0.05 and st_r.alignment.mean() < 0.9
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_sharpness_bound_at_underdetermined_minimizers(depth):
+    """n < d: a minimizer's product is w* + a null direction of Σ; its sharpness is at least
+    2L(w*ᵀΣw*)‖w_prod‖^{−2/L} = S_min (1 + ‖w_prod − w*‖²/‖w*‖²)^{−1/L} (claim c1's bound), checked against
+    dense Hessians of random factorisations of such products."""
+    import pandas as pd
+
+    from dlnpipe.analysis import minimizer_bound
+    from dlnpipe.networks import Weights
+
+    ds = dlnpipe.make_dataset(4, 6, noise=0.5, seed=3, kappa=5.0)
+    null = np.linalg.svd(ds.X)[2][4:]  # (2, d): Σ's null space
+    rng = np.random.default_rng(depth)
+    s_min = dlnpipe.bounds(ds, depth).s_min
+    for _ in range(40):
+        w = ds.w_star + rng.uniform(0, 3) * (null.T @ rng.standard_normal(2))
+        layers = [rng.standard_normal((6, 6)) * rng.uniform(0.3, 2) for _ in range(depth - 1)]
+        A = np.linalg.multi_dot([*reversed(layers), np.eye(6)])
+        net = Weights([*layers, (w @ np.linalg.pinv(A))[None, :]], arch="small")
+        assert abs(ds.loss(net.product()) - ds.loss_opt) < 1e-10 * ds.yty  # a global minimizer
+        dist = float(np.sum((net.product() - ds.w_star) ** 2))
+        bound = minimizer_bound(pd.DataFrame({"s_min": [s_min], "w_norm": [ds.w_norm], "distance": [dist],
+                                              "depth": [depth]}))[0]
+        assert bound <= s_min and float(dlnpipe.sharpness(ds, net, method="dense")) >= bound * (1 - 1e-9)
