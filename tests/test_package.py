@@ -117,3 +117,13 @@ def test_jobs_in_another_environment_import_this_package_through_the_link(tmp_pa
     out = subprocess.run([sys.executable, "-S", "-c", code], env={"PYTHONPATH": path}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [dlnpipe.__version__, "True"]
+
+
+def test_snakemake_lint_passes(tmp_path):
+    """`snakemake --lint`: every rule has its log, its conda environment (envs/dlnpipe.yaml), no absolute paths."""
+    from workflow_utils import BIN, env, workdir
+
+    wd = workdir(tmp_path / "wd")
+    out = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=wd, capture_output=True, text=True, env=env())
+    assert out.returncode == 0 and "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr, (
+        out.stdout[-2000:] + out.stderr[-2000:])
