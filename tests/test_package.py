@@ -125,5 +125,5 @@ def test_snakemake_lint_passes(tmp_path):
 
     wd = workdir(tmp_path / "wd")
     out = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=wd, capture_output=True, text=True, env=env())
-    assert out.returncode == 0 and "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr, (
-        out.stdout[-2000:] + out.stderr[-2000:])
+    said = out.stdout + out.stderr
+    assert out.returncode == 0 and "Congratulations, your workflow is in a good condition!" in said, said[-3000:]

@@ -171,7 +171,7 @@ def root_config():
 # but not dlnpipe itself: they import this very package through PYTHONPATH (a directory linking only it).
 if any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method):
     PYTHONPATH = (
-        "PYTHONPATH=" + package_link(".snakemake") + "${{PYTHONPATH:+:$PYTHONPATH}} "
+        f"PYTHONPATH={package_link('.snakemake')}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
     )
 else:
     PYTHONPATH = ""
