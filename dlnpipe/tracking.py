@@ -158,9 +158,10 @@ def init(uri: str, names: list[str], *, artifacts: str | Path, views: dict[str, 
     URI, "experiments": name -> experiment id}."""
     uri = absolute(uri)
     with store_lock(uri):
-        ids = _init(uri, _client(uri), names, artifacts)
+        client = _client(uri)
+        ids = _init(uri, client, names, artifacts)
         for name, view in (views or {}).items():
-            _client(uri).set_experiment_tag(ids["experiments"][name], VIEW_TAG, view)
+            client.set_experiment_tag(ids["experiments"][name], VIEW_TAG, view)
         return ids
 
 

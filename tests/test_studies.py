@@ -127,7 +127,7 @@ def test_two_studies_at_once_give_what_each_gives_alone(quick_run, two_studies, 
         assert sorted(a.children) == sorted(b.children)
         for name in a.children:
             xr.testing.assert_identical(a[name].to_dataset(), b[name].to_dataset())
-    from test_tracking import configurations
+    from workflow_utils import configurations
 
     for study, cfg in (("quick", QUICK), ("other", b_config)):
         runs = mlflow_runs(wd / "results/mlflow.db", study)

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_utils import QUICK, SERVER_TIMEOUT_S, MlflowServer, free_port, snakemake, workdir
-
-from dlnpipe.config import expand, validate
+from workflow_utils import QUICK, SERVER_TIMEOUT_S, MlflowServer, configurations, free_port, snakemake, workdir
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -18,17 +16,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # shows the runs table within about 12 s here (2-core AMD EPYC, AVX2, both cores busy), so 180 s also
 # covers a machine three times slower under load.
 UI_WAIT_S = 180
-
-
-def configurations(config_path: Path) -> dict[str, int]:
-    """Training configurations (init, depth, width, dataset (κ, spectrum, w*), η, s) per experiment."""
-    cfg = validate(yaml.safe_load(config_path.read_text()))
-    out = {}
-    for name, exp in cfg.experiments.items():
-        lrs = sum(len(expand(r.lr)) for r in exp.runs)
-        out[name] = (len(exp.inits) * len(exp.depths) * len(exp.widths) * len(exp.data.points())
-                     * len(exp.optim_points()) * lrs * len(expand(exp.scales)))
-    return out
 
 
 def rest(url: str, endpoint: str, body: dict) -> dict:

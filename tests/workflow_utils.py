@@ -59,6 +59,22 @@ def wait_for_line(path: Path, text: str, *, alive: subprocess.Popen | None = Non
     raise AssertionError(f"{path} did not say {text!r} within {timeout} s")
 
 
+def configurations(config_path: Path) -> dict[str, int]:
+    """Training configurations (init, depth, width, dataset (κ, spectrum, w*), η, s) per experiment: one MLflow
+    run each."""
+    import yaml
+
+    from dlnpipe.config import expand, validate
+
+    cfg = validate(yaml.safe_load(config_path.read_text()))
+    out = {}
+    for name, exp in cfg.experiments.items():
+        lrs = sum(len(expand(r.lr)) for r in exp.runs)
+        out[name] = (len(exp.inits) * len(exp.depths) * len(exp.widths) * len(exp.data.points())
+                     * len(exp.optim_points()) * lrs * len(expand(exp.scales)))
+    return out
+
+
 def open_tree(path: Path) -> xr.DataTree:
     return xr.open_datatree(path, engine="zarr", consolidated=False)
 
