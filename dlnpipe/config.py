@@ -11,7 +11,6 @@ from __future__ import annotations
 import decimal
 import itertools
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -401,11 +400,7 @@ def study_name(cfg: StudyConfig, config_files=()) -> str:
     files = [Path(f) for f in config_files]
     if not files or files[-1].name == "config.yaml":
         return "default"
-    stem = files[-1].stem
-    if not re.match(STUDY_NAME, stem):
-        raise ConfigError(f"study: the config file's name {stem!r} is not a study name (letters, digits, _ . -): "
-                          "give the study a name with the `study:` key")
-    return stem
+    return files[-1].stem  # checked as a name where it becomes a directory (dlnpipe.studies.study_dir)
 
 
 def load(path: str | Path) -> StudyConfig:

@@ -11,11 +11,9 @@ directory that uses that workflow as a Snakemake module with a config of its own
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
-from dlnpipe.config import STUDY_NAME
 from dlnpipe.studies import study_dir
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -124,9 +122,7 @@ def new_study(directory: str | Path, *, name: str | None = None) -> list[Path]:
     files written. Refuses a directory that already holds a Snakefile or a config.yaml."""
     directory = Path(directory)
     name = name or directory.resolve().name
-    if not re.match(STUDY_NAME, name):
-        raise ValueError(f"study name {name!r}: use letters, digits, _ . - (give one with --name)")
-    study_dir("results", name)  # not a name results/ itself uses
+    study_dir("results", name)  # a valid study name, and not one results/ itself uses
     taken = [p.name for p in (directory / "Snakefile", directory / "config.yaml") if p.exists()]
     if taken:
         raise ValueError(f"{directory} already holds {', '.join(taken)}: choose a new directory")

@@ -8,9 +8,10 @@ checkout and no job of one study reads, writes or deletes a file of another. The
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from dlnpipe.config import ConfigError
+from dlnpipe.config import STUDY_NAME, ConfigError
 
 # Names a study cannot take: the entries of results/ itself, and of the layout before per-study directories.
 RESERVED = ("benchmarks", "bounds", "cube.zarr", "data", "figures", "logs", "measure", "mlflow", "mlflow.db",
@@ -24,7 +25,11 @@ class LayoutError(ValueError):
 
 
 def study_dir(results: str | Path, name: str) -> str:
-    """``<results>/<name>``, the study's directory (relative as given: rules name relative paths)."""
+    """``<results>/<name>``, the study's directory (relative as given: rules name relative paths); the one
+    check of a study's name, whether it comes from the `study:` key, a config file's name or `dlnpipe new`."""
+    if not re.match(STUDY_NAME, name):
+        raise ConfigError(f"study: {name!r} is not a study name (letters, digits, _ . -, first a letter or digit): "
+                          "name the study with the config's `study:` key (dlnpipe new: --name)")
     if name in RESERVED:
         raise ConfigError(f"study: {name!r} is the name of an entry of results/ itself; choose another study name")
     return f"{results}/{name}"

@@ -211,6 +211,9 @@ def test_study_name_from_its_key_or_its_config_file():
     assert study_name(validate({**study(), "study": "mine"}), ["other.yaml"]) == "mine"
     with pytest.raises(ConfigError, match=r"^study: 'cube.zarr' is the name of an entry of results/"):
         study_dir("results", "cube.zarr")
+    assert study_name(unnamed, ["my question.yaml"]) == "my question"  # a file's name, checked as a directory:
+    with pytest.raises(ConfigError, match=r"^study: 'my question' is not a study name .*`study:` key"):
+        study_dir("results", "my question")
     with pytest.raises(ConfigError, match=r"^study: String should match pattern"):
         validate({**study(), "study": "../elsewhere"})
 

@@ -12,11 +12,10 @@ its own group of the cube, and tracking jobs do not depend on the store being cr
 
 import json
 import re
-import shutil
 
 import pytest
 import yaml
-from workflow_utils import QUICK, snakemake, workdir
+from workflow_utils import QUICK, copy_study, snakemake
 
 from dlnpipe import figures
 from dlnpipe.config import ExperimentConfig
@@ -40,9 +39,7 @@ def scheduled(out: str) -> list[tuple[str, str]]:
 @pytest.fixture
 def study(quick_run, tmp_path):
     """A copy of the finished quick study, and a way to dry-run an edited config in it."""
-    wd = workdir(tmp_path / "wd")
-    shutil.copytree(quick_run / "results", wd / "results")
-    shutil.copytree(quick_run / ".snakemake", wd / ".snakemake", ignore=shutil.ignore_patterns("log", "locks"))
+    wd = copy_study(quick_run, tmp_path / "wd")
     cfg = yaml.safe_load(QUICK.read_text())
 
     def dry(edited: dict) -> list[tuple[str, str]]:

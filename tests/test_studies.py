@@ -8,7 +8,6 @@ fewer experiments than A. Both run in one checkout, one after the other and both
 
 import hashlib
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -16,7 +15,7 @@ import time
 import pytest
 import xarray as xr
 import yaml
-from workflow_utils import BIN, QUICK, STUDY_TIMEOUT_S, env, open_tree, snakemake, workdir
+from workflow_utils import BIN, QUICK, STUDY_TIMEOUT_S, copy_study, env, open_tree, snakemake, workdir
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +43,6 @@ def mlflow_runs(db, study: str) -> dict[str, dict[str, tuple]]:
         runs = client.search_runs([exp.experiment_id], max_results=50000)
         out[exp.name] = {r.info.run_id: (r.data.params, r.data.metrics, r.data.tags) for r in runs}
     return out
-
-
-def copy_study(src, dst):
-    """A finished study's checkout copied (results and Snakemake's records, modification times kept)."""
-    wd = workdir(dst)
-    shutil.copytree(src / "results", wd / "results")
-    shutil.copytree(src / ".snakemake", wd / ".snakemake", ignore=shutil.ignore_patterns("log", "locks"))
-    return wd
 
 
 @pytest.fixture(scope="module")

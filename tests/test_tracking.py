@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_utils import QUICK, SERVER_TIMEOUT_S, MlflowServer, configurations, free_port, snakemake, workdir
+from workflow_utils import (
+    QUICK,
+    SERVER_TIMEOUT_S,
+    MlflowServer,
+    configurations,
+    copy_study,
+    free_port,
+    snakemake,
+    workdir,
+)
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -88,9 +97,7 @@ def test_every_configuration_is_a_run(quick_run):
 
 
 def test_rerun_and_forced_cell_keep_one_run_per_configuration(quick_run, tmp_path):
-    wd = workdir(tmp_path / "wd")
-    shutil.copytree(quick_run / "results", wd / "results")
-    shutil.copytree(quick_run / ".snakemake", wd / ".snakemake", ignore=shutil.ignore_patterns("log", "locks"))
+    wd = copy_study(quick_run, tmp_path / "wd")
     db = wd / "results/mlflow.db"
     expected = configurations(QUICK)
     out = snakemake(wd, "--configfile", str(QUICK), "--cores", "2")

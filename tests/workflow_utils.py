@@ -30,6 +30,15 @@ def workdir(tmp: Path) -> Path:
     return tmp
 
 
+def copy_study(src: Path, dst: Path) -> Path:
+    """A finished study's checkout copied into a fresh workflow copy: its results and Snakemake's records
+    (modification times kept, so nothing is out of date), without logs and locks."""
+    wd = workdir(dst)
+    shutil.copytree(src / "results", wd / "results")
+    shutil.copytree(src / ".snakemake", wd / ".snakemake", ignore=shutil.ignore_patterns("log", "locks"))
+    return wd
+
+
 def env(**extra) -> dict:
     out = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     out.pop("MLFLOW_TRACKING_URI", None)
