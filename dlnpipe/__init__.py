@@ -21,6 +21,7 @@ _EXPORTS = {
     "Bounds": "dlnpipe.theory", "balanced_minimizer": "dlnpipe.theory", "bounds": "dlnpipe.theory",
     "random_factorization": "dlnpipe.theory",
     "CONVERGED": "dlnpipe.status", "FAILED": "dlnpipe.status", "DIVERGED": "dlnpipe.status",
+    "TrainPath": "dlnpipe.status",
     "STATUS_MEANINGS": "dlnpipe.status", "Status": "dlnpipe.status",
     "TrainResult": "dlnpipe.result", "train": "dlnpipe.training",
     "Architecture": "dlnpipe.archs",

@@ -152,7 +152,7 @@ class RunConfig(Strict):
         return v
 
 
-PER_NETWORK_OPTIONS = ("momentum", "betas", "eps", "batch_size", "label_noise")  # settable per grid point
+PER_NETWORK_OPTIONS = tuple(steppers.OPTIONS)  # settable per grid point
 
 
 class OptimizerConfig(Strict):
@@ -160,17 +160,15 @@ class OptimizerConfig(Strict):
 
     name: OptimizerName = Field(description="the optimizer (dlnpipe.steppers)")
     momentum: float | Annotated[list[float], Field(min_length=1)] | None = Field(
-        None, description="heavy_ball: β in [0, 1) (default 0.9); v ← βv + ∇R, W ← W − ηv")
+        None, description=steppers.OPTIONS["momentum"].description)
     betas: tuple[float, float] | Annotated[list[tuple[float, float]], Field(min_length=1)] | None = Field(
-        None, description="adam: (β1, β2), each in [0, 1) (default [0.9, 0.999]); a list of pairs: one grid point "
-                          "each")
+        None, description=steppers.OPTIONS["betas"].description)
     eps: float | Annotated[list[float], Field(min_length=1)] | None = Field(
-        None, description="adam: ε > 0 added to √v̂ (default 1e-8)")
+        None, description=steppers.OPTIONS["eps"].description)
     batch_size: int | Annotated[list[int], Field(min_length=1)] | None = Field(
-        None, description="sgd: samples per mini-batch, 1 <= b <= n (default n: gradient descent)")
+        None, description=steppers.OPTIONS["batch_size"].description)
     label_noise: float | Annotated[list[float], Field(min_length=1)] | None = Field(
-        None, description="gd and sgd: standard deviation σ >= 0 of the fresh Gaussian noise added to the labels "
-                          "at every step (default 0)")
+        None, description=steppers.OPTIONS["label_noise"].description)
 
     @model_validator(mode="after")
     def _options(self):
@@ -210,11 +208,10 @@ class OptimPoint(Strict):
         """Every option of this setting's optimizer, with the optimizer's defaults where the setting
         leaves one out (the batch size of gd and sgd: n, the whole training set), betas as beta1, beta2."""
         cls = steppers.get(self.name).variant(self.settings)
-        out = {**cls.defaults, **self.settings}
-        if "label_noise" in cls.per_network and out.get("batch_size") is None:  # gd, and sgd by default
-            out["batch_size"] = n
-        if "betas" in out:
-            out["beta1"], out["beta2"] = out.pop("betas")
+        out = cls.resolved_options(self.settings, n)
+        for name, option in steppers.OPTIONS.items():
+            if name in out and len(option.coordinates) > 1:  # a pair: one coordinate each
+                out |= dict(zip(option.coordinates, out.pop(name)))
         return out
 
 

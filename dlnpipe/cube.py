@@ -5,13 +5,14 @@ An xarray DataTree with one group per experiment. Each group is a Dataset whose 
 coordinates are the grid axes ``init, depth, width, kappa, spectrum, wstar, optim, lr, scale, seed`` (plus ``step`` for
 trajectories, ``eig`` for the top-k eigenvalues, ``layer`` for per-layer diagnostics, ``probe`` and ``node``
 for the spectral density). Every variable, its dimensions, long name and units are listed once here
-(:data:`ATTRS`, :func:`dims_of`); ``docs/cube.md`` is generated from them. Ragged
+(:data:`VARIABLES`); ``docs/cube.md`` is generated from them. Ragged
 axes (80 seeds for one η, 20 for the others) are NaN-padded; ``valid`` marks real networks and
 ``status`` is -1 there. The ``optim`` axis holds the experiment's optimizer settings, with each
 one's options as coordinates along it (``optimizer``, ``momentum``, ``beta1``, ``beta2``, ``eps``,
 ``batch_size``, ``label_noise``). Units and long names are in each variable's attrs; the group's own
 config (without its figure list) and devices in the group's attrs; the study's config, versions and git
-revision in the root's. Each group is written by its own job (:func:`write_group`), the root by
+revision in the root's. Each variable is declared once, in :data:`VARIABLES` (its dimensions, attributes,
+source file, fill, optionality); :func:`cell_variables` reads it. Each group is written by its own job (:func:`write_group`), the root by
 another (:func:`write_root`).
 
 Open it without dlnpipe:  ``xr.open_datatree("results/default/cube.zarr", engine="zarr", consolidated=False)``.
@@ -23,83 +24,153 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from dlnpipe import archs
+from dlnpipe import archs, steppers
 from dlnpipe.config import ExperimentConfig
 from dlnpipe.data import Dataset
 from dlnpipe.grid import Cell, data_points
 from dlnpipe.io import replace_dir
-from dlnpipe.status import NO_NETWORK, STATUS_MEANINGS, STATUS_VALUES
+from dlnpipe.status import NO_NETWORK, STATUS_MEANINGS, STATUS_VALUES, TrainPath
 from dlnpipe.theory import bounds
 
 GRID_DIMS = ("init", "depth", "width", "kappa", "spectrum", "wstar", "optim", "lr", "scale", "seed")
 DATA_DIMS = ("kappa", "spectrum", "wstar")  # one dataset per combination
-THEORY_PER_DEPTH = ("s_min", "s_upper", "s_balanced", "eta_c", "trace_min", "trace_balanced")
-THEORY_PER_DATASET = ("a", "lam_max", "lam_min", "kappa_achieved", "loss_opt")
-# Integer variables keep their dtype on the padded grid: -1 marks "no network here", NaN elsewhere.
-INT_FILL = {"status": NO_NETWORK, "diverged_step": -1, "steps": -1, "seed_value": -1}
 CONVENTIONS = ("Sigma = X^T X / n; R = (1/n)||y - X w||^2 (no 1/2); sharpness = largest algebraic Hessian "
                "eigenvalue")
 
-ATTRS = {
-    "sharpness": ("largest algebraic Hessian eigenvalue at the end of training (Lanczos)", "1"),
-    "sharpness_topk": ("top-k algebraic Hessian eigenvalues at the end of training (Lanczos)", "1"),
-    "sharpness_residual": ("Lanczos certificate ||Hv - lambda v|| of each Ritz pair", "1"),
-    "sharpness_exact": ("sharpness by the exact d×d formula at a minimizer "
-                        "(docs/theory.md#the-hessian-at-a-minimizer), converged linear networks only", "1"),
-    "sharpness_init": ("largest algebraic Hessian eigenvalue at initialisation (Lanczos)", "1"),
-    "hessian_trace": ("trace of the Hessian at the end of training (the config's trace_method)", "1"),
-    "hessian_trace_stderr": ("standard error of hessian_trace (Hutchinson; 0 when exact)", "1"),
-    "hessian_trace_init": ("trace of the Hessian at initialisation", "1"),
-    "hessian_trace_minimizer": ("trace by the closed form 2 tr(Sigma K) at a global minimizer, converged linear "
-                                "networks only", "1"),
-    "density_nodes": ("stochastic Lanczos quadrature nodes (Ritz values) at the end of training, per probe", "1"),
-    "density_weights": ("quadrature weights of density_nodes (each probe's sum to 1)", "1"),
-    "density_nodes_init": ("stochastic Lanczos quadrature nodes at initialisation", "1"),
-    "density_weights_init": ("quadrature weights of density_nodes_init", "1"),
-    "sharpness_precond": ("adam: largest eigenvalue of P^-1 H at the end of training, P = diag(sqrt(v_hat) + eps) "
-                          "the final preconditioner (Lanczos on P^-1/2 H P^-1/2); NaN for other optimizers", "1"),
-    "sharpness_avg": ("stochastic runs: Lanczos sharpness at the average of the last ceil(steps/10) iterates; NaN "
-                      "for deterministic optimizers", "1"),
-    "loss_train_avg": ("stochastic runs: training loss at the average of the last iterates", "1"),
-    "loss_test_avg": ("stochastic runs: test loss at the average of the last iterates", "1"),
-    "distance_avg": ("stochastic runs: ||w_prod - w*||^2 at the average of the last iterates", "1"),
-    "traj_sharpness_precond": ("adam: preconditioned sharpness (P^-1 H with the current P) along the trajectory",
-                               "1"),
-    "loss_train": ("final training loss R = (1/n)||y - X w||^2 (no factor 1/2)", "1"),
-    "loss_test": ("final test loss", "1"),
-    "distance": ("final squared distance ||w_prod - w*||^2 (the paper's figures plot it divided by d)", "1"),
-    "diverged_step": ("step at which the network diverged (-1: never, or no network)", "step"),
-    "steps": ("number of gradient steps of the network (-1: no network)", "step"),
-    "seed_value": ("derived seed of the network, a hash of its grid coordinates (-1: no network)", "1"),
-    "sv_ratio": ("sigma_2 / sigma_1 of the layer's weight matrix (NaN for a vector layer)", "1"),
-    "alignment": ("|<v_{k+1}, u_k>|: top right singular vector of the next layer against this layer's top "
-                  "left singular vector", "1"),
-    "input_alignment": ("|<v_1, w*/||w*||>|: first layer's top right singular vector against w*", "1"),
-    "traj_loss_train": ("training loss along the trajectory", "1"),
-    "traj_loss_test": ("test loss along the trajectory", "1"),
-    "traj_distance": ("||w_prod - w*||^2 along the trajectory", "1"),
-    "traj_sharpness": ("Lanczos sharpness along the trajectory", "1"),
-    "s_min": ("lower bound on the sharpness of any global minimizer, 2 L a ||w*||^(2-2/L)", "1"),
-    "s_upper": ("small-init gradient-flow bound 8 L Lambda ||w*||^(2-2/L)", "1"),
-    "s_balanced": ("exact sharpness of the balanced rank-one minimizer", "1"),
-    "eta_c": ("critical learning rate 2 / S_min", "1"),
-    "trace_min": ("smallest Hessian trace of any global minimizer, 2 L ||w*||^(2-2/L) tr(Sigma)^(1/L) a^(1-1/L)", "1"),
-    "trace_balanced": ("Hessian trace of the balanced rank-one minimizer, 2 ||w*||^(2-2/L) (tr Sigma + (L-1) a)",
-                       "1"),
-    "a": ("w*^T Sigma w* / ||w*||^2", "1"),
-    "w_norm": ("||w*||, the minimum-norm least-squares solution's norm (1 for normalised data)", "1"),
-    "lam_max": ("largest eigenvalue Lambda of Sigma = X^T X / n", "1"),
-    "lam_min": ("smallest non-zero eigenvalue of Sigma", "1"),
-    "kappa_achieved": ("condition number of the dataset's Sigma (non-zero spectrum)", "1"),
-    "loss_opt": ("optimal training loss R(w*)", "1"),
-    "valid": ("true where a network exists at this grid point (ragged seed axes)", "1"),
+
+@dataclass(frozen=True)
+class Variable:
+    """One variable of a group, declared once: its meaning and units, its dimensions, where a cell's value
+    comes from, and what fills the padded grid.
+
+    kind: ``network`` (the grid dims, then ``dims``), ``trajectory`` (the grid dims and ``step``),
+    ``per_depth`` (depth and the dataset dims), ``per_dataset`` (the dataset dims) or ``derived`` (computed
+    from the others). source: the cell file a network variable is read from (``train``, ``measure``),
+    under ``key`` (default: its own name), one ``column`` of it where given. optional: produced for some
+    networks only (an optimizer's or a setting's own output): NaN for the others, absent where no cell
+    has it. dtype and fill: an integer or boolean variable keeps its dtype, ``fill`` marks "no network";
+    flags: its CF flag values and meanings."""
+
+    long_name: str
+    units: str = "1"
+    kind: str = "network"
+    dims: tuple[str, ...] = ()
+    source: str = ""
+    key: str = ""
+    column: int | None = None
+    optional: bool = False
+    dtype: str | None = None
+    fill: Any = np.nan
+    flags: tuple[tuple[int, str], ...] = ()
+    comment: str = ""
+
+    def all_dims(self) -> tuple[str, ...]:
+        if self.kind == "per_depth":
+            return ("depth", *DATA_DIMS)
+        if self.kind == "per_dataset":
+            return DATA_DIMS
+        return (*GRID_DIMS, *(("step",) if self.kind == "trajectory" else self.dims))
+
+    def attrs(self) -> dict:
+        """Its attributes: long name and units, or (CF flags, which have no units) its flags."""
+        if not self.flags:
+            return {"long_name": self.long_name, "units": self.units}
+        return {"long_name": self.long_name, "flag_values": np.array([v for v, _ in self.flags], np.int8),
+                "flag_meanings": " ".join(m for _, m in self.flags), **({"comment": self.comment} if self.comment
+                                                                         else {})}
+
+
+def _measured(long_name: str, units: str = "1", **kw) -> Variable:
+    return Variable(long_name, units, source="measure", **kw)
+
+
+def _trained(long_name: str, units: str = "1", **kw) -> Variable:
+    return Variable(long_name, units, source="train", **kw)
+
+
+_DENSITY: dict[str, Any] = dict(dims=("probe", "node"), optional=True)
+VARIABLES: dict[str, Variable] = {
+    "sharpness": _measured("largest algebraic Hessian eigenvalue at the end of training (Lanczos)",
+                           key="sharpness_topk", column=0),
+    "sharpness_topk": _measured("top-k algebraic Hessian eigenvalues at the end of training (Lanczos)", dims=("eig",)),
+    "sharpness_residual": _measured("Lanczos certificate ||Hv - lambda v|| of each Ritz pair", dims=("eig",)),
+    "sharpness_converged": _measured("whether Lanczos met its tolerance for the top-k eigenvalues at the end of "
+                                     "training (false: it ran out of iterations, or no network / diverged)",
+                                     dtype="bool", fill=False),
+    "sharpness_exact": _measured("sharpness by the exact d×d formula at a minimizer "
+                                 "(docs/theory.md#the-hessian-at-a-minimizer), converged linear networks only"),
+    "sharpness_init": _measured("largest algebraic Hessian eigenvalue at initialisation (Lanczos)"),
+    "hessian_trace": _measured("trace of the Hessian at the end of training (the config's trace_method)"),
+    "hessian_trace_stderr": _measured("standard error of hessian_trace (Hutchinson; 0 when exact)"),
+    "hessian_trace_init": _measured("trace of the Hessian at initialisation"),
+    "hessian_trace_minimizer": _measured("trace by the closed form 2 tr(Sigma K) at a global minimizer, converged "
+                                         "linear networks only"),
+    "density_nodes": _measured("stochastic Lanczos quadrature nodes (Ritz values) at the end of training, per probe",
+                               **_DENSITY),
+    "density_weights": _measured("quadrature weights of density_nodes (each probe's sum to 1)", **_DENSITY),
+    "density_nodes_init": _measured("stochastic Lanczos quadrature nodes at initialisation", **_DENSITY),
+    "density_weights_init": _measured("quadrature weights of density_nodes_init", **_DENSITY),
+    "sharpness_precond": _measured("adam: largest eigenvalue of P^-1 H at the end of training, P = diag(sqrt(v_hat) "
+                                   "+ eps) the final preconditioner (Lanczos on P^-1/2 H P^-1/2); NaN for other "
+                                   "optimizers", optional=True),
+    "sharpness_avg": _measured("stochastic runs: Lanczos sharpness at the average of the last ceil(steps/10) "
+                               "iterates; NaN for deterministic optimizers", optional=True),
+    "loss_train_avg": _trained("stochastic runs: training loss at the average of the last iterates", optional=True),
+    "loss_test_avg": _trained("stochastic runs: test loss at the average of the last iterates", optional=True),
+    "distance_avg": _trained("stochastic runs: ||w_prod - w*||^2 at the average of the last iterates",
+                             optional=True),
+    "traj_sharpness_precond": _trained("adam: preconditioned sharpness (P^-1 H with the current P) along the "
+                                       "trajectory", kind="trajectory", optional=True),
+    "loss_train": _trained("final training loss R = (1/n)||y - X w||^2 (no factor 1/2)"),
+    "loss_test": _trained("final test loss"),
+    "distance": _trained("final squared distance ||w_prod - w*||^2 (the paper's figures plot it divided by d)"),
+    "status": _trained("status at the end of training", dtype="int8", fill=NO_NETWORK,
+                       flags=tuple(zip(STATUS_VALUES, STATUS_MEANINGS)),
+                       comment=f"{NO_NETWORK}: no network at this grid point (ragged seed axis)"),
+    "train_path": _trained("which code trained the network: torch's batched tensor operations or a compiled kernel "
+                           "(dlnpipe.kernels)", dtype="int8", fill=NO_NETWORK,
+                           flags=tuple((int(p), p.meaning) for p in TrainPath),
+                           comment=f"{NO_NETWORK}: no network at this grid point"),
+    "diverged_step": _trained("step at which the network diverged (-1: never, or no network)", "step",
+                              dtype="int64", fill=-1),
+    "steps": _trained("number of gradient steps of the network (-1: no network)", "step", dtype="int64", fill=-1),
+    "seed_value": _trained("derived seed of the network, a hash of its grid coordinates (-1: no network)", key="seed",
+                           dtype="int64", fill=-1),
+    "sv_ratio": _measured("sigma_2 / sigma_1 of the layer's weight matrix (NaN for a vector layer)", dims=("layer",)),
+    "alignment": _measured("|<v_{k+1}, u_k>|: top right singular vector of the next layer against this layer's top "
+                           "left singular vector", dims=("layer",)),
+    "input_alignment": _measured("|<v_1, w*/||w*||>|: first layer's top right singular vector against w*"),
+    "traj_loss_train": _trained("training loss along the trajectory", kind="trajectory"),
+    "traj_loss_test": _trained("test loss along the trajectory", kind="trajectory"),
+    "traj_distance": _trained("||w_prod - w*||^2 along the trajectory", kind="trajectory"),
+    "traj_sharpness": _trained("Lanczos sharpness along the trajectory", kind="trajectory", optional=True),
+    "s_min": Variable("lower bound on the sharpness of any global minimizer, 2 L a ||w*||^(2-2/L)", kind="per_depth"),
+    "s_upper": Variable("small-init gradient-flow bound 8 L Lambda ||w*||^(2-2/L)", kind="per_depth"),
+    "s_balanced": Variable("exact sharpness of the balanced rank-one minimizer", kind="per_depth"),
+    "eta_c": Variable("critical learning rate 2 / S_min", kind="per_depth"),
+    "trace_min": Variable("smallest Hessian trace of any global minimizer, 2 L ||w*||^(2-2/L) tr(Sigma)^(1/L) "
+                          "a^(1-1/L)", kind="per_depth"),
+    "trace_balanced": Variable("Hessian trace of the balanced rank-one minimizer, 2 ||w*||^(2-2/L) (tr Sigma + (L-1) "
+                               "a)", kind="per_depth"),
+    "a": Variable("w*^T Sigma w* / ||w*||^2", kind="per_dataset"),
+    "w_norm": Variable("||w*||, the minimum-norm least-squares solution's norm (1 for normalised data)",
+                       kind="per_dataset"),
+    "lam_max": Variable("largest eigenvalue Lambda of Sigma = X^T X / n", kind="per_dataset"),
+    "lam_min": Variable("smallest non-zero eigenvalue of Sigma", kind="per_dataset"),
+    "kappa_achieved": Variable("condition number of the dataset's Sigma (non-zero spectrum)", kind="per_dataset"),
+    "loss_opt": Variable("optimal training loss R(w*)", kind="per_dataset"),
+    "valid": Variable("true where a network exists at this grid point (ragged seed axes)", kind="derived"),
 }
+THEORY_PER_DEPTH = tuple(n for n, v in VARIABLES.items() if v.kind == "per_depth")
+THEORY_PER_DATASET = tuple(n for n, v in VARIABLES.items() if v.kind == "per_dataset")
 
 COORD_ATTRS = {
     "init": "architecture / initialisation (dlnpipe.archs: " + ", ".join(archs.NAMES) + ")",
@@ -109,13 +180,8 @@ COORD_ATTRS = {
     "spectrum": "shape of Sigma's eigenvalue profile (gaussian: the paper's Gaussian design; file: user data)",
     "wstar": "direction of w* relative to Sigma's eigenvectors (top, bottom, random; gaussian / file: not set)",
     "optim": "optimizer setting (name:option=value,...; dlnpipe.steppers)",
-    "optimizer": "optimizer of the setting (gd, flow, heavy_ball, adam, sgd)",
-    "momentum": "heavy_ball: momentum beta (NaN: not this optimizer)",
-    "beta1": "adam: beta1 (NaN: not this optimizer)",
-    "beta2": "adam: beta2 (NaN: not this optimizer)",
-    "eps": "adam: epsilon (NaN: not this optimizer)",
-    "batch_size": "gd and sgd: samples per step (n: full batch; NaN: not these optimizers)",
-    "label_noise": "gd and sgd: standard deviation of the label noise (NaN: not these optimizers)",
+    "optimizer": "optimizer of the setting (" + ", ".join(steppers.NAMES) + ")",
+    **{name: text for option in steppers.OPTIONS.values() for name, text in option.coordinates.items()},
     "lr": "learning rate eta",
     "scale": "initialisation scale s",
     "seed": "seed index within the grid point",
@@ -134,69 +200,35 @@ def _pad(a: np.ndarray, size: int, fill=np.nan) -> np.ndarray:
     return out
 
 
-DENSITY = ("density_nodes", "density_weights", "density_nodes_init", "density_weights_init")
-# what only some optimizers produce (NaN for the networks of the others)
-OPTIONAL = ("sharpness_precond", "sharpness_avg", "loss_train_avg", "loss_test_avg", "distance_avg")
-OPTIONAL_TRAJ = ("traj_sharpness", "traj_sharpness_precond")
-EXTRA_DIMS = {"sharpness_topk": ("eig",), "sharpness_residual": ("eig",), "sv_ratio": ("layer",),
-              "alignment": ("layer",), **{name: ("probe", "node") for name in DENSITY}}
-
-
 def dims_of(name: str) -> tuple[str, ...]:
-    """The dimensions of a cube variable: the grid axes and its own (per-network variables), or the
-    dataset axes (and depth) for the theory's constants."""
-    if name in THEORY_PER_DEPTH:
-        return ("depth", *DATA_DIMS)
-    if name in THEORY_PER_DATASET:
-        return DATA_DIMS
-    return (*GRID_DIMS, *(("step",) if name.startswith("traj_") else EXTRA_DIMS.get(name, ())))
+    """The dimensions of a cube variable (:data:`VARIABLES`)."""
+    return VARIABLES[name].all_dims()
 
 
 def cell_variables(cell: Cell, train: dict, measure: dict, steps: np.ndarray, layers: int, nodes: int) -> dict:
-    """One cell's per-network arrays, trajectories reindexed to ``steps``, layers padded to ``layers``,
-    quadrature nodes to ``nodes``."""
-    B = len(train["lr"])
+    """One cell's per-network arrays, as :data:`VARIABLES` declares them: trajectories reindexed to ``steps``,
+    layers padded to ``layers``, quadrature nodes to ``nodes``; optional variables the cell lacks left out."""
     pos = np.searchsorted(steps, train["record_steps"])
-
-    def traj(a):
-        out = np.full((B, steps.size), np.nan)
-        out[:, pos] = a
-        return out
-
-    align = measure["alignment"] if cell.depth > 1 else np.zeros((B, 0))
-    out = {
-        "sharpness": measure["sharpness_topk"][:, 0],
-        "sharpness_topk": measure["sharpness_topk"],
-        "sharpness_residual": measure["sharpness_residual"],
-        "sharpness_exact": measure["sharpness_exact"],
-        "sharpness_init": measure["sharpness_init"],
-        "hessian_trace": measure["hessian_trace"],
-        "hessian_trace_stderr": measure["hessian_trace_stderr"],
-        "hessian_trace_init": measure["hessian_trace_init"],
-        "hessian_trace_minimizer": measure["hessian_trace_minimizer"],
-        "loss_train": train["loss_train"],
-        "loss_test": train["loss_test"],
-        "distance": train["distance"],
-        "status": train["status"].astype(np.int8),
-        "diverged_step": train["diverged_step"].astype(np.int64),
-        "steps": train["steps"].astype(np.int64),
-        "seed_value": train["seed"].astype(np.int64),
-        "sv_ratio": _pad(measure["sv_ratio"], layers),
-        "alignment": _pad(align, layers),
-        "input_alignment": measure["input_alignment"],
-        "traj_loss_train": traj(train["traj_loss_train"]),
-        "traj_loss_test": traj(train["traj_loss_test"]),
-        "traj_distance": traj(train["traj_distance"]),
-    }
-    for name in OPTIONAL_TRAJ:
-        if name in train:
-            out[name] = traj(train[name])
-    for name in OPTIONAL:
-        if name in train or name in measure:
-            out[name] = (train if name in train else measure)[name]
-    for name in DENSITY:
-        if name in measure:
-            out[name] = _pad(measure[name], nodes)
+    files = {"train": train, "measure": measure}
+    out = {}
+    for name, var in VARIABLES.items():
+        if var.kind not in ("network", "trajectory"):
+            continue
+        arrays = files[var.source]
+        if var.key or name in arrays or not var.optional:
+            a = np.asarray(arrays[var.key or name])
+        else:
+            continue
+        if var.column is not None:
+            a = a[:, var.column]
+        if var.kind == "trajectory":
+            a, raw = np.full((a.shape[0], steps.size), np.nan), a
+            a[:, pos] = raw
+        elif var.dims[-1:] == ("layer",):
+            a = _pad(a, layers)
+        elif var.dims[-1:] == ("node",):
+            a = _pad(a, nodes)
+        out[name] = a.astype(var.dtype) if var.dtype else a
     return out
 
 
@@ -207,13 +239,14 @@ def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
     (kappa, spectrum, wstar) coordinates."""
     steps = np.unique(np.concatenate([t["record_steps"] for _, _, t, _ in cells]))
     layers = max(c.depth for c, _, _, _ in cells)
-    nodes = max((m[DENSITY[0]].shape[-1] for _, _, _, m in cells if DENSITY[0] in m), default=0)
+    nodes = max((m["density_nodes"].shape[-1] for _, _, _, m in cells if "density_nodes" in m), default=0)
     per_cell = [cell_variables(c, t, m, steps, layers, nodes) for c, _, t, m in cells]
     names = list(dict.fromkeys(name for v in per_cell for name in v))
     for v, (_, _, t, _) in zip(per_cell, cells):  # a variable some cells lack (their optimizer has none): NaN
-        for name in set(OPTIONAL) | set(OPTIONAL_TRAJ):
-            if name in names and name not in v:
-                v[name] = np.full((len(t["lr"]), steps.size) if name.startswith("traj_") else len(t["lr"]), np.nan)
+        for name in names:
+            if name not in v:
+                like = next(u[name] for u in per_cell if name in u)
+                v[name] = np.full((len(t["lr"]), *like.shape[1:]), np.nan)
     columns = [[] for _ in GRID_DIMS]
     for cell, point, train, _ in cells:
         B = len(train["lr"])
@@ -230,10 +263,11 @@ def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
     k = per_cell[0]["sharpness_topk"].shape[1]
     coords = {"step": steps, "eig": np.arange(k), "layer": np.arange(1, layers + 1)}
     if nodes:
-        coords |= {"probe": np.arange(per_cell[0][DENSITY[0]].shape[1]), "node": np.arange(nodes)}
+        probes = next(v["density_nodes"] for v in per_cell if "density_nodes" in v).shape[1]
+        coords |= {"probe": np.arange(probes), "node": np.arange(nodes)}
     ds = xr.Dataset(data, coords=coords)
     ds = ds.assign_coords(xr.Coordinates.from_pandas_multiindex(index, "net"))
-    return ds.unstack("net", fill_value={**{v: np.nan for v in names}, **INT_FILL})
+    return ds.unstack("net", fill_value={v: VARIABLES[v].fill for v in names})
 
 
 def experiment_dataset(name: str, exp: ExperimentConfig, cells: list[tuple[Cell, dict, dict]],
@@ -252,14 +286,11 @@ def experiment_dataset(name: str, exp: ExperimentConfig, cells: list[tuple[Cell,
     present = set(ds.optim.values.tolist())
     ds = ds.reindex(optim=[p.label for p in exp.optim_points() if p.label in present])  # the config's order
     ds["valid"] = ds["status"] != NO_NETWORK
-    ds["status"].attrs = {"long_name": "status at the end of training",
-                          "flag_values": np.array(STATUS_VALUES, np.int8), "flag_meanings": " ".join(STATUS_MEANINGS),
-                          "comment": f"{NO_NETWORK}: no network at this grid point (ragged seed axis)"}
     ds = ds.merge(theory(exp, datasets, point), join="left")
     ds = ds.assign_coords(optim_coords(exp, ds.optim.values, first_n=next(iter(datasets.values())).n))
-    for var, (long_name, units) in ATTRS.items():
-        if var in ds:
-            ds[var].attrs.update({"long_name": long_name, "units": units})
+    for var_name, var in VARIABLES.items():
+        if var_name in ds:
+            ds[var_name].attrs = var.attrs()
     for coord, text in COORD_ATTRS.items():
         if coord in ds.coords:
             ds[coord].attrs["long_name"] = text
@@ -269,7 +300,7 @@ def experiment_dataset(name: str, exp: ExperimentConfig, cells: list[tuple[Cell,
     return ds
 
 
-OPTIM_COORDS = ("optimizer", "momentum", "beta1", "beta2", "eps", "batch_size", "label_noise")
+OPTIM_COORDS = ("optimizer", *(name for option in steppers.OPTIONS.values() for name in option.coordinates))
 
 
 def optim_coords(exp: ExperimentConfig, labels, *, first_n: int) -> dict:
@@ -291,8 +322,8 @@ def theory(exp: ExperimentConfig, datasets: dict[str, Dataset], point: dict) -> 
     per_data, per_depth = [], []
     for key, d in datasets.items():
         coords = dict(zip(DATA_DIMS, point[key]))
-        per_data.append({**coords, "a": d.a, "lam_max": d.lam_max, "lam_min": d.lam_min, "kappa_achieved": d.kappa,
-                         "loss_opt": d.loss_opt, "w_norm": d.w_norm})
+        per_data.append({**coords, **{v: d.kappa if v == "kappa_achieved" else getattr(d, v)
+                                      for v in THEORY_PER_DATASET}})
         for L in exp.depths:
             b = bounds(d, L)
             per_depth.append({**coords, "depth": L, **{v: getattr(b, v) for v in THEORY_PER_DEPTH}})

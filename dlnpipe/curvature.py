@@ -28,7 +28,7 @@ from dlnpipe.data import Dataset
 from dlnpipe.devices import memory_budget as default_budget
 from dlnpipe.devices import resolve_device
 from dlnpipe.hessian import HessianOperator, dense_hessians
-from dlnpipe.lanczos import lanczos, power_iteration
+from dlnpipe.lanczos import EigenResult, Preconditioned, lanczos, power_iteration
 from dlnpipe.networks import Weights
 from dlnpipe.problem import Problem
 from dlnpipe.result import TrainResult
@@ -44,12 +44,15 @@ class SharpnessResult:
 
     eigenvalues: (B, k), decreasing (NaN where not computed, e.g. diverged networks).
     residuals: (B, k) certificate ‖Hv − λv‖ (lanczos, power), NaN for exact and dense.
+    converged: (B,) whether the eigensolver met its stopping test (lanczos: tol reached, not max_iter;
+    exact and dense: True; power: False, it has none; False where not computed).
     ``float(result)`` is the sharpness of a single network; ``result.values`` the (B,) sharpness.
     """
 
     method: str
     eigenvalues: np.ndarray
     residuals: np.ndarray
+    converged: np.ndarray
     hvps: int = 0
 
     @property
@@ -76,13 +79,14 @@ def _as_batch(weights) -> list[Weights]:
         return [weights]
     if isinstance(weights, (list, tuple)) and weights and all(isinstance(w, Weights) for w in weights):
         return list(weights)
-    if isinstance(weights, (list, tuple)):
-        return [Weights(weights, arch=archs.DEFAULT)]
+    if isinstance(weights, (list, tuple)) and weights and all(isinstance(w, np.ndarray) for w in weights):
+        raise ValueError("weights is a bare list of arrays, which names no architecture: wrap it as "
+                         "dlnpipe.Weights(arrays, arch=...)")
     raise ValueError(f"weights must be Weights, a list of them or a TrainResult, got {type(weights).__name__}")
 
 
 @dataclass(frozen=True)
-class Networks:
+class HessianBatch:
     """What every Hessian measurement takes: one or more networks of one architecture (``weights`` as
     :func:`sharpness` takes them), each with a seed for its random vectors, measured in float64 on a
     device in batches that fit a memory budget."""
@@ -93,14 +97,28 @@ class Networks:
     budget: float
 
     @classmethod
-    def of(cls, weights, *, seeds=None, device=None, memory_budget: float | None = None) -> Networks:
+    def of(cls, weights, *, seeds=None, device=None, memory_budget: float | None = None,
+           draws: str | None = None) -> HessianBatch:
+        """``draws``: what the measurement draws at random from each network's seed (e.g. "Lanczos start
+        vectors"), None when it draws nothing; the seeds are then ``seeds``, else the networks' own
+        (:attr:`Weights.seed`), and a network with neither is an error naming it."""
         nets = _as_batch(weights)
-        if seeds is None:
-            seeds = getattr(weights, "seed", None)
-            seeds = np.zeros(len(nets), dtype=np.int64) if seeds is None else np.atleast_1d(seeds)
+        if seeds is not None:
+            seeds = np.atleast_1d(np.asarray(seeds, dtype=np.int64))
+            if seeds.shape != (len(nets),):
+                raise ValueError(f"seeds must have one entry per network ({len(nets)}), got shape {seeds.shape}")
+        elif draws is None:
+            seeds = np.zeros(len(nets), dtype=np.int64)  # nothing is drawn: the seeds are never read
+        else:
+            missing = [i for i, net in enumerate(nets) if net.seed is None]
+            if missing:
+                raise ValueError(f"the {draws} are drawn from each network's seed, and network {missing[0]} has "
+                                 "none: pass seeds=... (one per network) or weights that carry their seed "
+                                 "(init_network, a TrainResult)")
+            seeds = np.array([net.seed for net in nets], dtype=np.int64)
         device = resolve_device(device if device is not None else "cpu")
         budget = default_budget(device) if memory_budget is None else memory_budget
-        return cls(nets=nets, seeds=np.asarray(seeds), device=device, budget=float(budget))
+        return cls(nets=nets, seeds=seeds, device=device, budget=float(budget))
 
     @property
     def arch(self):
@@ -144,19 +162,17 @@ def lanczos_bytes(size: int, k: int) -> int:
 
 
 def top_eigenvalues(arch, layers, c, prob: Problem, v0: torch.Tensor, *, k: int = 1, tol: float = 1e-10,
-                    max_iter: int | None = None, method: str = "lanczos", precond: torch.Tensor | None = None):
-    """Top-k Hessian eigenvalues of a batch given as float64 tensors, from start vectors v0 (B, P);
-    (eigenvalues, residuals, products) with numpy (B, k) arrays. With ``precond`` (B, P), the positive
-    diagonal of a preconditioner P: those of P^{-1/2} H P^{-1/2} (the spectrum of P⁻¹H)."""
+                    max_iter: int | None = None, method: str = "lanczos",
+                    precond: torch.Tensor | None = None) -> EigenResult:
+    """Top-k Hessian eigenvalues of a batch given as float64 tensors, from start vectors v0 (B, P), with
+    their residuals, products and converged mask. With ``precond`` (B, P), the positive diagonal of a
+    preconditioner P: those of P^{-1/2} H P^{-1/2} (the spectrum of P⁻¹H)."""
     op = HessianOperator(arch, layers, c, prob)
     if k > op.size:
         raise ValueError(f"k={k} exceeds the number of parameters ({op.size})")
-    matvec = op.matvec
-    if precond is not None:
-        scale = precond.to(v0.dtype).rsqrt()
-        matvec = lambda v: scale * op.matvec(scale * v)  # noqa: E731
-    out = power_iteration(matvec, v0) if method == "power" else lanczos(matvec, v0, k=k, tol=tol, max_iter=max_iter)
-    return out.eigenvalues, out.residuals, out.iterations
+    target = op if precond is None else Preconditioned(op, precond.to(v0.dtype))
+    return power_iteration(target, v0) if method == "power" else lanczos(target, v0, k=k, tol=tol,
+                                                                          max_iter=max_iter)
 
 
 def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1, tol: float = 1e-10,
@@ -165,7 +181,8 @@ def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1,
               precond: np.ndarray | None = None) -> SharpnessResult:
     """Top-k Hessian eigenvalues of the training loss at ``weights`` (see the module docstring).
 
-    seeds: per-network seeds for the random start vectors (default: the train seeds or 0).
+    seeds: per-network seeds for the random start vectors (default: the networks' own, :attr:`Weights.seed`;
+    lanczos and power need one or the other).
     Networks whose weights are not finite get NaN. Networks are processed in batches whose Lanczos
     basis (about 100 float64 vectors per network) fits in ``memory_budget`` bytes (default: half the
     free memory of a CUDA device, 4 GB on CPU). ``precond`` (B, P): a positive diagonal preconditioner
@@ -173,29 +190,34 @@ def sharpness(dataset: Dataset, weights, *, method: str = "lanczos", k: int = 1,
     """
     check_choice("method", method, METHODS)
     k = check_int("k", k, minimum=1)
-    batch = Networks.of(weights, seeds=seeds, device=device, memory_budget=memory_budget)
+    batch = HessianBatch.of(weights, seeds=seeds, device=device, memory_budget=memory_budget,
+                            draws=f"{method} start vectors" if method in ("lanczos", "power") else None)
     arch, size = batch.arch, batch.size
     if precond is not None and method not in ("lanczos", "power"):
         raise ValueError(f"a preconditioner needs method 'lanczos' or 'power', not {method!r}")
     if method == "exact" and not arch.linear:
         raise ValueError(f"method 'exact' holds for linear networks only, not arch {arch.name!r}")
     eig, res = np.full((len(batch.nets), k), np.nan), np.full((len(batch.nets), k), np.nan)
+    converged = np.zeros(len(batch.nets), dtype=bool)
     hvps = 0
     for idx in batch.batches(lanczos_bytes(size, k)):
         if method == "exact":
             e = arch.exact_topk(dataset, [batch.nets[i] for i in idx], k=k)
+            converged[idx] = True
         else:
             layers, c, prob = batch.tensors(dataset, idx)
             if method == "dense":
                 e = dense_topk(arch, layers, c, prob, k=k, max_params=dense_max_params)
+                converged[idx] = True
             else:
                 v0 = start_vectors(batch.seeds[idx], size, device=batch.device)
                 P = None if precond is None else torch.as_tensor(precond[idx], dtype=torch.float64, device=batch.device)
-                e, r, n = top_eigenvalues(arch, layers, c, prob, v0, k=k, tol=tol, max_iter=max_iter, method=method,
-                                          precond=P)
-                res[idx, : r.shape[1]], hvps = r, max(hvps, n)
+                out = top_eigenvalues(arch, layers, c, prob, v0, k=k, tol=tol, max_iter=max_iter, method=method,
+                                      precond=P)
+                e, res[idx, : out.residuals.shape[1]] = out.eigenvalues, out.residuals
+                converged[idx], hvps = out.converged, max(hvps, out.iterations)
         eig[idx, : e.shape[1]] = e
-    return SharpnessResult(method=method, eigenvalues=eig, residuals=res, hvps=hvps)
+    return SharpnessResult(method=method, eigenvalues=eig, residuals=res, converged=converged, hvps=hvps)
 
 
 def dense_topk(arch, layers, c, prob: Problem, *, k: int, max_params: int = DENSE_MAX_PARAMS) -> np.ndarray:

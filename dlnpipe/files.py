@@ -5,8 +5,8 @@
 * a **trained cell** (``results/<study>/train/<exp>/<cell>.npz``): each network's grid coordinates (lr, scale,
   seed_index, seed, steps, data id, optim label), its final weights W0..W{L−1} (and p), status, losses,
   distance, divergence step and trajectories, and its optimizer's own outputs (stochastic runs: the
-  averaged iterates avg_W0.. and their losses; Adam: its final preconditioner ``precond``); meta: the job
-  spec, device and dtype;
+  averaged iterates avg_W0.. and their losses; Adam: its final preconditioner ``precond``), and which code
+  trained it (``train_path``, :class:`dlnpipe.status.TrainPath`); meta: the job spec, device and dtype;
 * a **measured cell** (``results/<study>/measure/<exp>/<cell>.npz``): the Hessian measurements of the same networks.
 """
 
@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from dlnpipe.data import Dataset, dataset_from_arrays
+from dlnpipe.grid import NETWORK_FIELDS
 from dlnpipe.io import load_npz, save_npz
 from dlnpipe.networks import Weights
 from dlnpipe.result import TrainResult
-
-GRID_FIELDS = ("lr", "scale", "seed_index", "seed", "steps", "data", "optim")
 
 
 def write_dataset(path: str | Path, ds: Dataset, *, experiment: str, data_id: str) -> None:
@@ -43,7 +42,10 @@ def read_datasets(paths) -> dict[str, Dataset]:
     out = {}
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
         ds = read_dataset(path)
-        out[ds.meta.get("data_id") or "paper"] = ds
+        if not ds.meta.get("data_id"):
+            raise ValueError(f"{path}: a dataset file without a data id in its meta (write it with "
+                             "dlnpipe.files.write_dataset, which names it)")
+        out[ds.meta["data_id"]] = ds
     return out
 
 
@@ -59,16 +61,16 @@ def per_network(sets: dict[str, Dataset], data: np.ndarray, cell_id: str = "") -
 
 
 def write_train(path: str | Path, res: TrainResult, grid: dict[str, np.ndarray], *, meta: dict) -> None:
-    """A trained cell: ``grid`` holds each network's coordinates (:data:`GRID_FIELDS`)."""
+    """A trained cell: ``grid`` holds each network's coordinates (:data:`dlnpipe.grid.NETWORK_FIELDS`)."""
     arrays = {f"W{k}": W for k, W in enumerate(res.layers)}
     if res.p is not None:
         arrays["p"] = res.p
     if res.traj_sharpness is not None:
         arrays["traj_sharpness"] = res.traj_sharpness
     arrays |= res.extras  # the optimizer's own outputs (averaged iterates, Adam's preconditioner)
-    save_npz(path, meta={**meta, "device": res.device, "dtype": res.dtype}, **{k: grid[k] for k in GRID_FIELDS},
+    save_npz(path, meta={**meta, "device": res.device, "dtype": res.dtype}, **{k: grid[k] for k in NETWORK_FIELDS},
              status=res.status, loss_train=res.loss_train, loss_test=res.loss_test, distance=res.distance,
-             diverged_step=res.diverged_step, record_steps=res.record_steps, traj_loss_train=res.traj_loss_train,
+             diverged_step=res.diverged_step, train_path=res.train_path, record_steps=res.record_steps, traj_loss_train=res.traj_loss_train,
              traj_loss_test=res.traj_loss_test, traj_distance=res.traj_distance, **arrays)
 
 

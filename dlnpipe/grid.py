@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -148,7 +148,7 @@ def cost(exp: ExperimentConfig, cell: Cell) -> float:
 
 
 @dataclass(frozen=True)
-class Networks:
+class CellNetworks:
     """The networks of one cell (part), as aligned arrays of length B; ``data`` is each network's data id,
     ``optim`` the label of its optimizer setting (:meth:`dlnpipe.config.ExperimentConfig.optim_points`)."""
 
@@ -160,14 +160,22 @@ class Networks:
     data: np.ndarray
     optim: np.ndarray
 
-    FIELDS = ("lr", "scale", "seed_index", "seed", "steps", "data", "optim")
-
     def __len__(self) -> int:
         return len(self.lr)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The coordinates by name (:data:`NETWORK_FIELDS`: what a trained cell's file stores of each network)."""
+        return {f: getattr(self, f) for f in NETWORK_FIELDS}
+
+    def take(self, rows: np.ndarray) -> CellNetworks:
+        return CellNetworks(**{f: a[rows] for f, a in self.arrays().items()})
+
+
+NETWORK_FIELDS = tuple(f.name for f in fields(CellNetworks))
+
 
 def all_networks(exp: ExperimentConfig, experiment: str, init: str, depth: int, width: int,
-                 points: list[tuple[str, float | None]], optimizer: str = steppers.DEFAULT) -> Networks:
+                 points: list[tuple[str, float | None]], optimizer: str = steppers.DEFAULT) -> CellNetworks:
     """Every network on the datasets ``points`` = [(data_id, kappa)] for each setting of ``optimizer``;
     seeds depend neither on the spectrum or w* direction nor on the optimizer, so the networks of
     datasets that differ only there, and the same network under each optimizer, start alike."""
@@ -182,12 +190,12 @@ def all_networks(exp: ExperimentConfig, experiment: str, init: str, depth: int, 
                                             lr, scale, i)
                         rows += [(lr, scale, i, seed, run.steps, data, label) for label in labels]
     lr, scale, idx, seed, steps, data, optim = (np.array(c) for c in zip(*rows))
-    return Networks(lr=lr.astype(float), scale=scale.astype(float), seed_index=idx.astype(np.int64),
+    return CellNetworks(lr=lr.astype(float), scale=scale.astype(float), seed_index=idx.astype(np.int64),
                     seed=seed.astype(np.int64), steps=steps.astype(np.int64), data=data.astype(str),
                     optim=optim.astype(str))
 
 
-def networks(exp: ExperimentConfig, cell: Cell) -> Networks:
+def networks(exp: ExperimentConfig, cell: Cell) -> CellNetworks:
     """The networks of ``cell``: all of them, or its share when the cell is split into parts.
 
     Parts are dealt round-robin in decreasing order of steps, so each part costs about the same.
@@ -198,7 +206,7 @@ def networks(exp: ExperimentConfig, cell: Cell) -> Networks:
         return net
     order = np.lexsort((net.optim, net.seed_index, net.scale, net.lr, -net.steps))
     mine = np.sort(order[cell.part::cell.parts])
-    return Networks(*(getattr(net, f)[mine] for f in Networks.FIELDS))
+    return net.take(mine)
 
 
 def optimizer_options(exp: ExperimentConfig, optimizer: str, optim: np.ndarray, n: int) -> dict[str, np.ndarray]:
@@ -207,12 +215,9 @@ def optimizer_options(exp: ExperimentConfig, optimizer: str, optim: np.ndarray, 
     (batch size: n, the training set's size)."""
     settings = {p.label: p.settings for p in exp.optim_points() if p.name == optimizer}
     keys = list(dict.fromkeys(k for s in settings.values() for k in s))
-    defaults = steppers.get(optimizer).variant(dict.fromkeys(keys, 0.0)).defaults
-    out = {}
-    for key in keys:
-        default = n if key == "batch_size" and defaults.get(key) is None else defaults.get(key)
-        out[key] = np.array([settings[label].get(key, default) for label in optim], dtype=float)
-    return out
+    cls = steppers.get(optimizer).variant(dict.fromkeys(keys, 0.0))
+    resolved = {label: cls.resolved_options(s, n) for label, s in settings.items()}
+    return {key: np.array([resolved[label][key] for label in optim], dtype=float) for key in keys}
 
 
 def init_scale(exp: ExperimentConfig, init: str, width: int, scale):

@@ -33,7 +33,7 @@ def empty(B: int, depth: int, opts: Options, size: int) -> dict[str, np.ndarray]
     out = dict(sharpness_topk=nan(B, opts.k), sharpness_residual=nan(B, opts.k), sharpness_exact=nan(B),
                sharpness_init=nan(B), hessian_trace=nan(B), hessian_trace_stderr=nan(B), hessian_trace_init=nan(B),
                hessian_trace_minimizer=nan(B), sv_ratio=nan(B, depth), alignment=nan(B, max(depth - 1, 0)),
-               input_alignment=nan(B))
+               input_alignment=nan(B), sharpness_converged=np.zeros(B, dtype=bool))
     if opts.density:
         steps = min(opts.density_steps, size)
         for when in ("", "_init"):
@@ -73,6 +73,7 @@ def measure(nets: list, init: list, datasets: list, status: np.ndarray, seeds: n
             s = sharpness(ds, [nets[i] for i in keep], method="lanczos", k=opts.k, seeds=seeds[keep],
                           device=opts.device)
             out["sharpness_topk"][keep], out["sharpness_residual"][keep] = s.eigenvalues, s.residuals
+            out["sharpness_converged"][keep] = s.converged
         _hessian(out, ds, nets, keep, seeds, opts)
         conv = rows[status[rows] == Status.CONVERGED]
         if conv.size and arch.linear:

@@ -17,11 +17,13 @@ class Weights(list):
 
     A plain list of numpy arrays (shapes: docs/theory.md#architectures) that also knows its architecture:
     ``.arch`` (its name), ``.architecture``, ``.layers`` (the trained matrices only), ``.p`` (None
-    without a projection), ``.depth``.
+    without a projection), ``.depth``; ``.seed``: the network's seed where it has one (its init's, a trained
+    network's), from which the random vectors of its measurements are drawn; None otherwise.
     """
 
-    def __init__(self, arrays, *, arch):
+    def __init__(self, arrays, *, arch, seed: int | None = None):
         super().__init__(np.asarray(a, dtype=np.float64) for a in arrays)
+        self.seed = None if seed is None else int(seed)
         self.architecture = archs.get(arch)
         self.arch = self.architecture.name
         if self.architecture.has_projection and (len(self) < 2 or self[-1].ndim != 1):
@@ -68,4 +70,4 @@ def init_network(arch, *, depth: int, width: int, d: int, scale: float, seed: in
     if not np.isfinite(scale) or scale < 0:
         raise ValueError(f"scale must be a finite number >= 0, got scale={scale!r}")
     arrays = architecture.init_arrays(depth=depth, width=width, d=d, scale=scale, seed=seed, p_seed=p_seed)
-    return Weights(arrays, arch=architecture)
+    return Weights(arrays, arch=architecture, seed=seed)

@@ -9,7 +9,7 @@ import numpy as np
 from dlnpipe.networks import Weights
 
 PER_NETWORK = ("lr", "scale", "seed", "steps", "status", "loss_train", "loss_test", "distance", "diverged_step",
-               "traj_loss_train", "traj_loss_test", "traj_distance")
+               "traj_loss_train", "traj_loss_test", "traj_distance", "train_path")
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,7 +19,8 @@ class TrainResult:
     layers[k]: (B, out_k, in_k); p: (B, m) or None; status: (B,) int8 (:class:`dlnpipe.status.Status`);
     loss_train, loss_test, distance: (B,) at each network's last step; diverged_step: (B,) step of
     divergence or -1. Trajectories on ``record_steps`` (T,): arrays (B, T), NaN after a network's
-    own last step or its divergence; ``traj_sharpness`` only when asked for.
+    own last step or its divergence; ``traj_sharpness`` only when asked for. train_path: (B,) int8, which
+    code trained each network (:class:`dlnpipe.status.TrainPath`: torch or a compiled kernel).
     """
 
     arch: str
@@ -42,6 +43,7 @@ class TrainResult:
     traj_loss_test: np.ndarray
     traj_distance: np.ndarray
     traj_sharpness: np.ndarray | None
+    train_path: np.ndarray
     dtype: str
     device: str
     seconds: float
@@ -54,7 +56,7 @@ class TrainResult:
         arrays = [W[i] for W in self.layers]
         if self.p is not None:
             arrays.append(self.p[i])
-        return Weights(arrays, arch=self.arch)
+        return Weights(arrays, arch=self.arch, seed=int(self.seed[i]))
 
     def networks(self) -> list[Weights]:
         return [self.network(i) for i in range(len(self))]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dlnpipe._checks import check_choice, check_int
-from dlnpipe.curvature import Networks
+from dlnpipe.curvature import HessianBatch
 from dlnpipe.data import Dataset
 from dlnpipe.hessian import HessianOperator
 from dlnpipe.lanczos import quadrature
@@ -81,7 +81,7 @@ def rademacher(seeds, count: int, size: int, *, stream: int, seed: int = 0) -> n
                      for s in seeds])
 
 
-def _quadratic_forms(batch: Networks, dataset: Dataset, idx, vectors: np.ndarray) -> np.ndarray:
+def _quadratic_forms(batch: HessianBatch, dataset: Dataset, idx, vectors: np.ndarray) -> np.ndarray:
     """vᵀHv for every network in ``idx`` and each of its vectors (n, R, P) -> (n, R), R products at once."""
     n, R, _ = vectors.shape
     layers, c, prob = batch.tensors(dataset, idx, repeat=R)
@@ -95,10 +95,11 @@ def hessian_trace(dataset: Dataset, weights, *, method: str = "exact", probes: i
     """tr H at ``weights`` (as :func:`dlnpipe.sharpness` takes them) by ``method`` (module docstring).
 
     Hutchinson's probes for network b come from (its seed, ``seed``): ``seeds`` as in sharpness()
-    (default: the train seeds or 0). Networks whose weights are not finite get NaN."""
+    (default: the networks' own seeds; Hutchinson needs one or the other). Networks whose weights are not finite get NaN."""
     check_choice("method", method, TRACE_METHODS)
     probes = check_int("probes", probes, minimum=2)
-    batch = Networks.of(weights, seeds=seeds, device=device, memory_budget=memory_budget)
+    batch = HessianBatch.of(weights, seeds=seeds, device=device, memory_budget=memory_budget,
+                            draws="Hutchinson probes" if method == "hutchinson" else None)
     arch, P, B = batch.arch, batch.size, len(batch.nets)
     if method == "minimizer" and not arch.linear:
         raise ValueError(f"method 'minimizer' holds for linear networks only, not arch {arch.name!r}")
@@ -129,7 +130,8 @@ def spectral_density(dataset: Dataset, weights, *, probes: int = 4, steps: int =
     (from its seed and ``seed``), ``steps`` Lanczos iterations each (at most P). Networks whose weights are
     not finite get NaN."""
     probes = check_int("probes", probes, minimum=1)
-    batch = Networks.of(weights, seeds=seeds, device=device, memory_budget=memory_budget)
+    batch = HessianBatch.of(weights, seeds=seeds, device=device, memory_budget=memory_budget,
+                            draws="density probes")
     P, B = batch.size, len(batch.nets)
     steps = min(check_int("steps", steps, minimum=1), P)
     nodes, wts = np.full((B, probes, steps), np.nan), np.full((B, probes, steps), np.nan)
@@ -139,7 +141,7 @@ def spectral_density(dataset: Dataset, weights, *, probes: int = 4, steps: int =
         v0 = rademacher(batch.seeds[idx], probes, P, stream=3_000_017, seed=seed) / np.sqrt(P)
         # a restart (an invariant Krylov space) draws from a fixed stream: its nodes have zero weight
         generator = torch.Generator(device=batch.device).manual_seed(seed)
-        theta, tau = quadrature(op.matvec, torch.tensor(v0.reshape(idx.size * probes, P), device=batch.device),
+        theta, tau = quadrature(op, torch.tensor(v0.reshape(idx.size * probes, P), device=batch.device),
                                 steps, generator=generator)
         nodes[idx] = theta.cpu().numpy().reshape(idx.size, probes, steps)
         wts[idx] = tau.cpu().numpy().reshape(idx.size, probes, steps)

@@ -24,3 +24,16 @@ CONVERGED, FAILED, DIVERGED = Status.CONVERGED, Status.FAILED, Status.DIVERGED
 STATUS_MEANINGS = tuple(s.meaning for s in Status)  # ("converged", "failed", "diverged")
 STATUS_VALUES = tuple(int(s) for s in Status)  # (0, 1, 2): the CF flag_values
 NO_NETWORK = -1  # the cube's status where a ragged grid point holds no network
+
+
+class TrainPath(IntEnum):
+    """Which code advanced a network's training steps: torch's batched tensor operations, or a compiled
+    kernel (:mod:`dlnpipe.kernels`). Decided once per batch by its stepper; recorded in the train file, the
+    cube (``train_path``) and MLflow."""
+
+    TORCH = 0
+    COMPILED = 1
+
+    @property
+    def meaning(self) -> str:
+        return self.name.lower()

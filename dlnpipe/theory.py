@@ -99,7 +99,7 @@ def random_factorization(dataset: Dataset, depth: int, *, width: int | None = No
     for W in layers:
         A = W @ A
     last = dataset.w_star[None, :] @ np.linalg.pinv(A)
-    return Weights([*layers, last], arch=arch)
+    return Weights([*layers, last], arch=arch, seed=seed)
 
 
 def trace_minimizer(dataset: Dataset, depth: int) -> Weights:

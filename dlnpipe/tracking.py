@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from dlnpipe import steppers
-from dlnpipe.status import Status
+from dlnpipe.status import Status, TrainPath
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,8 @@ def configurations(parts: list[tuple[dict, dict, dict]], datasets: dict | None =
             "spectrum": info("spectrum", cell.get("spectrum", "")), "wstar": info("wstar", cell.get("wstar", "")),
             "lr": train["lr"], "scale": train["scale"], "seed_index": train["seed_index"], "seed": train["seed"],
             "steps": train["steps"], "status": train["status"], "diverged_step": train["diverged_step"],
+            "train_path": [TrainPath(int(v)).meaning for v in train["train_path"]],
+            "sharpness_converged": measure["sharpness_converged"],
             "loss_train": train["loss_train"], "loss_test": train["loss_test"], "distance": train["distance"],
             "sharpness": measure["sharpness_topk"][:, 0], "sharpness_exact": measure["sharpness_exact"],
             "sharpness_init": measure["sharpness_init"], "hessian_trace": measure["hessian_trace"],
@@ -338,6 +340,7 @@ def _log_configuration(client, experiment_id: str, spec: dict, key: tuple, group
               "width": cell["width"], "kappa": group.kappa.iloc[0], "spectrum": group.spectrum.iloc[0],
               "wstar": group.wstar.iloc[0], "data": data, "lr": lr, "scale": scale,
               "steps": int(group.steps.iloc[0]), "seeds": len(group), "dtype": exp_cfg["dtype"],
+              "train_path": "+".join(sorted(set(group.train_path))),
               **opt, "scale_unit": exp_cfg.get("scale_unit", "absolute"),
               "n": exp_cfg["data"]["n"], "d": exp_cfg["data"]["d"], "noise": exp_cfg["data"]["noise"]}
     now = int(time.time() * 1000)

@@ -1,8 +1,9 @@
 """One trainer for every stepper: the batch of networks being trained and what it owes the caller.
 
 A :class:`BatchState` holds the *live rows* (networks still training) as layer tensors (b, out, in),
-the row prefix c, the rows of the problem and the stepper's per-network tensors (``rows``), and
-the *outputs* of all B networks: final weights and losses, trajectories on the recording grid, the
+the row prefix c, the rows of the problem and the per-network tensors of its stepper (typed
+:class:`Rows`: the stepper's clock and, apart, its optimizer's state, each attached to the batch
+so that it is compacted with it), and the *outputs* of all B networks: final weights and losses, trajectories on the recording grid, the
 step of divergence. A stepper (:mod:`dlnpipe.steppers`) only advances the live rows and says when
 to sample and which rows are done; the state records, retires (copies out, holds the final
 values on later samples of a network that can no longer move), compacts the batch, and turns the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -23,10 +25,14 @@ from dlnpipe.curvature import networks_per_batch, start_vectors, top_eigenvalues
 from dlnpipe.devices import memory_budget
 from dlnpipe.problem import Problem, distance
 from dlnpipe.status import Status
+from dlnpipe.rows import Rows
 
 log = logging.getLogger("dlnpipe.training")
 
 METRICS = ("loss_train", "loss_test", "distance")
+
+
+Sample = int | torch.Tensor  # a sample index: one for all live rows, or one per row (b,)
 
 
 class TrajectorySharpness:
@@ -46,7 +52,7 @@ class TrajectorySharpness:
     def compact(self, keep: torch.Tensor) -> None:
         self.prob, self.v0 = self.prob.rows(keep), self.v0[keep]
 
-    def record(self, state: BatchState, due: torch.Tensor, j, precond=None) -> None:
+    def record(self, state: BatchState, due: torch.Tensor, j: Sample, precond: torch.Tensor | None = None) -> None:
         """Sample j of the rows ``due``; with ``precond`` (b, P), also λ_max(P^{-1/2} H P^{-1/2})."""
         rows = torch.nonzero(due)[:, 0]
         if precond is not None and self.values_precond is None:
@@ -54,13 +60,14 @@ class TrajectorySharpness:
         for part in rows.split(self.per_batch):
             layers = [W[part].to(torch.float64) for W in state.layers]
             c = state.c[part].to(torch.float64)
-            gi, jj = state.idx[part].cpu().numpy(), (j if isinstance(j, int) else j[part].cpu().numpy())
-            eig, _, _ = top_eigenvalues(state.arch, layers, c, self.prob.rows(part), self.v0[part], k=1, tol=self.tol)
-            self.values[gi, jj] = eig[:, 0]
+            gi = state.idx[part].cpu().numpy()
+            jj = j if isinstance(j, int) else j[part].cpu().numpy()
+            out = top_eigenvalues(state.arch, layers, c, self.prob.rows(part), self.v0[part], k=1, tol=self.tol)
+            self.values[gi, jj] = out.eigenvalues[:, 0]
             if precond is not None:
-                eig, _, _ = top_eigenvalues(state.arch, layers, c, self.prob.rows(part), self.v0[part], k=1,
-                                            tol=self.tol, precond=precond[part].to(torch.float64))
-                self.values_precond[gi, jj] = eig[:, 0]
+                out = top_eigenvalues(state.arch, layers, c, self.prob.rows(part), self.v0[part], k=1,
+                                      tol=self.tol, precond=precond[part].to(torch.float64))
+                self.values_precond[gi, jj] = out.eigenvalues[:, 0]
 
     def extras(self) -> dict[str, np.ndarray]:
         return {} if self.values_precond is None else {"traj_sharpness_precond": self.values_precond}
@@ -78,7 +85,7 @@ class BatchState:
         B, dev = layers[0].shape[0], layers[0].device
         self.arch, self.layers, self.c, self.prob = arch, layers, c, prob
         self.idx = torch.arange(B, device=dev)  # global index of each live row
-        self.rows: dict[str, torch.Tensor] = {}  # the stepper's per-network tensors, compacted with the batch
+        self.attached: list[Rows] = []  # the stepper's per-network tensors, compacted with the batch
         self.traj = {k: torch.full((B, n_samples), float("nan"), dtype=torch.float64, device=dev) for k in METRICS}
         self.final = {k: torch.full((B,), float("nan"), dtype=torch.float64, device=dev) for k in METRICS}
         self.out_layers = [torch.empty_like(W) for W in layers]
@@ -93,6 +100,13 @@ class BatchState:
         """Number of live rows."""
         return self.idx.numel()
 
+    def attach(self, *rows: Rows) -> None:
+        """Compact ``rows`` with the batch from now on (each must hold one entry per live row)."""
+        for r in rows:
+            if any(x.shape[0] != self.size for x in r.tensors()):
+                raise ValueError(f"{type(r).__name__} does not hold one entry per live row ({self.size})")
+        self.attached += rows
+
     def observe(self, rows: torch.Tensor, value: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training loss (``value``, (b,)), test loss and ‖w_prod − w*‖² of the live rows in ``rows``."""
         layers, c, prob = [W[rows] for W in self.layers], self.c[rows], self.prob.rows(rows)
@@ -100,7 +114,7 @@ class BatchState:
         return {"loss_train": value[rows], "loss_test": self.arch.test_loss(layers, c, prob, w),
                 "distance": distance(w, prob)}
 
-    def record(self, due: torch.Tensor, j, value: torch.Tensor, precond=None) -> None:
+    def record(self, due: torch.Tensor, j: Sample, value: torch.Tensor, precond: torch.Tensor | None = None) -> None:
         """Sample j (one index for all, or a (b,) tensor of per-row indices) of the live rows in ``due``
         (``precond``: the optimizer's diagonal preconditioner of the live rows, (b, P), where it has one)."""
         if not bool(due.any()):
@@ -134,11 +148,12 @@ class BatchState:
         self.layers = [W[keep].contiguous() for W in self.layers]
         self.prob = self.prob.rows(keep)
         self.c, self.idx = self.c[keep], self.idx[keep]
-        self.rows = {name: x[keep] for name, x in self.rows.items()}
+        for rows in self.attached:
+            rows.compact_(keep)
         if self.sharpness is not None:
             self.sharpness.compact(keep)
 
-    def progress(self, net_steps: int, message) -> None:
+    def progress(self, net_steps: int, message: Callable[[float], str]) -> None:
         """Count ``net_steps`` network-steps; every ``log_every_s`` log ``message(rate)`` (a callable)."""
         self.net_steps += net_steps
         if self.log_every_s is not None and time.monotonic() - self.last_log >= self.log_every_s:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Networks:
+class TrainNetworks:
     """The per-network settings of a call: lr, scale, seed, steps (B,) and each network's dataset."""
 
     lr: np.ndarray
@@ -49,8 +49,8 @@ class Networks:
     def __len__(self) -> int:
         return len(self.lr)
 
-    def slice(self, s: slice) -> Networks:
-        return Networks(self.lr[s], self.scale[s], self.seed[s], self.steps[s], self.data[s])
+    def slice(self, s: slice) -> TrainNetworks:
+        return TrainNetworks(self.lr[s], self.scale[s], self.seed[s], self.steps[s], self.data[s])
 
 
 def _per_network(name, value, B, *, kind=float) -> np.ndarray:
@@ -60,7 +60,7 @@ def _per_network(name, value, B, *, kind=float) -> np.ndarray:
     return np.broadcast_to(arr, (B,)).copy()
 
 
-def _networks(dataset, lr, scale, seed, steps) -> Networks:
+def _networks(dataset, lr, scale, seed, steps) -> TrainNetworks:
     """Validated per-network settings; B is the longest of lr, scale, seed, steps (and the datasets)."""
     per_data = [dataset] if isinstance(dataset, Dataset) else list(dataset)
     if not per_data or not all(isinstance(x, Dataset) for x in per_data):
@@ -68,7 +68,7 @@ def _networks(dataset, lr, scale, seed, steps) -> Networks:
     B = max(np.size(lr), np.size(scale), np.size(seed), np.size(steps), len(per_data))
     if len(per_data) not in (1, B):
         raise ValueError(f"dataset must have one entry per network ({B}), got {len(per_data)}")
-    nets = Networks(lr=_per_network("lr", lr, B), scale=_per_network("scale", scale, B),
+    nets = TrainNetworks(lr=_per_network("lr", lr, B), scale=_per_network("scale", scale, B),
                     seed=_per_network("seed", seed, B, kind=np.int64),
                     steps=_per_network("steps", steps, B, kind=np.int64), data=per_data * (B // len(per_data)))
     for x in nets.lr:
@@ -169,7 +169,7 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
                         for part in (slice(i, i + max_batch) for i in range(0, len(nets), max_batch))])
 
 
-def _train_batch(nets: Networks, settings: Settings, stepper) -> TrainResult:
+def _train_batch(nets: TrainNetworks, settings: Settings, stepper) -> TrainResult:
     t0 = time.monotonic()
     arch, dtype, dev = settings.arch, settings.dtype, settings.device
     weights = [init_network(arch, depth=settings.depth, width=settings.width, d=settings.d, scale=nets.scale[i],
@@ -197,7 +197,8 @@ def _train_batch(nets: Networks, settings: Settings, stepper) -> TrainResult:
         loss_train=final["loss_train"], loss_test=final["loss_test"], distance=final["distance"],
         diverged_step=diverged_step, record_steps=settings.record_steps, traj_loss_train=traj["loss_train"],
         traj_loss_test=traj["loss_test"], traj_distance=traj["distance"],
-        traj_sharpness=None if sharp is None else sharp.values, dtype=dtype_name(dtype), device=str(dev),
+        traj_sharpness=None if sharp is None else sharp.values,
+        train_path=np.full(len(nets), stepper.path, dtype=np.int8), dtype=dtype_name(dtype), device=str(dev),
         seconds=time.monotonic() - t0, extras={**stepper.outputs(), **({} if sharp is None else sharp.extras())})
 
 

@@ -2,6 +2,7 @@
 nets) against independent references: an autograd GD loop on the data in float64, torch's float32
 GELU, each network alone, and the torch path they fall back to."""
 
+import ctypes
 import logging
 import subprocess
 import sys
@@ -104,8 +105,8 @@ def test_float32_gelu_is_as_accurate_as_torchs(data):
     """The kernel's own float32 GELU and its derivative against the float64 formula, next to torch's float32."""
     from scipy.special import ndtr
 
-    lib = activated.library(1, torch.float32, 5, 5)
-    assert lib is not None, "the C compiler builds the kernel on the test machines"
+    lib, why = activated.library(kernels.Activation.GELU, torch.float32, 5, 5)
+    assert lib is not None, f"the C compiler builds the kernel on the test machines ({why})"
     z = torch.linspace(-20, 20, 400_001, dtype=torch.float32)
     a, da = torch.empty_like(z), torch.empty_like(z)
     lib.dlnpipe_activation(z.numel(), z.data_ptr(), a.data_ptr(), da.data_ptr())
@@ -154,7 +155,7 @@ def test_fallback_gives_the_same_results_and_says_so(data, monkeypatch, caplog):
 def test_compiled_kernel_is_cached_between_processes(tmp_path):
     code = ("import logging, sys, torch; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
             "from dlnpipe.kernels import activated; "
-            "print('loaded', activated.library(2, torch.float32, 7, 3) is not None)")
+            "print('loaded', activated.library(activated.Activation.RELU, torch.float32, 7, 3)[0] is not None)")
     env = {"DLNPIPE_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -181,7 +182,7 @@ def test_linear_kernel_with_one_dataset_per_network(kernel_calls):
 @pytest.mark.parametrize("name", ["gelu", "small"])
 def test_fused_step_runs_on_the_cpu_only(data, name):
     """The compiled steps are for the CPU: for tensors elsewhere (here torch's "meta" device, as a stand-in
-    for CUDA) steps_ declines, touches nothing, and the stepper takes the torch path one step at a time."""
+    for CUDA) fused_steps declines and says why, and the stepper takes the torch path one step at a time."""
     from dlnpipe.tensors import stack_weights
 
     arch = archs.get(name)
@@ -194,6 +195,67 @@ def test_fused_step_runs_on_the_cpu_only(data, name):
                   alive=torch.ones(1, dtype=torch.bool, device=device),
                   alive_steps=torch.zeros(1, dtype=torch.int64, device=device),
                   cap=torch.full((1,), 1e9, dtype=torch.float64, device=device))
-        assert (arch.steps_(layers, c, prob, count=3, **kw) is not None) == (device == "cpu")
+        step, why = arch.fused_steps(layers, c, prob)
+        assert (step is not None) == (device == "cpu") and (why == "") == (device == "cpu")
         if device == "cpu":
+            step(layers, c, prob, count=3, **kw)
             assert int(kw["alive_steps"][0]) == 3 and not np.allclose(layers[0].numpy(), nets[0].layers[0])
+        else:
+            assert "CPU" in why
+
+
+@pytest.mark.parametrize("name", ["linear", "activated"])
+def test_a_signature_that_does_not_match_the_c_source_is_refused(name):
+    """The ctypes declarations are checked against the C prototypes before anything is built or called: an
+    argument too few, or a pointer declared as an integer, raises (a mismatch would otherwise segfault)."""
+    module = {"linear": linear, "activated": activated}[name]
+    source = (kernels.Path(kernels.__file__).with_name(f"{name}.c")).read_text()
+    kernels.check_signatures(name, source, module.SIGNATURES)  # the real declarations match
+    real = module.SIGNATURES["dlnpipe_steps"]
+    short = {"dlnpipe_steps": kernels.Signature(real.restype, real.argtypes[:-1])}
+    with pytest.raises(kernels.KernelSignatureError, match=r"dlnpipe_steps takes \d+ arguments .*moved\), declared"):
+        kernels.check_signatures(name, source, short)
+    wrong = {"dlnpipe_steps": kernels.Signature(real.restype, (*real.argtypes[:-1], ctypes.c_int))}
+    with pytest.raises(kernels.KernelSignatureError, match=r"argument \d+ \(moved\) of dlnpipe_steps is c_void_p, "
+                                                            r"declared c_int"):
+        kernels.load(name, wrong, REAL="double")  # refused before any build
+
+
+def test_the_activation_codes_are_one_enum_on_both_sides():
+    """activated.c compares ACT only with the ACT_<NAME> constants that dlnpipe.kernels.Activation defines."""
+    import re
+
+    source = (kernels.Path(kernels.__file__).with_name("activated.c")).read_text()
+    compared = set(re.findall(r"ACT\s*==\s*(\w+)", source))
+    assert compared and compared <= {f"ACT_{a.name}" for a in kernels.Activation}
+    assert not re.search(r"ACT\s*==\s*\d", source)
+    assert archs.get("gelu").kernel_activation is kernels.Activation.GELU
+    assert archs.get("relu").kernel_activation is kernels.Activation.RELU
+
+
+@pytest.mark.parametrize("arch,depth,width", [("gelu", 3, 5), ("small", 3, 5)])
+def test_compiled_and_torch_paths_freeze_diverging_networks_alike(data, arch, depth, width, monkeypatch):
+    """The step's rules (dlnpipe.steppers.base) on networks built to diverge at different steps, some to
+    inf/NaN: the compiled kernel and the torch path freeze each one at the same step, where it was, and say
+    which path ran."""
+    lr = [0.01, 0.5, 1.5, 4.0, 30.0, 0.02]
+    kw = dict(arch=arch, depth=depth, width=width, lr=lr, scale=[0.6, 0.9, 1.0, 1.2, 1.5, 0.7],
+              seed=[1, 2, 3, 4, 5, 6], steps=250, dtype="float64", record_every=50, log_every_s=None,
+              check_every=7)
+    fused = dlnpipe.train(data, **kw)
+    kernels._load.cache_clear()
+    monkeypatch.setenv("DLNPIPE_KERNELS", "0")
+    plain = dlnpipe.train(data, **kw)
+    kernels._load.cache_clear()
+    assert (fused.train_path == dlnpipe.TrainPath.COMPILED).all()
+    assert (plain.train_path == dlnpipe.TrainPath.TORCH).all()
+    diverged = fused.status == dlnpipe.DIVERGED
+    assert 2 <= diverged.sum() <= 5 and len(set(fused.diverged_step[diverged])) >= 2, fused.diverged_step
+    np.testing.assert_array_equal(fused.status, plain.status)
+    np.testing.assert_array_equal(fused.diverged_step, plain.diverged_step)
+    for a, b in zip(fused.layers, plain.layers):
+        frozen_finite = np.isfinite(a).all(axis=(1, 2))
+        np.testing.assert_array_equal(frozen_finite, np.isfinite(b).all(axis=(1, 2)))
+        keep = ~diverged
+        assert_weights_close(a[keep], b[keep])
+        np.testing.assert_allclose(a[diverged & frozen_finite], b[diverged & frozen_finite], rtol=1e-6)

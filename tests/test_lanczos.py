@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlnpipe.lanczos import lanczos, power_iteration
+from dlnpipe.lanczos import MatrixOperator, lanczos, power_iteration
 
 
 def random_symmetric(rng, B, P):
@@ -16,12 +16,12 @@ def random_symmetric(rng, B, P):
 def test_topk_matches_eigvalsh(rng, P):
     A = random_symmetric(rng, 4, P)
     At = torch.tensor(A)
-    res = lanczos(lambda v: torch.bmm(At, v[:, :, None])[:, :, 0], torch.tensor(rng.standard_normal((4, P))),
-                  k=5, tol=1e-13)
+    res = lanczos(MatrixOperator(At), torch.tensor(rng.standard_normal((4, P))), k=5, tol=1e-13)
     ref = np.linalg.eigvalsh(A)[:, ::-1][:, :5]
     assert (np.linalg.eigvalsh(A)[:, 0] < 0).all()  # indefinite: most negative has larger magnitude often
     np.testing.assert_allclose(res.eigenvalues, ref, rtol=1e-10)
     assert (res.residuals < 1e-9 * np.abs(ref[:, :1])).all()
+    assert res.converged.all()
 
 
 def test_batched_rows_are_independent(rng):
@@ -29,11 +29,11 @@ def test_batched_rows_are_independent(rng):
     A = random_symmetric(rng, 3, 30)
     A[1] *= 1000.0
     At = torch.tensor(A)
-    op = lambda v: torch.bmm(At, v[:, :, None])[:, :, 0]  # noqa: E731
+    op = MatrixOperator(At)
     v0 = torch.tensor(rng.standard_normal((3, 30)))
     batched = lanczos(op, v0, k=2, tol=1e-13).eigenvalues
     for b in range(3):
-        single = lanczos(lambda v, b=b: (At[b] @ v[0])[None], v0[b:b + 1], k=2, tol=1e-13).eigenvalues
+        single = lanczos(MatrixOperator(At[b:b + 1]), v0[b:b + 1], k=2, tol=1e-13).eigenvalues
         np.testing.assert_allclose(batched[b], single[0], rtol=1e-10)
         np.testing.assert_allclose(batched[b], np.linalg.eigvalsh(A[b])[::-1][:2], rtol=1e-10)
 
@@ -42,8 +42,29 @@ def test_largest_algebraic_not_largest_magnitude(rng):
     """A spectrum dominated by a large negative eigenvalue: Lanczos returns the top one, power does not."""
     Q = np.linalg.qr(rng.standard_normal((20, 20)))[0]
     evals = np.concatenate([[-50.0], np.linspace(-1, 3, 19)])
-    A = torch.tensor((Q * evals) @ Q.T)[None]
-    op = lambda v: torch.bmm(A, v[:, :, None])[:, :, 0]  # noqa: E731
+    op = MatrixOperator(torch.tensor((Q * evals) @ Q.T)[None])
     v0 = torch.tensor(rng.standard_normal((1, 20)))
     assert abs(lanczos(op, v0, k=1, tol=1e-13).eigenvalues[0, 0] - 3.0) < 1e-10
     assert abs(power_iteration(op, v0, iterations=200).eigenvalues[0, 0] + 50.0) < 1e-6
+
+
+def test_converged_mask_says_which_rows_ran_out_of_iterations(rng):
+    """A row given too few iterations for its tolerance is flagged, and only that row: its Ritz value is
+    still below the top eigenvalue (a lower bound), its certificate says by how much."""
+    P = 200
+    evals = np.stack([np.linspace(0, 1, P) ** 8, np.r_[np.zeros(P - 1), 5.0]])  # clustered top; one isolated
+    Q = np.linalg.qr(rng.standard_normal((P, P)))[0]
+    A = torch.tensor(np.einsum("ij,bj,kj->bik", Q, evals, Q))
+    v0 = torch.tensor(rng.standard_normal((2, P)))
+    short = lanczos(MatrixOperator(A), v0, k=1, tol=1e-12, max_iter=8)
+    assert short.converged.tolist() == [False, True]
+    assert short.eigenvalues[0, 0] < 1.0 - 1e-6 and short.residuals[0, 0] > 1e-6
+    full = lanczos(MatrixOperator(A), v0, k=1, tol=1e-12)
+    assert full.converged.all()
+    np.testing.assert_allclose(full.eigenvalues[:, 0], [1.0, 5.0], rtol=1e-10)
+    assert not power_iteration(MatrixOperator(A), v0).converged.any()  # no stopping test: never claims it
+
+
+def test_operator_size_must_match_the_start_vectors(rng):
+    with pytest.raises(ValueError, match="operator's size is 5"):
+        lanczos(MatrixOperator(torch.eye(5, dtype=torch.float64)[None]), torch.ones(1, 6, dtype=torch.float64))

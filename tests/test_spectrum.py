@@ -9,7 +9,7 @@ from tiny import tiny_net
 import dlnpipe
 from dlnpipe import archs
 from dlnpipe.hessian import dense_hessians
-from dlnpipe.lanczos import quadrature
+from dlnpipe.lanczos import DiagonalOperator, MatrixOperator, quadrature
 from dlnpipe.spectrum import hessian_trace, spectral_density
 from dlnpipe.tensors import stack_weights
 
@@ -97,7 +97,7 @@ def test_density_of_known_spectra():
     evals = np.linspace(-1.0, 3.0, 12)
     v = rng.standard_normal((1, 12))
     v /= np.linalg.norm(v)
-    nodes, weights = quadrature(lambda x: x * torch.tensor(evals), torch.tensor(v), 12)
+    nodes, weights = quadrature(DiagonalOperator(torch.tensor(evals).expand(len(v), -1)), torch.tensor(v), 12)
     np.testing.assert_allclose(nodes[0].numpy(), evals, atol=1e-12)
     np.testing.assert_allclose(weights[0].numpy(), v[0] ** 2, atol=1e-12)
     # a GOE matrix: the smoothed quadrature density matches the smoothed eigenvalue density (semicircle)
@@ -105,7 +105,7 @@ def test_density_of_known_spectra():
     A = rng.standard_normal((P, P))
     A = torch.tensor((A + A.T) / np.sqrt(2 * P))  # spectrum on [-2, 2]
     probes = torch.tensor(rng.choice([-1.0, 1.0], size=(8, P)) / np.sqrt(P))
-    nodes, weights = quadrature(lambda x: x @ A, probes, 60)
+    nodes, weights = quadrature(MatrixOperator(A.expand(len(probes), -1, -1)), probes, 60)
     from dlnpipe.spectrum import SpectralDensity
 
     sd = SpectralDensity(nodes=nodes.numpy()[None], weights=weights.numpy()[None])

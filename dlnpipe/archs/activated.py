@@ -13,12 +13,13 @@ instead of B separate (n×m)(m×m) GEMMs (1.1–1.7× faster than the GEMM path 
 from __future__ import annotations
 
 from dlnpipe.archs.base import Architecture, Evaluation
+from dlnpipe.kernels import Activation
 from dlnpipe.lazy import torch
 
 
 class ActivatedArchitecture(Architecture):
     linear = False
-    kernel_activation = 0  # σ's code in dlnpipe/kernels/activated.c (0: no compiled step)
+    kernel_activation = Activation.NONE  # σ in the compiled step (dlnpipe/kernels/activated.c); NONE: none
 
     def activation(self, z):
         """σ(z), elementwise."""
@@ -104,16 +105,23 @@ class ActivatedArchitecture(Architecture):
         value, grads = self.loss_and_grad(layers, prob, weights, labels)
         return grads, value
 
-    def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int):
-        """The compiled step (dlnpipe/kernels/activated.c): forward, hand-written backward and update of
-        16 float32 networks per SIMD register, ``count`` steps per call, on the CPU."""
-        if not self.kernel_activation or layers[0].device.type != "cpu" or prob.batched:
-            return None
+    def fused_steps(self, layers, c, prob):
+        """The compiled step (dlnpipe/kernels/activated.c): forward, hand-written backward and update of a
+        SIMD register of networks at once, on the CPU, with one dataset for the batch."""
+        if self.kernel_activation is Activation.NONE:
+            return None, f"arch {self.name} has no compiled step"
+        if layers[0].device.type != "cpu":
+            return None, "the compiled kernels run on the CPU"
+        if prob.batched:
+            return None, "the compiled step takes one dataset for the batch"
         from dlnpipe.kernels import activated
 
         width = layers[0].shape[1] if len(layers) > 1 else 1
-        lib = activated.library(self.kernel_activation, layers[0].dtype, width, prob.X.shape[1])
+        lib, why = activated.library(self.kernel_activation, layers[0].dtype, width, prob.X.shape[1])
         if lib is None:
-            return None
-        return activated.gd_steps(lib, layers, prob.X, prob.y, lr=lr, alive=alive, alive_steps=alive_steps, cap=cap,
-                           count=count)
+            return None, why
+
+        def step(layers, c, prob, **kw):
+            return activated.gd_steps(lib, layers, prob.X, prob.y, **kw)
+
+        return step, ""

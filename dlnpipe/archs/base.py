@@ -19,6 +19,7 @@ the registry (:mod:`dlnpipe.archs`). Everything else asks it; nobody compares it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ import numpy as np
 
 from dlnpipe._checks import check_int
 from dlnpipe.lazy import torch
+
+
+FusedSteps = Callable[..., tuple[Any, Any]]  # see Architecture.fused_steps
 
 
 @dataclass(frozen=True)
@@ -159,9 +163,11 @@ class Architecture:
         samples, 0 elsewhere), noisy labels, or both. Needs the problem's data (X, y)."""
         raise NotImplementedError
 
-    def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int):
-        """``count`` full GD steps in place by a fused (compiled) step, where this architecture has one
-        for this device and dtype; each step: value = R(W); alive &= value <= cap; alive_steps += alive;
-        W ← W − η ∇R (η = lr where alive, else 0). Returns (the loss before the last step, whether the
-        last step moved each network's weights), both (b,); None, doing nothing, where there is none."""
-        return None
+    def fused_steps(self, layers, c, prob) -> tuple[FusedSteps | None, str]:
+        """The compiled GD step for this batch (its layers' device, dtype and shapes, its problem), decided
+        once per batch, or None and why there is none. The step, called as ``step(layers, c, prob, *, lr,
+        alive, alive_steps, cap, count)``, takes ``count`` full GD steps in place, each by the rules of
+        :mod:`dlnpipe.steppers.base`: value = R(W); alive &= value <= cap; alive_steps += alive;
+        W ← W − η ∇R (η = lr where alive, else 0); it returns (the loss before the last step, whether the
+        last step moved each network's weights), both (b,)."""
+        return None, f"arch {self.name} has no compiled step"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dlnpipe.archs.activated import ActivatedArchitecture
+from dlnpipe.kernels import Activation
 from dlnpipe.lazy import torch
 
 
 class Gelu(ActivatedArchitecture):
     name = "gelu"
-    kernel_activation = 1
+    kernel_activation = Activation.GELU
     description = "small init, GELU after every layer but the last (the paper's appendix)"
 
     def activation(self, z):

@@ -98,19 +98,23 @@ class LinearArchitecture(Architecture):
         g[:, : X.shape[1]] = 2 * (weights * r) @ X
         return self.backward(layers, rows, g), (weights * r * r).sum(-1)
 
-    def steps_(self, layers, c, prob, *, lr, alive, alive_steps, cap, count: int):
-        """The compiled step (dlnpipe/kernels/linear.c): the same recursions for 16 float32 networks per
-        SIMD register, ``count`` steps per call, on the CPU."""
+    def fused_steps(self, layers, c, prob):
+        """The compiled step (dlnpipe/kernels/linear.c): the same recursions for a SIMD register of networks
+        at once, on the CPU."""
         if layers[0].device.type != "cpu":
-            return None
+            return None, "the compiled kernels run on the CPU"
         from dlnpipe.kernels import linear
 
         width = layers[0].shape[1] if len(layers) > 1 else c.shape[2]
-        lib = linear.library(layers[0].dtype, in_dim=layers[0].shape[2], width=width, out_last=c.shape[2],
-                             per_network=prob.batched)
+        lib, why = linear.library(layers[0].dtype, in_dim=layers[0].shape[2], width=width, out_last=c.shape[2],
+                                  per_network=prob.batched)
         if lib is None:
-            return None
-        return linear.gd_steps(lib, layers, c, prob, lr=lr, alive=alive, alive_steps=alive_steps, cap=cap, count=count)
+            return None, why
+
+        def step(layers, c, prob, **kw):
+            return linear.gd_steps(lib, layers, c, prob, **kw)
+
+        return step, ""
 
     @staticmethod
     def gauss_newton(dataset, net) -> np.ndarray:

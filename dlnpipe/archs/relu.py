@@ -8,12 +8,13 @@ is what double backward computes (σ'' = 0 almost everywhere).
 from __future__ import annotations
 
 from dlnpipe.archs.activated import ActivatedArchitecture
+from dlnpipe.kernels import Activation
 from dlnpipe.lazy import torch
 
 
 class Relu(ActivatedArchitecture):
     name = "relu"
-    kernel_activation = 2
+    kernel_activation = Activation.RELU
     description = "small init, ReLU after every layer but the last"
 
     def activation(self, z):

@@ -8,7 +8,13 @@ different machines (a cluster's home directory) never hands one CPU another's co
 temporary file and renamed into place, so concurrent jobs never load a half-written one.
 
 Where no compiler is available (or ``DLNPIPE_KERNELS=0``, or the build fails) :func:`load` returns
-None after one log line, and callers use their torch path: same results to rounding.
+None and the reason, after one log line, and callers use their torch path: same results to rounding.
+
+The ctypes boundary is declared once per kernel, in its Python module (:class:`Signature`), and
+checked against the C source's prototypes before anything is built or called: a declaration that
+does not match (an argument missing, one of another type) is a :class:`KernelSignatureError`, never a
+segfault. Compile-time choices both sides name (the activation) are :class:`Activation`, passed to
+the compiler as ``-D`` constants.
 """
 
 from __future__ import annotations
@@ -18,15 +24,86 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
+
+
+class Activation(IntEnum):
+    """The elementwise nonlinearity of a compiled step (activated.c's ``ACT``; NONE: no compiled step)."""
+
+    NONE = 0
+    GELU = 1
+    RELU = 2
+
+    def defines(self) -> dict[str, int]:
+        """The -D constants of this choice: ``ACT`` and every ``ACT_<NAME>`` the C source compares it with."""
+        return {"ACT": int(self), **{f"ACT_{a.name}": int(a) for a in Activation}}
+
+
+@dataclass(frozen=True)
+class Signature:
+    """An exported C function as ctypes calls it: its result and argument types."""
+
+    restype: Any
+    argtypes: tuple[Any, ...]
+
+
+class KernelSignatureError(RuntimeError):
+    """A kernel's declared signature does not match its C source."""
+
+
+_C_SCALARS = {"int": ctypes.c_int, "long": ctypes.c_long, "void": None}
+_EXPORTED = re.compile(r"^(int|void)\s+(dlnpipe_\w+)\s*\(([^)]*)\)\s*\{", re.MULTILINE)
+
+
+def prototypes(source: str) -> dict[str, tuple[Any, list[tuple[str, Any]]]]:
+    """The exported functions (``dlnpipe_*``) of a C source: name -> (result type, [(argument, ctypes type)]);
+    any pointer is ``c_void_p``."""
+    out = {}
+    for restype, name, args in _EXPORTED.findall(source):
+        parsed = []
+        for arg in (a.strip() for a in args.split(",") if a.strip()):
+            arg_name = re.findall(r"\w+", arg)[-1]
+            if "*" in arg:
+                parsed.append((arg_name, ctypes.c_void_p))
+            else:
+                base = [t for t in re.findall(r"\w+", arg) if t in _C_SCALARS]
+                if not base:
+                    raise KernelSignatureError(f"{name}: argument {arg!r} has a type this check does not know")
+                parsed.append((arg_name, _C_SCALARS[base[0]]))
+        out[name] = (_C_SCALARS[restype], parsed)
+    return out
+
+
+def check_signatures(kernel: str, source: str, declared: Mapping[str, Signature]) -> None:
+    """Raise :class:`KernelSignatureError` naming the first difference between ``declared`` and the
+    prototypes of ``source`` (the kernel ``kernel``'s C code)."""
+    found = prototypes(source)
+    for name, sig in declared.items():
+        if name not in found:
+            raise KernelSignatureError(f"{kernel}.c exports no function {name}")
+        restype, args = found[name]
+        if sig.restype is not restype:
+            raise KernelSignatureError(f"{kernel}.c: {name} returns {restype}, declared {sig.restype}")
+        if len(sig.argtypes) != len(args):
+            raise KernelSignatureError(f"{kernel}.c: {name} takes {len(args)} arguments "
+                                       f"({', '.join(a for a, _ in args)}), declared {len(sig.argtypes)}")
+        for i, ((arg, ctype), want) in enumerate(zip(args, sig.argtypes)):
+            if ctype is not want:
+                raise KernelSignatureError(f"{kernel}.c: argument {i} ({arg}) of {name} is {ctype.__name__}, "
+                                           f"declared {want.__name__}")
 
 
 def enabled() -> bool:
@@ -71,15 +148,15 @@ def _build(cc: str, source: Path, defines: dict, libs: tuple[str, ...], out: Pat
 
 
 @cache
-def _load(name: str, defines: tuple, libs: tuple) -> ctypes.CDLL | None:
+def _load(name: str, defines: tuple, libs: tuple) -> tuple[ctypes.CDLL | None, str]:
     if not enabled():
         log.info("compiled kernels are off (DLNPIPE_KERNELS=0): %s uses its torch path", name)
-        return None
+        return None, "compiled kernels are off (DLNPIPE_KERNELS=0)"
     source = Path(__file__).with_name(f"{name}.c")
     cc = compiler()
     if cc is None:
         log.warning("no C compiler found ($CC, cc, gcc): %s uses its torch path (slower, same results)", name)
-        return None
+        return None, "no C compiler found ($CC, cc, gcc)"
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
@@ -90,14 +167,22 @@ def _load(name: str, defines: tuple, libs: tuple) -> ctypes.CDLL | None:
         if not out.exists():
             log.info("compiling %s %s with %s into %s", name, dict(defines), cc, out)
             _build(cc, source, dict(defines), libs, out)
-        return ctypes.CDLL(str(out))
+        return ctypes.CDLL(str(out)), ""
     except (OSError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", "") or str(err)
+        line = detail.strip().splitlines()[-1] if detail.strip() else str(err)
         log.warning("could not build or load the %s kernel (%s): using the torch path (slower, same results)",
-                    name, detail.strip().splitlines()[-1] if detail.strip() else err)
-        return None
+                    name, line)
+        return None, f"the {name} kernel could not be built or loaded: {line}"
 
 
-def load(name: str, *, libs: tuple[str, ...] = (), **defines) -> ctypes.CDLL | None:
-    """The compiled kernel ``<name>.c`` with these ``-D`` constants, or None where it cannot be built."""
-    return _load(name, tuple(sorted(defines.items())), tuple(libs))
+def load(name: str, signatures: Mapping[str, Signature], *, libs: tuple[str, ...] = (),
+         **defines) -> tuple[ctypes.CDLL | None, str]:
+    """The compiled kernel ``<name>.c`` with these ``-D`` constants, its functions ``signatures`` checked against
+    the source and bound; or None and why it cannot be built (a signature that does not match raises)."""
+    check_signatures(name, Path(__file__).with_name(f"{name}.c").read_text(), signatures)
+    lib, why = _load(name, tuple(sorted(defines.items())), tuple(libs))
+    if lib is not None:
+        for fn, sig in signatures.items():
+            getattr(lib, fn).argtypes, getattr(lib, fn).restype = list(sig.argtypes), sig.restype
+    return lib, why

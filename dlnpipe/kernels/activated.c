@@ -6,8 +6,10 @@
  * over LANES is one vector instruction, so a chunk advances LANES networks at the cost of one, and a
  * network's result does not depend on the others in its chunk.
  *
- * Compile-time constants (-D): REAL (float or double), M (width), D (input dimension), ACT (1 GELU,
- * 2 ReLU). Runtime: L (depth >= 1), N (samples). Per step and network, as dlnpipe.steppers.gd does:
+ * Compile-time constants (-D): REAL (float or double), M (width), D (input dimension), ACT (the
+ * activation: ACT_GELU or ACT_RELU, whose values dlnpipe.kernels.Activation passes too). Runtime: L
+ * (depth >= 1), N (samples). Per step and network, the rules of dlnpipe.steppers.base (the cap comes from
+ * the caller; tests/test_kernels.py holds this kernel to the torch path on networks built to diverge):
  *   value = R(W); alive &= value <= cap (false for NaN); alive_steps += alive;
  *   W <- W - (alive ? lr : 0) * nan_to_num(grad R(W)).
  */
@@ -16,6 +18,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if !defined(ACT) || !defined(ACT_GELU) || !defined(ACT_RELU)
+#error "ACT, ACT_GELU and ACT_RELU come from dlnpipe.kernels.Activation.defines()"
+#endif
 
 #define LANES (64 / (int)sizeof(REAL))
 #define MAXDIM (M > D ? M : D)  /* fixed-size local arrays: no VLA, so the short loops unroll */
@@ -36,7 +42,7 @@ float erff(float) __attribute__((simd("notinbranch")));
 float expf(float) __attribute__((simd("notinbranch")));
 #endif
 
-#if ACT == 1 && !REAL_IS_DOUBLE
+#if ACT == ACT_GELU && !REAL_IS_DOUBLE
 /* float32 GELU without libm. For |z| ≤ 2 (nearly every pre-activation at small init), two polynomials
  * in s = z²: σ(z) = z (0.5 + z·A(s)) with Φ(z) = 0.5 + z·A(s), and σ'(z) = Φ + zφ = 0.5 + z·D(s) (A
  * and D least-squares fits of degree 7 and 9, no exp at all). Beyond, Φ(−t) = φ(t)·B(1/t)/t (the
@@ -80,7 +86,7 @@ static inline float gelu_cdf_tail(float z, float pdf) {
 /* σ(z) into a and σ'(z) into da (kept for the backward pass), as torch computes them: GELU
  * 0.5 z (1 + erf(z/√2)) with derivative cdf + z·pdf; ReLU max(z, 0) with derivative 1 where z > 0. */
 static inline void activate(const REAL *restrict z, REAL *restrict a, REAL *restrict da, int count) {
-#if ACT == 1 && !REAL_IS_DOUBLE
+#if ACT == ACT_GELU && !REAL_IS_DOUBLE
     int tails = 0;  /* the polynomials in z² everywhere, then the lanes with |z| > 2 again (tail formula) */
     _Pragma("omp simd reduction(+:tails)") for (int i = 0; i < count; ++i) {
         const float zi = z[i], s = zi * zi;
@@ -124,7 +130,7 @@ static inline void activate(const REAL *restrict z, REAL *restrict a, REAL *rest
     }
 #else
     SIMD for (int i = 0; i < count; ++i) {
-#if ACT == 1
+#if ACT == ACT_GELU
         REAL cdf = (REAL)0.5 * ((REAL)1 + ERF(z[i] * (REAL)M_SQRT1_2));
         REAL pdf = (REAL)(M_2_SQRTPI * M_SQRT1_2 * 0.5) * EXP((REAL)-0.5 * z[i] * z[i]);
         a[i] = z[i] * cdf;
@@ -144,7 +150,7 @@ void dlnpipe_activation(int count, const REAL *z, REAL *a, REAL *da) { activate(
 static inline void activate_backward(const REAL *restrict da, const REAL *restrict dh, REAL *restrict dz,
                                      int count) {
     SIMD for (int i = 0; i < count; ++i) {
-#if ACT == 1
+#if ACT == ACT_GELU
         dz[i] = dh[i] * da[i];
 #else
         dz[i] = da[i] != 0 ? dh[i] : (REAL)0;

@@ -12,24 +12,28 @@ import ctypes
 import torch
 
 from dlnpipe import kernels
+from dlnpipe.kernels import Activation, Signature
 from dlnpipe.kernels.lanes import chunks, lanes, pack, pad, ptr, unpack_
 
-_ARGS = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 9
+# dlnpipe_steps(nchunks, L, N, steps, W, X, y, lr, cap, alive, alive_steps, value, moved);
+# dlnpipe_activation(count, z, a, da)
+SIGNATURES = {
+    "dlnpipe_steps": Signature(ctypes.c_int, (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long,
+                                              *[ctypes.c_void_p] * 9)),
+    "dlnpipe_activation": Signature(None, (ctypes.c_int, *[ctypes.c_void_p] * 3)),
+}
 
 
-def library(activation: int, dtype: torch.dtype, width: int, d: int):
-    """The kernel for this activation (1 GELU, 2 ReLU), dtype and shape, or None."""
+def library(activation: Activation, dtype: torch.dtype, width: int, d: int) -> tuple[ctypes.CDLL | None, str]:
+    """The kernel for this activation, dtype and shape, or None and why not."""
     double = dtype == torch.float64
-    lib = kernels.load("activated", libs=("-lmvec", "-lm") if double and activation == 1 else ("-lm",),
-                       REAL="double" if double else "float", REAL_IS_DOUBLE=int(double), M=width, D=d,
-                       ACT=activation)
-    if lib is not None and lib.dlnpipe_steps.argtypes is None:
-        lib.dlnpipe_steps.argtypes, lib.dlnpipe_steps.restype = _ARGS, ctypes.c_int
-        lib.dlnpipe_activation.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 3
-    return lib
+    return kernels.load("activated", SIGNATURES,
+                        libs=("-lmvec", "-lm") if double and activation is Activation.GELU else ("-lm",),
+                        REAL="double" if double else "float", REAL_IS_DOUBLE=int(double), M=width, D=d,
+                        **Activation(activation).defines())
 
 
-def gd_steps(lib, layers, X, y, *, lr, alive, alive_steps, cap, count: int) -> torch.Tensor:
+def gd_steps(lib, layers, X, y, *, lr, alive, alive_steps, cap, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` GD steps of the batch in place; returns (the loss before the last step, whether the last step
     moved each network's weights), both (b,)."""
     b, dtype, width = layers[0].shape[0], layers[0].dtype, lanes(layers[0].dtype)

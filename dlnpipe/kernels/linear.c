@@ -9,7 +9,8 @@
  *
  * Compile-time constants (-D): REAL, IN (input dimension of W_1), M (width), OUTL (rows of W_L: 1, or M
  * with a projection p), SIGMA_LANES (1: one Σ, w*, R* per network; 0: shared). Runtime: L (depth).
- * Per step and network, as dlnpipe.steppers.gd does:
+ * Per step and network, the rules of dlnpipe.steppers.base (the cap comes from the caller;
+ * tests/test_kernels.py holds this kernel to the torch path on networks built to diverge):
  *   value = R(W); alive &= value <= cap (false for NaN); alive_steps += alive;
  *   W <- W - (alive ? lr : 0) * grad R(W).
  */

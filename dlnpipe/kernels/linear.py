@@ -12,21 +12,22 @@ import ctypes
 import torch
 
 from dlnpipe import kernels
+from dlnpipe.kernels import Signature
 from dlnpipe.kernels.lanes import chunks, lanes, pack, pad, ptr, unpack_
 
-_ARGS = [ctypes.c_int, ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 11
+# dlnpipe_steps(nchunks, L, steps, W, c, sigma, wstar, loss_opt, lr, cap, alive, alive_steps, value, moved)
+SIGNATURES = {"dlnpipe_steps": Signature(ctypes.c_int, (ctypes.c_int, ctypes.c_int, ctypes.c_long,
+                                                        *[ctypes.c_void_p] * 11))}
 
 
-def library(dtype: torch.dtype, *, in_dim: int, width: int, out_last: int, per_network: bool):
-    """The kernel for this dtype and shape (one problem per network or a shared one), or None."""
-    lib = kernels.load("linear", libs=(), REAL="double" if dtype == torch.float64 else "float", IN=in_dim,
-                       M=width, OUTL=out_last, SIGMA_LANES=int(per_network))
-    if lib is not None and lib.dlnpipe_steps.argtypes is None:
-        lib.dlnpipe_steps.argtypes, lib.dlnpipe_steps.restype = _ARGS, ctypes.c_int
-    return lib
+def library(dtype: torch.dtype, *, in_dim: int, width: int, out_last: int,
+            per_network: bool) -> tuple[ctypes.CDLL | None, str]:
+    """The kernel for this dtype and shape (one problem per network or a shared one), or None and why not."""
+    return kernels.load("linear", SIGNATURES, libs=(), REAL="double" if dtype == torch.float64 else "float",
+                        IN=in_dim, M=width, OUTL=out_last, SIGMA_LANES=int(per_network))
 
 
-def gd_steps(lib, layers, c, prob, *, lr, alive, alive_steps, cap, count: int) -> torch.Tensor:
+def gd_steps(lib, layers, c, prob, *, lr, alive, alive_steps, cap, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` GD steps of the batch in place; returns (the loss before the last step, whether the last step
     moved each network's weights), both (b,)."""
     b, dtype, width = layers[0].shape[0], layers[0].dtype, lanes(layers[0].dtype)

@@ -34,4 +34,4 @@ def run(spec: dict, data_paths, out: str | Path, *, device: str | None = None) -
     counts = np.bincount(res.status, minlength=len(Status))
     log.info("cell %s/%s done in %.1f s: %s", cell.experiment, cell.id, res.seconds,
              ", ".join(f"{n} {s.meaning}" for s, n in zip(Status, counts)))
-    write_train(out, res, {f: getattr(net, f) for f in net.FIELDS}, meta={"spec": spec})
+    write_train(out, res, net.arrays(), meta={"spec": spec})

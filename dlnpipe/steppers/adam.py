@@ -47,27 +47,26 @@ class Adam(FirstOrder):
         return value
 
     def setup(self, state) -> None:
-        for k, W in enumerate(state.layers):
-            state.rows[f"m{k}"] = torch.zeros_like(W)
-            state.rows[f"v{k}"] = torch.zeros_like(W)
-            state.rows[f"d{k}"] = torch.ones_like(W)  # the last denominator √v̂ + ε (P's diagonal)
+        b = self.opt.buffers
+        b["m"], b["v"] = [torch.zeros_like(W) for W in state.layers], [torch.zeros_like(W) for W in state.layers]
+        b["denom"] = [torch.ones_like(W) for W in state.layers]  # the last denominator √v̂ + ε (P's diagonal)
         size = sum(W[0].numel() for W in state.layers)
         self.out["precond"] = torch.full((state.size, size), float("nan"), dtype=torch.float64,
                                          device=state.idx.device)
 
     def update_(self, state, grads, step) -> None:
-        r, t = state.rows, self.t + 1
-        b1, b2 = r["betas"][:, 0, None, None], r["betas"][:, 1, None, None]
-        eps = r["eps"][:, None, None]
-        size = (step / (1 - r["betas"][:, 0] ** t))[:, None, None]
+        o, b, t = self.opt.options, self.opt.buffers, self.t + 1
+        b1, b2 = o["betas"][:, 0, None, None], o["betas"][:, 1, None, None]
+        eps = o["eps"][:, None, None]
+        size = (step / (1 - o["betas"][:, 0] ** t))[:, None, None]
         root2 = torch.sqrt(1 - b2 ** t)
         moving = (step != 0)[:, None, None]
         for k, (W, G) in enumerate(zip(state.layers, grads)):
-            m = torch.where(moving, torch.lerp(r[f"m{k}"], G, 1 - b1), r[f"m{k}"])
-            v = torch.where(moving, r[f"v{k}"] * b2 + (1 - b2) * G * G, r[f"v{k}"])
-            denom = torch.where(moving, torch.sqrt(v) / root2 + eps, r[f"d{k}"])
-            r[f"m{k}"], r[f"v{k}"], r[f"d{k}"] = m, v, denom
+            m = torch.where(moving, torch.lerp(b["m"][k], G, 1 - b1), b["m"][k])
+            v = torch.where(moving, b["v"][k] * b2 + (1 - b2) * G * G, b["v"][k])
+            denom = torch.where(moving, torch.sqrt(v) / root2 + eps, b["denom"][k])
+            b["m"][k], b["v"][k], b["denom"][k] = m, v, denom
             W.sub_(torch.where(moving, size * (m / denom), 0.0))
 
     def precond(self, state):
-        return flatten([state.rows[f"d{k}"] for k in range(len(state.layers))])
+        return flatten(self.opt.buffers["denom"])

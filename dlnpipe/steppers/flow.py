@@ -18,12 +18,15 @@ shortened to land on them).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from dlnpipe._checks import check_int, check_positive
 from dlnpipe.lazy import torch
-from dlnpipe.steppers.base import Schedule, Stepper
+from dlnpipe.rows import Rows
+from dlnpipe.steppers.base import EXPLODE, Schedule, Stepper, divergence_cap
 from dlnpipe.tensors import flatten, unflatten
 
 log = logging.getLogger("dlnpipe.training")
@@ -43,8 +46,27 @@ _B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 
 _E = tuple(b5 - b4 for b5, b4 in zip(_B5, _B4))
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
+def _rms(x):
     return torch.sqrt((x * x).mean(dim=1))
+
+
+@dataclass
+class FlowRows(Rows):
+    """The solver's state per network: the flattened weights y (b, P), the field f = −∇R(y) there, R − R*,
+    the time t and step h, the record times (b, T) and the index of the next one, the horizon T, η (time
+    per GD step), the divergence cap and the convergence stop on R − R*."""
+
+    y: Any
+    f: Any
+    excess: Any
+    t: Any
+    h: Any
+    rec: Any
+    nxt: Any
+    T: Any
+    lr: Any
+    cap: Any
+    stop: Any
 
 
 class GradientFlow(Stepper):
@@ -58,7 +80,8 @@ class GradientFlow(Stepper):
         return np.full(np.shape(lr), np.nan)
 
     def __init__(self, *, flow_rtol: float = 1e-8, flow_atol: float = 1e-10, flow_max_steps: int = 100_000,
-                 explode: float = 1e6):
+                 explode: float = EXPLODE):
+        super().__init__()
         self.rtol, self.atol = check_positive("flow_rtol", flow_rtol), check_positive("flow_atol", flow_atol)
         self.max_steps = check_int("flow_max_steps", flow_max_steps, minimum=1)
         self.explode = float(explode)
@@ -81,57 +104,56 @@ class GradientFlow(Stepper):
         y = flatten(like).clone()
         f, excess = self.field(state, y)
         rec = torch.as_tensor(schedule.lr[:, None] * schedule.record_steps[None, :], dtype=y.dtype, device=dev)
-        stop = 1e-6 * state.threshold
-        r = dict(y=y, f=f, excess=excess, t=torch.zeros(B, dtype=y.dtype, device=dev), rec=rec,
-                 T=torch.as_tensor(schedule.lr * schedule.steps, dtype=y.dtype, device=dev),
-                 lr=torch.as_tensor(schedule.lr, dtype=torch.float64, device=dev),
-                 cap=self.explode * torch.maximum(excess.abs() + state.prob.loss_opt,
-                                                  torch.as_tensor(state.prob.yty, dtype=y.dtype, device=dev)),
-                 stop=torch.as_tensor(stop, dtype=y.dtype, device=dev).expand(B).clone(),
-                 nxt=torch.zeros(B, dtype=torch.int64, device=dev))  # index of the next record time
         # initial step (Hairer, Nørsett & Wanner II.4): h0 = 0.01·‖y‖/‖f‖ in the scaled norm, at most T
         sc = self.atol + self.rtol * y.abs()
         d0, d1 = _rms(y / sc), _rms(f / sc)
         h = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-        r["h"] = torch.minimum(h, r["T"]).clamp(min=1e-12)
-        state.rows.update(r)
+        T = torch.as_tensor(schedule.lr * schedule.steps, dtype=y.dtype, device=dev)
+        self.rows = FlowRows(
+            y=y, f=f, excess=excess, t=torch.zeros(B, dtype=y.dtype, device=dev), h=torch.minimum(h, T).clamp(min=1e-12),
+            rec=rec, nxt=torch.zeros(B, dtype=torch.int64, device=dev), T=T,
+            lr=torch.as_tensor(schedule.lr, dtype=torch.float64, device=dev),
+            cap=divergence_cap(excess + state.prob.loss_opt, state.prob.yty, self.explode),
+            stop=torch.as_tensor(1e-6 * state.threshold, dtype=y.dtype, device=dev).expand(B).clone())
+        state.attach(self.rows)
+        log.info("flow %s: the torch path (the flow has no compiled step)", state.label)
         self._sample(state, torch.ones(B, dtype=torch.bool, device=dev))
 
     def _sync(self, state) -> torch.Tensor:
         """Point the state's layers at the live rows' parameters; the rows' training loss."""
-        state.layers = unflatten(state.rows["y"], self.like)
-        return state.rows["excess"] + state.prob.loss_opt
+        state.layers = unflatten(self.rows.y, self.like)
+        return self.rows.excess + state.prob.loss_opt
 
-    def _next_time(self, r) -> torch.Tensor:
+    def _next_time(self):
         """Each live row's next record time (+inf when none is left)."""
-        nT = r["rec"].shape[1]
-        at = r["rec"].gather(1, r["nxt"].clamp(max=nT - 1)[:, None])[:, 0]
-        return torch.where(r["nxt"] < nT, at, torch.full_like(at, float("inf")))
+        r = self.rows
+        nT = r.rec.shape[1]
+        at = r.rec.gather(1, r.nxt.clamp(max=nT - 1)[:, None])[:, 0]
+        return torch.where(r.nxt < nT, at, torch.full_like(at, float("inf")))
 
     def _sample(self, state, rows: torch.Tensor) -> None:
         """Record the rows in ``rows`` whose next record time is reached (maybe several in a row)."""
-        r = state.rows
-        due = rows & (r["t"] >= self._next_time(r) * (1 - 1e-12))
+        r = self.rows
+        due = rows & (r.t >= self._next_time() * (1 - 1e-12))
         if bool(due.any()):
             value = self._sync(state)
         while bool(due.any()):
-            state.record(due, r["nxt"], value)
-            r["nxt"] = torch.where(due, r["nxt"] + 1, r["nxt"])
-            due = due & (r["t"] >= self._next_time(r) * (1 - 1e-12))
+            state.record(due, r.nxt, value)
+            r.nxt = torch.where(due, r.nxt + 1, r.nxt)
+            due = due & (r.t >= self._next_time() * (1 - 1e-12))
 
     def _leave(self, state) -> None:
         """Retire rows at their horizon, converged to ``stop``, out of steps, or diverged (frozen)."""
-        r = state.rows
-        bad = ~torch.isfinite(r["excess"]) | (r["excess"] > r["cap"])
-        done = (r["t"] >= r["T"] * (1 - 1e-14)) | (r["excess"] <= r["stop"]) | bad | \
-            (self.accepted[state.idx] >= self.max_steps)
+        r = self.rows
+        bad = ~torch.isfinite(r.excess) | (r.excess > r.cap)
+        done = (r.t >= r.T * (1 - 1e-14)) | (r.excess <= r.stop) | bad | (self.accepted[state.idx] >= self.max_steps)
         if not bool(done.any()):
             return
         # networks that stopped early because they converged keep their final state at later record times
-        rec, t, T = r["rec"][done], r["t"][done][:, None], r["T"][done][:, None]
-        conv = (r["excess"][done] <= r["stop"][done]) & ~bad[done]
+        rec, t, T = r.rec[done], r.t[done][:, None], r.T[done][:, None]
+        conv = (r.excess[done] <= r.stop[done]) & ~bad[done]
         hold = conv[:, None] & (rec > t * (1 + 1e-12)) & (rec <= T * (1 + 1e-12))
-        state.retire(done, self._sync(state), diverged=bad, at=r["t"].to(torch.float64) / r["lr"], hold=hold)
+        state.retire(done, self._sync(state), diverged=bad, at=r.t.to(torch.float64) / r.lr, hold=hold)
         state.compact(~done)
 
     def advance(self, state) -> bool:
@@ -139,10 +161,10 @@ class GradientFlow(Stepper):
         if state.size == 0:
             self._report(state)
             return False
-        r = state.rows
+        r = self.rows
         # do not step over the horizon or the next record time
-        h = torch.minimum(r["h"], torch.minimum(self._next_time(r), r["T"]) - r["t"]).clamp(min=1e-14)
-        y, k = r["y"], [r["f"]]
+        h = torch.minimum(r.h, torch.minimum(self._next_time(), r.T) - r.t).clamp(min=1e-14)
+        y, k = r.y, [r.f]
         for s in range(1, 6):
             ys = y + h[:, None] * sum(a * ki for a, ki in zip(_A[s], k))
             k.append(self.field(state, ys)[0])
@@ -153,13 +175,13 @@ class GradientFlow(Stepper):
         err = _rms(h[:, None] * sum(e * ki for e, ki in zip(_E, k) if e)
                    / (self.atol + self.rtol * torch.maximum(y.abs(), y5.abs())))
         ok = (err <= 1.0) & torch.isfinite(err)
-        r["y"] = torch.where(ok[:, None], y5, y)
-        r["f"] = torch.where(ok[:, None], f5, r["f"])
-        r["excess"] = torch.where(ok, ex5, r["excess"])
-        r["t"] = torch.where(ok, r["t"] + h, r["t"])
+        r.y = torch.where(ok[:, None], y5, y)
+        r.f = torch.where(ok[:, None], f5, r.f)
+        r.excess = torch.where(ok, ex5, r.excess)
+        r.t = torch.where(ok, r.t + h, r.t)
         self.accepted[state.idx] += ok.to(torch.int64)
         factor = torch.where(torch.isfinite(err), 0.9 * err.clamp(min=1e-10) ** -0.2, torch.full_like(err, 0.2))
-        r["h"] = h * factor.clamp(0.2, 5.0)
+        r.h = h * factor.clamp(0.2, 5.0)
         state.progress(state.size, lambda rate: f"flow {state.label}: {state.size} networks active, "
                                                 f"{self.evals} field evaluations, {rate:.3g} network-steps/s")
         if bool(ok.any()):

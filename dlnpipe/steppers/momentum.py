@@ -34,13 +34,12 @@ class HeavyBall(FirstOrder):
         return value
 
     def setup(self, state) -> None:
-        for k, W in enumerate(state.layers):
-            state.rows[f"v{k}"] = torch.zeros_like(W)
+        self.opt.buffers["velocity"] = [torch.zeros_like(W) for W in state.layers]
 
     def update_(self, state, grads, step) -> None:
-        r = state.rows
-        beta, eta = r["momentum"][:, None, None], step[:, None, None]
+        beta, eta = self.opt.options["momentum"][:, None, None], step[:, None, None]
         moving = (step != 0)[:, None, None]
+        velocity = self.opt.buffers["velocity"]
         for k, (W, G) in enumerate(zip(state.layers, grads)):
-            r[f"v{k}"] = torch.where(moving, beta * r[f"v{k}"] + G, r[f"v{k}"])
-            W.sub_(torch.where(moving, eta * r[f"v{k}"], 0.0))
+            velocity[k] = torch.where(moving, beta * velocity[k] + G, velocity[k])
+            W.sub_(torch.where(moving, eta * velocity[k], 0.0))

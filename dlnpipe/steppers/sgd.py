@@ -54,8 +54,8 @@ class SGD(FirstOrder):
         n = state.prob.X.shape[0]
         if "batch_size" in self.values and (big := self.values["batch_size"] > n).any():
             raise ValueError(f"batch_size must be <= n ({n}), got {self.values['batch_size'][big][0]:g}")
-        r = state.rows
-        r["batch_size"] = r["batch_size"].to(torch.int64) if "batch_size" in r else \
+        o = self.opt.options
+        o["batch_size"] = o["batch_size"].to(torch.int64) if "batch_size" in o else \
             torch.full((state.size,), n, dtype=torch.int64, device=state.idx.device)
 
     def update_(self, state, grads, step) -> None:
@@ -64,18 +64,18 @@ class SGD(FirstOrder):
             W.sub_(eta * G)
 
     def gradient(self, state):
-        r, prob, t = state.rows, state.prob, self.t
+        o, seed, prob, t = self.opt.options, self.opt.seed, state.prob, self.t
         X, y = prob.X, prob.y
         B, n = state.size, X.shape[0]
-        b = r["batch_size"]
+        b = o["batch_size"]
         if bool((b == n).all()):
             weights = torch.full((B, n), 1.0 / n, dtype=X.dtype, device=X.device)
         else:
             per_epoch = n // b
-            rank = sampling.permutation_ranks(r["seed"], t // per_epoch, n)
+            rank = sampling.permutation_ranks(seed, t // per_epoch, n)
             first = ((t % per_epoch) * b)[:, None]
             weights = ((rank >= first) & (rank < first + b[:, None])).to(X.dtype) / b[:, None].to(X.dtype)
         labels = y.expand(B, n)
-        if bool((r["label_noise"] > 0).any()):
-            labels = labels + r["label_noise"][:, None] * sampling.normal(r["seed"], torch.full_like(b, t), n, X.dtype)
+        if bool((o["label_noise"] > 0).any()):
+            labels = labels + o["label_noise"][:, None] * sampling.normal(seed, torch.full_like(b, t), n, X.dtype)
         return state.arch.sample_gradient(state.layers, state.c, prob, weights, labels)
