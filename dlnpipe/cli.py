@@ -149,11 +149,11 @@ def cmd_measure(args):
 
 def cmd_gather(args):
     from dlnpipe.files import read_meta
-    from dlnpipe.grid import Cell
+    from dlnpipe.grid import Cell, stage_config
     from dlnpipe.stages import cube
 
     spec = json.loads(args.spec)
-    exp = config_mod.ExperimentConfig.model_validate(spec["experiment"])
+    exp = stage_config(spec, "cube")
     if len(args.train) != len(args.measure):
         raise SystemExit("gather: --train and --measure need one file per cell each, in the same order")
     cells, devices = [], []

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from dlnpipe import archs, figures, steppers
 
@@ -332,6 +332,51 @@ class ExperimentConfig(Strict):
                     if error:
                         raise ValueError(error)
         return self
+
+
+class SpecError(ConfigError):
+    """A stage job read a key of its experiment that its spec does not carry."""
+
+
+class StageExperiment(ExperimentConfig):
+    """An experiment's config as one stage's job sees it: built from the job's spec, which carries only the
+    keys that stage's outputs depend on (:data:`dlnpipe.grid.STAGE_KEYS`). Reading any other key is a
+    :class:`SpecError` naming it, never the key's default; every key read is noted (:meth:`read_keys`)."""
+
+    _stage: str = PrivateAttr("")
+    _keys: frozenset = PrivateAttr(frozenset())
+    _read: set = PrivateAttr(default_factory=set)
+    _filed: dict = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def of(cls, raw: dict, stage: str, filed: dict[str, str] | None = None) -> StageExperiment:
+        """The view of ``raw`` (a spec's experiment) for ``stage``; ``filed``: each key's stage, for the error."""
+        view = cls.model_validate(raw)
+        private = object.__getattribute__(view, "__pydantic_private__")
+        private.update(_stage=stage, _keys=frozenset(raw), _filed=dict(filed or {}))
+        return view
+
+    def __getattribute__(self, name: str):
+        if name in _EXPERIMENT_KEYS:
+            try:
+                private = object.__getattribute__(self, "__pydantic_private__")
+            except AttributeError:  # being validated: the validators see every key
+                private = None
+            if private and private.get("_stage"):
+                if name not in private["_keys"]:
+                    owner = private["_filed"].get(name, "?")
+                    raise SpecError(f"the {private['_stage']} stage read experiment key {name!r}, which its job's "
+                                    f"spec does not carry: dlnpipe.grid.STAGE_KEYS files it under {owner!r}, a stage "
+                                    f"{private['_stage']} does not build on (file it where it is read)")
+                private["_read"].add(name)
+        return super().__getattribute__(name)
+
+    def read_keys(self) -> list[str]:
+        """The experiment keys read so far through this view."""
+        return sorted(object.__getattribute__(self, "__pydantic_private__")["_read"])
+
+
+_EXPERIMENT_KEYS = frozenset(ExperimentConfig.model_fields)
 
 
 class MlflowConfig(Strict):

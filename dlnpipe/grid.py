@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from dlnpipe import archs, steppers
-from dlnpipe.config import ExperimentConfig, StudyConfig, expand
+from dlnpipe.config import ExperimentConfig, StageExperiment, StudyConfig, expand
 
 # split: auto keeps each training job below this many floating-point operations: about 30 s of one
 # core for the compiled GELU step (3e10 flop/s), so that on two cores no job holds the study up.
@@ -60,16 +60,41 @@ def derived_seed(*parts) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
-# Which keys of an experiment each stage's results depend on. ``grid``: which cells and networks exist
-# (each cell and network carries what it needs of them); ``presentation``: what is only shown. A
-# test checks that every key of ExperimentConfig is listed exactly once.
+# Which keys of an experiment each stage's results depend on, in the order of the pipeline: ``grid``, which
+# cells and networks exist (a cell carries its own init, depth and width); ``data``, the datasets;
+# ``train`` and ``measure``, the cells' files; ``cube``, what only the cube's groups record (the groups
+# also store the whole config but the figure list); ``figures``, which figures are drawn. A job's spec
+# carries the keys of its stage and of the stages it builds on (SPEC_STAGES) and nothing else, and the
+# job reads its config through a view that refuses any other key (config.StageExperiment). tests/test_reruns.py
+# proves both: an edit of any key reruns exactly its stage's jobs, and each stage reads the keys filed here.
 STAGE_KEYS = {
-    "train": ("data", "scales", "runs", "dtype", "record_every", "record_sharpness", "optimizer", "flow_rtol",
-              "flow_atol", "flow_max_steps", "scale_unit", "rtol", "atol"),
-    "measure": ("sharpness_k", "trace_method", "trace_probes", "density", "density_probes", "density_steps"),
     "grid": ("inits", "depths", "widths", "batch_datasets", "split"),
-    "presentation": ("description", "figures"),
+    "data": ("data",),
+    "train": ("scales", "runs", "dtype", "record_every", "record_sharpness", "optimizer", "flow_rtol", "flow_atol",
+              "flow_max_steps", "scale_unit", "rtol", "atol"),
+    "measure": ("sharpness_k", "trace_method", "trace_probes", "density", "density_probes", "density_steps"),
+    "cube": ("description",),
+    "figures": ("figures",),
 }
+SPEC_STAGES = {"train": ("data", "train"), "measure": ("data", "train", "measure"),
+               "cube": ("grid", "data", "train", "measure", "cube")}
+FILED = {key: stage for stage, keys in STAGE_KEYS.items() for key in keys}  # each key's stage
+
+
+def spec_keys(stage: str) -> set[str]:
+    """The experiment keys a ``stage`` job's spec carries: its own stage's and those of the stages it builds on."""
+    return {k for s in SPEC_STAGES[stage] for k in STAGE_KEYS[s]}
+
+
+def experiment_spec(exp: ExperimentConfig, stage: str) -> dict:
+    """The experiment's keys a ``stage`` job depends on (:func:`spec_keys`) as plain data, stage by stage."""
+    dump = exp.model_dump(mode="json")
+    return {k: dump[k] for s in SPEC_STAGES[stage] for k in STAGE_KEYS[s]}
+
+
+def stage_config(spec: dict, stage: str) -> StageExperiment:
+    """The experiment config of a job's ``spec`` as its ``stage`` may read it (:class:`dlnpipe.config.StageExperiment`)."""
+    return StageExperiment.of(spec["experiment"], stage, FILED)
 
 
 @dataclass(frozen=True)
@@ -100,11 +125,9 @@ class Cell:
     def spec(self, cfg: StudyConfig, stage: str = "train") -> dict:
         """What a ``stage`` job of this cell depends on, and nothing else, as plain data (the rule's params,
         so that Snakemake reruns the job exactly when one of these values changes): the cell, the device,
-        and the experiment's keys of :data:`STAGE_KEYS` with the cell's own init, depth and width."""
-        exp = cfg.experiments[self.experiment].model_dump(mode="json")
-        keys = [k for s in ("train", stage) for k in STAGE_KEYS[s]]
-        part = {k: exp[k] for k in dict.fromkeys(keys)} | {"inits": [self.init], "depths": [self.depth],
-                                                            "widths": [self.width]}
+        and the experiment's keys of its stage (:func:`spec_keys`) with the cell's own init, depth and width."""
+        part = experiment_spec(cfg.experiments[self.experiment], stage) | {
+            "inits": [self.init], "depths": [self.depth], "widths": [self.width]}
         return {"cell": asdict(self), "id": self.id, "experiment": part, "device": cfg.device}
 
 

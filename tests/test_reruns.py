@@ -2,6 +2,11 @@
 each job's params hold only what its outputs depend on (dlnpipe.grid.STAGE_KEYS), every experiment has
 its own group of the cube, and tracking jobs do not depend on the store being created again, so
 
+* an edit of any key of an experiment, alone, schedules exactly the jobs of the stage the key is filed
+  under, and of the stages after it, of that experiment only (a property test over every key), and
+  each stage's jobs read exactly the keys filed under it (what they read is in their files' meta;
+  reading a key their spec lacks raises, naming it);
+
 * a cosmetic edit (an experiment's description, the order of its figures) trains, measures and logs
   nothing;
 * an edit of one experiment's grid, or of its data, schedules no job of any other experiment;
@@ -12,14 +17,17 @@ its own group of the cube, and tracking jobs do not depend on the store being cr
 
 import json
 import re
+import typing
 
 import pytest
 import yaml
 from workflow_utils import QUICK, copy_study, snakemake
 
-from dlnpipe import figures
-from dlnpipe.config import ExperimentConfig
+from dlnpipe import figures, grid
+from dlnpipe.config import ConfigError, ExperimentConfig, SpecError, validate
+from dlnpipe.files import read_meta
 from dlnpipe.grid import STAGE_KEYS
+from dlnpipe.tracking import configuration_axes
 
 pytestmark = pytest.mark.slow
 HEAVY = {"train_cell", "measure_sharpness", "track_cell", "mlflow_init", "make_dataset"}
@@ -42,10 +50,11 @@ def study(quick_run, tmp_path):
     wd = copy_study(quick_run, tmp_path / "wd")
     cfg = yaml.safe_load(QUICK.read_text())
 
-    def dry(edited: dict) -> list[tuple[str, str]]:
+    def dry(edited: dict, *, text: bool = False):
         path = tmp_path / "edited.yaml"
         path.write_text(yaml.safe_dump(edited, sort_keys=False))
-        return scheduled(snakemake(wd, "-n", "--cores", "2", "--configfile", str(path)).stdout)
+        out = snakemake(wd, "-n", "--cores", "2", "--configfile", str(path)).stdout
+        return out if text else scheduled(out)
 
     return wd, cfg, dry
 
@@ -53,6 +62,187 @@ def study(quick_run, tmp_path):
 def test_every_experiment_key_belongs_to_one_stage():
     keys = [k for group in STAGE_KEYS.values() for k in group]
     assert sorted(keys) == sorted(ExperimentConfig.model_fields) and len(keys) == len(set(keys))
+
+
+# -- the rerun rules, proven key by key -------------------------------------------------------------------
+
+def jobs_of(out: str) -> set[tuple[str, str, str]]:
+    """(rule, experiment, its other wildcard: cell, group, data or figure) of every job of a dry run."""
+    jobs = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if head and head.group(1) != "all":
+            found = dict(re.findall(r"(\w+)=([^,\s]+)", (re.search(r"wildcards: (.*)", block) or ["", ""])[1]))
+            other = next((found[k] for k in ("cell", "group", "data", "figure") if k in found), "")
+            jobs.add((head.group(1), found.get("exp", ""), other))
+    return jobs
+
+
+def _choices(annotation) -> list:
+    """The values a Literal anywhere in ``annotation`` allows."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    return [c for arg in typing.get_args(annotation) for c in _choices(arg)]
+
+
+def edits(key: str, value):
+    """Candidate changed values of ``key``, one kind per type of value: a bool flipped, a number moved, another
+    choice of a Literal, a list grown by one element, a nested mapping with one entry moved; the caller keeps
+    the first that validates."""
+    choices = _choices(ExperimentConfig.model_fields[key].annotation)
+    if isinstance(value, bool):
+        yield not value
+    elif isinstance(value, (int, float)):
+        yield value + 1 if isinstance(value, int) else value * 2
+    elif isinstance(value, str):
+        yield from (c for c in choices if c != value)
+        yield 2 if value == "auto" else value + " (edited)"  # split: a number of parts
+    elif isinstance(value, list) and value and isinstance(value[0], dict):  # runs: one more step
+        yield [{**value[0], "steps": value[0]["steps"] + 1}, *value[1:]]
+    elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+        yield value + [max(value) + 1]
+    elif isinstance(value, list):  # names: one more of the allowed ones (or another optimizer setting)
+        yield from (value + [c] for c in choices if c not in value)
+        yield value[:-1] if len(value) > 1 else value
+    elif isinstance(value, dict):  # data: the first number changed
+        name = next(k for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        yield {**value, name: value[name] + 1}
+    elif isinstance(value, (int, float)):
+        yield value * 2
+
+
+def expected_jobs(old, new, exp: str, key: str) -> set[tuple[str, str, str]]:
+    """The jobs an edit of ``key`` in experiment ``exp`` (config ``old`` -> ``new``) must schedule: those of the
+    key's stage (dlnpipe.grid.STAGE_KEYS) and of every stage after it, of that experiment. For a grid key,
+    only the cells that are new (another id or another part count) train and measure."""
+    stage = grid.FILED[key]
+    before = set(grid.cells(old))
+    cells = [c for c in grid.cells(new) if c.experiment == exp]
+    if stage == "figures":
+        added = set(new.experiments[exp].figures) - set(old.experiments[exp].figures)
+        return {("plot", exp, f) for f in added}
+    rerun = [c for c in cells if c not in before] if stage == "grid" else cells
+    order = ("grid", "data", "train", "measure", "cube")  # the pipeline: a stage's jobs, then those after it
+    jobs = set()
+    for rule, first_of in (("train_cell", "train"), ("measure_sharpness", "measure"), ("track_cell", "measure")):
+        if order.index(stage) <= order.index(first_of):
+            jobs |= {(rule, exp, c.group if rule == "track_cell" else c.id) for c in rerun}
+    if stage == "data":
+        jobs |= {("make_dataset", exp, d) for d, *_ in grid.data_points(new.experiments[exp])}
+    jobs |= {("gather_cube", exp, ""), ("compare_bounds", exp, "")}
+    return jobs | {("plot", exp, f) for f in new.experiments[exp].figures}
+
+
+def edit_batches(raw: dict) -> list[list[tuple[str, str, object]]]:
+    """Every experiment key with a changed value, (experiment, key, value), in dry runs of at most one edit per
+    experiment (the jobs of a dry run are told apart by their experiment)."""
+    exps = list(raw["experiments"])
+    batches: list[list] = []
+    for i, key in enumerate(ExperimentConfig.model_fields):
+        order = exps[i % len(exps):] + exps[: i % len(exps)]
+        for batch in [*batches, []]:
+            used = {e for e, _, _ in batch}
+            found = next(((e, v) for e in order if e not in used for v in edits(key, _dumped(raw, e)[key])
+                          if _valid(raw, e, key, v)), None)
+            if found:
+                if not batch:
+                    batches.append(batch)
+                batch.append((found[0], key, found[1]))
+                break
+        else:
+            raise AssertionError(f"no experiment of the quick study takes an edit of {key!r}")
+    return batches
+
+
+def _dumped(raw, exp):
+    return validate(raw).experiments[exp].model_dump(mode="json")
+
+
+def _valid(raw, exp, key, value) -> bool:
+    edited = {**raw, "experiments": {**raw["experiments"], exp: {**raw["experiments"][exp], key: value}}}
+    try:
+        validate(edited)
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("batch", range(4))
+def test_an_edit_of_any_key_reruns_exactly_its_stage(study, batch):
+    """The property: for every key of an experiment, a dry run after changing only that key (one
+    representative changed value per type of key; keys of different experiments share a dry run) schedules
+    exactly the jobs its stage owns. A key filed under the wrong stage in STAGE_KEYS fails here or in
+    test_each_stage_reads_the_keys_filed_under_it, naming it."""
+    wd, cfg, dry = study
+    batches = edit_batches(cfg)
+    assert sorted(k for b in batches for _, k, _ in b) == sorted(ExperimentConfig.model_fields)
+    assert len(batches) == 4, [[k for _, k, _ in b] for b in batches]
+    edited = json.loads(json.dumps(cfg))
+    for exp, key, value in batches[batch]:
+        edited["experiments"][exp][key] = value
+    old, new = validate(cfg), validate(edited)
+    got = jobs_of(dry(edited, text=True))
+    for exp, key, value in batches[batch]:
+        want = expected_jobs(old, new, exp, key)
+        mine = {j for j in got if j[1] == exp}
+        assert mine == want, (f"editing {key!r} (filed under {grid.FILED[key]!r}) of {exp!r} to {value!r}: "
+                              f"missing {sorted(want - mine)}, not expected {sorted(mine - want)}")
+    root = {j for j in got if j[1] == ""}
+    cosmetic = all(grid.FILED[k] == "figures" for _, k, _ in batches[batch])
+    # the runs tables' views list the axes that vary: an edit that makes another one vary updates them
+    views = any(configuration_axes(old.experiments[e].model_dump(mode="json"))
+                != configuration_axes(new.experiments[e].model_dump(mode="json")) for e, _, _ in batches[batch])
+    assert root == ({("mlflow_init", "", "")} if views else set()) | (set() if cosmetic else {("cube_root", "", "")})
+
+
+def test_each_stage_reads_the_keys_filed_under_it(quick_run):
+    """What the quick study's train and measure jobs read of their config (their files' meta): every key filed
+    under a stage is read by some job of it, and no job read a key filed under a later stage (the view they
+    read through refuses it). The check names a misfiled key."""
+    reads = stage_reads(quick_run / "results/quick")
+    assert misfiled(reads, STAGE_KEYS) == []
+    wrong = {**STAGE_KEYS, "train": (*STAGE_KEYS["train"], "sharpness_k"),
+             "measure": tuple(k for k in STAGE_KEYS["measure"] if k != "sharpness_k")}
+    assert misfiled(reads, wrong) == ["sharpness_k: filed under train, whose jobs never read it"]
+    late = {**STAGE_KEYS, "train": tuple(k for k in STAGE_KEYS["train"] if k != "rtol"),
+            "cube": (*STAGE_KEYS["cube"], "rtol")}
+    assert misfiled(reads, late) == ["rtol: read by the train stage, filed under cube, which it does not build on"]
+
+
+def stage_reads(results) -> dict[str, set[str]]:
+    return {stage: set().union(*(read_meta(p)["read"] for p in (results / stage).rglob("*.npz")))
+            for stage in ("train", "measure")}
+
+
+def misfiled(reads: dict[str, set[str]], table: dict) -> list[str]:
+    filed = {k: s for s, keys in table.items() for k in keys}
+    seen = {s: {k for b in grid.SPEC_STAGES[s] for k in table[b]} for s in reads}
+    problems = [f"{k}: read by the {s} stage, filed under {filed[k]}, which it does not build on"
+                for s, keys in reads.items() for k in sorted(keys) if k not in seen[s] and k in filed
+                and k not in ("inits", "depths", "widths")]  # a cell's own grid coordinates
+    problems += [f"{k}: filed under {s}, whose jobs never read it" for s in reads for k in table[s]
+                 if k not in reads[s]]
+    return problems
+
+
+def test_a_job_reading_a_key_its_spec_lacks_fails_naming_it(quick_run, tmp_path, monkeypatch):
+    """sharpness_k filed (wrongly) under cube: the measure job's spec no longer carries it, and the job fails
+    on reading it, naming the key and where it is filed, instead of measuring with the default."""
+    from dlnpipe.stages import measure
+
+    results = quick_run / "results/quick"
+    train = results / "train/small/small-L3-m3-paper-p0.npz"
+    spec = read_meta(train)["spec"]
+    cfg = validate(yaml.safe_load(QUICK.read_text()))
+    monkeypatch.setitem(STAGE_KEYS, "measure", tuple(k for k in STAGE_KEYS["measure"] if k != "sharpness_k"))
+    monkeypatch.setitem(STAGE_KEYS, "cube", (*STAGE_KEYS["cube"], "sharpness_k"))
+    monkeypatch.setitem(grid.FILED, "sharpness_k", "cube")
+    cell = grid.Cell(**spec["cell"])
+    misspec = cell.spec(cfg, "measure")
+    assert "sharpness_k" not in misspec["experiment"]
+    with pytest.raises(SpecError, match=r"measure stage read experiment key 'sharpness_k'.*files it under 'cube'"):
+        measure.run(misspec, [results / "data/small/paper.npz"], train, tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
 
 
 def test_unchanged_study_has_nothing_to_do(study):

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from dlnpipe import archs
-from dlnpipe.config import ExperimentConfig
 from dlnpipe.files import per_network, read_cell, read_datasets, trained_networks, write_measure
-from dlnpipe.grid import init_scale
+from dlnpipe.grid import init_scale, stage_config
 from dlnpipe.measurements import Options, measure, optimizer_measurements
 from dlnpipe.networks import init_network
 from dlnpipe.status import Status
@@ -21,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def run(spec: dict, data_paths, train_path: str | Path, out: str | Path, *, device: str | None = None) -> None:
     cell = spec["cell"]
-    exp = ExperimentConfig.model_validate(spec["experiment"])
+    exp = stage_config(spec, "measure")
     arch, depth, width = archs.get(cell["init"]), cell["depth"], cell["width"]
     arrays, _ = read_cell(train_path)
     status, seeds = arrays["status"], arrays["seed"]
@@ -44,4 +43,4 @@ def run(spec: dict, data_paths, train_path: str | Path, out: str | Path, *, devi
              int((status != Status.DIVERGED).sum()), np.nanmedian(top) if np.isfinite(top).any() else np.nan,
              np.nanmedian(m["sharpness_init"]), np.nanmedian(m["hessian_trace"]) if np.isfinite(
                  m["hessian_trace"]).any() else np.nan, np.nanmedian(m["hessian_trace_init"]))
-    write_measure(out, meta={"spec": spec}, **m)
+    write_measure(out, meta={"spec": spec, "read": exp.read_keys()}, **m)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlnpipe.config import ExperimentConfig
 from dlnpipe.files import per_network, read_datasets, write_train
-from dlnpipe.grid import Cell, init_scale, networks, optimizer_options
+from dlnpipe.grid import Cell, init_scale, networks, optimizer_options, stage_config
 from dlnpipe.status import Status
 from dlnpipe.training import train
 
@@ -20,7 +19,7 @@ def run(spec: dict, data_paths, out: str | Path, *, device: str | None = None) -
     """Train the cell's networks; ``data_paths`` holds its dataset file (or, for a cell with
     ``batch_datasets``, every dataset of the experiment)."""
     cell = Cell(**spec["cell"])
-    exp = ExperimentConfig.model_validate(spec["experiment"])
+    exp = stage_config(spec, "train")
     net = networks(exp, cell)
     ds = per_network(read_datasets(data_paths), net.data, cell.id)
     device = device or spec.get("device", "auto")
@@ -34,4 +33,4 @@ def run(spec: dict, data_paths, out: str | Path, *, device: str | None = None) -
     counts = np.bincount(res.status, minlength=len(Status))
     log.info("cell %s/%s done in %.1f s: %s", cell.experiment, cell.id, res.seconds,
              ", ".join(f"{n} {s.meaning}" for s, n in zip(Status, counts)))
-    write_train(out, res, net.arrays(), meta={"spec": spec})
+    write_train(out, res, net.arrays(), meta={"spec": spec, "read": exp.read_keys()})

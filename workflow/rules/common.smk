@@ -6,7 +6,7 @@ import sys
 
 from dlnpipe.config import ConfigError, study_name, validate
 from dlnpipe.figures import caption as figure_caption
-from dlnpipe.grid import ALL_DATA
+from dlnpipe.grid import ALL_DATA, experiment_spec
 from dlnpipe.grid import cells as grid_cells
 from dlnpipe.grid import cost as grid_cost
 from dlnpipe.grid import datasets as grid_datasets
@@ -153,9 +153,9 @@ def experiment_cells(template, exp):
 
 
 def group_spec(wildcards):
-    """What an experiment's group of the cube depends on: its config without the figure list."""
-    exp = STUDY.experiments[wildcards.exp].model_dump(mode="json")
-    exp.pop("figures")
+    """What an experiment's group of the cube depends on (dlnpipe.grid.STAGE_KEYS): its config without the
+    figure list."""
+    exp = experiment_spec(STUDY.experiments[wildcards.exp], "cube")
     return json.dumps({"name": wildcards.exp, "experiment": exp})
 
 
