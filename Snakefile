@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The study: a --configfile that defines experiments is the whole study; otherwise config.yaml,
+# adjusted by the files and --config values given (Snakemake applies them over every config file it reads).
+if "experiments" not in config:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from dlnpipe.lazy import torch
+
+
+def host_has_gpu() -> bool:
+    """Whether this host shows an NVIDIA GPU to its processes, without importing torch (the workflow asks it
+    while building the DAG): a device node /dev/nvidia<i>, unless CUDA_VISIBLE_DEVICES hides every device.
+    Where torch has no CUDA build, ``auto`` still resolves to the CPU in the job (resolve_device)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return any(p.name[len("nvidia"):].isdigit() for p in Path("/dev").glob("nvidia*"))
 
 
 def resolve_dtype(dtype) -> torch.dtype:

@@ -277,6 +277,44 @@ def test_default_config_dry_run(tmp_path):
     assert "train_cell" in out.stdout and "gather_cube" in out.stdout
 
 
+def test_the_dag_is_built_without_torch(tmp_path):
+    """Building the DAG (here: a dry run with `device: auto`, which asks whether the host has a GPU) never
+    imports torch: a torch that cannot be imported does not stop it."""
+    wd = workdir(tmp_path / "wd")
+    block = tmp_path / "block/torch"
+    block.mkdir(parents=True)
+    (block / "__init__.py").write_text("raise ImportError('torch was imported while the DAG was built')\n")
+    cfg = yaml.safe_load(QUICK.read_text())
+    cfg["device"] = "auto"
+    (wd / "auto.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "-n", "--cores", "1", "--configfile", "auto.yaml", check=False,
+                    extra_env={"PYTHONPATH": str(block.parent)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "results/quick/train" in out.stdout
+
+
+def test_config_files_layer_by_snakemakes_own_rules(tmp_path):
+    """config.yaml is the study unless a --configfile defines experiments (then that file is the whole study,
+    named after its study: key or its file); files without experiments and --config values adjust it."""
+    wd = workdir(tmp_path / "wd")
+
+    def studies(*args) -> set[str]:
+        out = snakemake(wd, "-n", "--cores", "1", *args).stdout
+        return {line.split("results/")[1].split("/")[0] for line in out.splitlines() if "output: results/" in line}
+
+    default_exps = set(yaml.safe_load((ROOT / "config.yaml").read_text())["experiments"])
+    assert studies() == {"default"}
+    assert studies("--config", "study=other") == {"other"}
+    (wd / "adjust.yaml").write_text("study: adjusted\ndevice: cpu\n")
+    out = snakemake(wd, "-n", "--cores", "1", "--configfile", "adjust.yaml").stdout
+    assert "results/adjusted/train/fig1/" in out and {e for e in default_exps if f"exp={e}," in out} == default_exps
+    cfg = yaml.safe_load(QUICK.read_text())
+    cfg.pop("study")
+    (wd / "mine.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "-n", "--cores", "1", "--configfile", "mine.yaml").stdout
+    assert studies("--configfile", "mine.yaml") == {"mine"} and "exp=fig1," not in out
+
+
 def test_snakefmt_check():
     out = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT,
                          capture_output=True, text=True)

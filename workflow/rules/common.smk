@@ -2,9 +2,11 @@
 # job specs.
 import json
 import math
+import re
 import sys
 
 from dlnpipe.config import ConfigError, study_name, validate
+from dlnpipe.devices import host_has_gpu
 from dlnpipe.figures import caption as figure_caption
 from dlnpipe.grid import ALL_DATA, experiment_spec
 from dlnpipe.grid import cells as grid_cells
@@ -15,14 +17,10 @@ from dlnpipe.scaffold import package_link
 from dlnpipe.studies import LayoutError, check_layout, study_dir
 from dlnpipe.tracking import configuration_axes, table_view, tracking_uri
 
-# A --configfile on the command line *is* the study (it replaces config.yaml rather than being
-# merged into it); --config key=value alone still adjusts config.yaml.
-if workflow.overwrite_configfiles:
-    config.clear()
-    config.update(workflow.config_settings.overwrite_config)
 try:
     STUDY = validate(config)
-    STUDY_NAME = study_name(STUDY, workflow.overwrite_configfiles or ["config.yaml"])
+    # the study's name, when it has no study: key, is its config file's (the last Snakemake loaded)
+    STUDY_NAME = study_name(STUDY, workflow.configfiles)
     # Everything the study produces lives under its own directory (results/<study>/): no job of one
     # study reads, writes or deletes a file of another. Only the MLflow store, results/mlflow.db, is shared.
     RESULTS = study_dir("results", STUDY_NAME)
@@ -55,11 +53,16 @@ FIGURES = [(exp, fig) for exp, e in STUDY.experiments.items() for fig in e.figur
 ENV = "../../envs/dlnpipe.yaml"
 
 
+def one_of(names):
+    """A wildcard constraint matching exactly these names (ids hold dots: k1.5)."""
+    return "|".join(re.escape(n) for n in sorted(names))
+
+
 wildcard_constraints:
-    exp="|".join(STUDY.experiments),
-    cell="|".join(sorted({c.id for c in CELLS.values()})),
-    data="|".join(sorted({d for _, d in DATASETS})),
-    group="|".join(sorted({g for _, g in GROUPS})),
+    exp=one_of(STUDY.experiments),
+    cell=one_of({c.id for c in CELLS.values()}),
+    data=one_of({d for _, d in DATASETS}),
+    group=one_of({g for _, g in GROUPS}),
     figure="[a-z0-9_]+",
 
 
@@ -138,13 +141,12 @@ def mlflow_views():
 
 def uses_gpu(wildcards):
     """1 when the job runs on CUDA (the local profile caps gpu at 1: one job per GPU; the slurm
-    profile asks SLURM for a GPU). `device: cuda` always asks; `auto` asks when this host sees one.
+    profile asks SLURM for a GPU). `device: cuda` always asks; `auto` asks when this host shows one
+    (without importing torch: building the DAG never does).
     """
     if STUDY.device != "auto":
         return int(STUDY.device == "cuda")
-    import torch
-
-    return int(torch.cuda.is_available())
+    return int(host_has_gpu())
 
 
 def experiment_cells(template, exp):
