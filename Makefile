@@ -60,6 +60,7 @@ package:
 lint: $(STAMP)
 	ruff check dlnpipe tests benchmarks examples
 	snakefmt --check Snakefile workflow/rules
+	$(PY) -m mypy
 
 # Every benchmark, each printing its ratios measured side by side in one run.
 bench: $(STAMP)

@@ -12,7 +12,8 @@ one's options as coordinates along it (``optimizer``, ``momentum``, ``beta1``, `
 ``batch_size``, ``label_noise``). Units and long names are in each variable's attrs; the group's own
 config (without its figure list) and devices in the group's attrs; the study's config, versions and git
 revision in the root's. Each variable is declared once, in :data:`VARIABLES` (its dimensions, attributes,
-source file, fill, optionality); :func:`cell_variables` reads it. Each group is written by its own job (:func:`write_group`), the root by
+source file, fill, optionality); :func:`cell_variables` reads it. Each group is written by its own job
+(:func:`write_group`), the root by
 another (:func:`write_root`).
 
 Open it without dlnpipe:  ``xr.open_datatree("results/default/cube.zarr", engine="zarr", consolidated=False)``.

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dlnpipe import archs
 from dlnpipe._checks import check_choice, check_int
 from dlnpipe.data import Dataset
 from dlnpipe.devices import memory_budget as default_budget
@@ -93,7 +92,7 @@ class HessianBatch:
 
     nets: list[Weights]
     seeds: np.ndarray
-    device: object
+    device: torch.device
     budget: float
 
     @classmethod

@@ -70,7 +70,8 @@ def write_train(path: str | Path, res: TrainResult, grid: dict[str, np.ndarray],
     arrays |= res.extras  # the optimizer's own outputs (averaged iterates, Adam's preconditioner)
     save_npz(path, meta={**meta, "device": res.device, "dtype": res.dtype}, **{k: grid[k] for k in NETWORK_FIELDS},
              status=res.status, loss_train=res.loss_train, loss_test=res.loss_test, distance=res.distance,
-             diverged_step=res.diverged_step, train_path=res.train_path, record_steps=res.record_steps, traj_loss_train=res.traj_loss_train,
+             diverged_step=res.diverged_step, train_path=res.train_path, record_steps=res.record_steps,
+             traj_loss_train=res.traj_loss_train,
              traj_loss_test=res.traj_loss_test, traj_distance=res.traj_distance, **arrays)
 
 

@@ -93,7 +93,8 @@ def experiment_spec(exp: ExperimentConfig, stage: str) -> dict:
 
 
 def stage_config(spec: dict, stage: str) -> StageExperiment:
-    """The experiment config of a job's ``spec`` as its ``stage`` may read it (:class:`dlnpipe.config.StageExperiment`)."""
+    """The experiment config of a job's ``spec`` as its ``stage`` may read it
+    (:class:`dlnpipe.config.StageExperiment`)."""
     return StageExperiment.of(spec["experiment"], stage, FILED)
 
 

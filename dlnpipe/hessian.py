@@ -6,6 +6,9 @@ so its Hessian is block-diagonal and one Hessian-vector product serves the whole
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 
 from dlnpipe.archs import Architecture
@@ -34,7 +37,7 @@ class HessianOperator:
         self.calls += 1
         vs = unflatten(v.to(self.params[0].dtype), self.params)
         with torch.enable_grad():
-            dot = sum((g * u).sum() for g, u in zip(self.grads, vs))
+            dot = functools.reduce(operator.add, [(g * u).sum() for g, u in zip(self.grads, vs)])
             hv = torch.autograd.grad(dot, self.params, retain_graph=True)
         return flatten(hv)
 

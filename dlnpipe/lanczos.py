@@ -1,9 +1,9 @@
 """Batched symmetric eigensolvers on a matrix-free operator: Lanczos and the paper's power method.
 
-The operator (:class:`Operator`: its size P and a ``matvec``) maps a batch of vectors (B, P) to (B, P) and
-acts on each row with that row's own symmetric matrix (a block-diagonal Hessian). Every inner product is taken per row, so each of the
-B Krylov spaces is its own (one α and β per network); a single Krylov space over the stacked batch
-would only find the largest eigenvalue among all networks.
+The operator (:class:`Operator`: its size P and a ``matvec``) maps a batch of vectors (B, P) to (B, P)
+and acts on each row with that row's own symmetric matrix (a block-diagonal Hessian). Every inner
+product is taken per row, so each of the B Krylov spaces is its own (one α and β per network); a single
+Krylov space over the stacked batch would only find the largest eigenvalue among all networks.
 
 Lanczos here keeps the whole basis and re-orthogonalises every new vector twice (classical
 Gram-Schmidt, twice), in float64, so the Ritz values are trustworthy down to rounding. When a

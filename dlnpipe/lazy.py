@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 
 class LazyModule(ModuleType):
@@ -23,4 +24,7 @@ class LazyModule(ModuleType):
         return value
 
 
-torch = LazyModule("torch")
+if TYPE_CHECKING:  # the type checker sees torch itself
+    import torch
+else:
+    torch = LazyModule("torch")

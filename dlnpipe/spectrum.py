@@ -95,7 +95,8 @@ def hessian_trace(dataset: Dataset, weights, *, method: str = "exact", probes: i
     """tr H at ``weights`` (as :func:`dlnpipe.sharpness` takes them) by ``method`` (module docstring).
 
     Hutchinson's probes for network b come from (its seed, ``seed``): ``seeds`` as in sharpness()
-    (default: the networks' own seeds; Hutchinson needs one or the other). Networks whose weights are not finite get NaN."""
+    (default: the networks' own seeds; Hutchinson needs one or the other). Networks whose weights are not
+    finite get NaN."""
     check_choice("method", method, TRACE_METHODS)
     probes = check_int("probes", probes, minimum=2)
     batch = HessianBatch.of(weights, seeds=seeds, device=device, memory_budget=memory_budget,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from dlnpipe.devices import resolve_device, resolve_dtype
@@ -20,12 +22,12 @@ def stack_weights(nets: list[Weights], *, dtype, device) -> tuple[list[torch.Ten
     return layers, c
 
 
-def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per-network flat parameter vectors: list of (B, ...) -> (B, P)."""
     return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)
 
 
-def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """(B, P) -> tensors shaped like ``like`` (after the batch axis); views of ``flat`` where possible."""
     out, start = [], 0
     for t in like:

@@ -3,12 +3,12 @@
 A :class:`BatchState` holds the *live rows* (networks still training) as layer tensors (b, out, in),
 the row prefix c, the rows of the problem and the per-network tensors of its stepper (typed
 :class:`Rows`: the stepper's clock and, apart, its optimizer's state, each attached to the batch
-so that it is compacted with it), and the *outputs* of all B networks: final weights and losses, trajectories on the recording grid, the
-step of divergence. A stepper (:mod:`dlnpipe.steppers`) only advances the live rows and says when
-to sample and which rows are done; the state records, retires (copies out, holds the final
-values on later samples of a network that can no longer move), compacts the batch, and turns the
-outputs into statuses (:class:`dlnpipe.status.Status`). Everything stays on the device; the host
-sees only the decisions (any row done?) and, at the end, the results.
+so that it is compacted with it), and the *outputs* of all B networks: final weights and losses,
+trajectories on the recording grid, the step of divergence. A stepper (:mod:`dlnpipe.steppers`)
+only advances the live rows and says when to sample and which rows are done; the state records,
+retires (copies out, holds the final values on later samples of a network that can no longer move),
+compacts the batch, and turns the outputs into statuses (:class:`dlnpipe.status.Status`). Everything
+stays on the device; the host sees only the decisions (any row done?) and, at the end, the results.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dlnpipe.archs import Architecture
 from dlnpipe.curvature import networks_per_batch, start_vectors, top_eigenvalues
 from dlnpipe.devices import memory_budget
 from dlnpipe.problem import Problem, distance
-from dlnpipe.status import Status
 from dlnpipe.rows import Rows
+from dlnpipe.status import Status
 
 log = logging.getLogger("dlnpipe.training")
 
@@ -45,7 +45,7 @@ class TrajectorySharpness:
         self.prob = prob64
         self.v0 = start_vectors(seeds, size, device=device)  # (B, P)
         self.values = np.full((len(seeds), n_samples), np.nan)
-        self.values_precond = None  # the preconditioned sharpness, for optimizers with a preconditioner
+        self.values_precond: np.ndarray | None = None  # the preconditioned sharpness (optimizers with one)
         self.tol = tol
         self.per_batch = networks_per_batch(size, 1, memory_budget(device))
 
@@ -57,6 +57,7 @@ class TrajectorySharpness:
         rows = torch.nonzero(due)[:, 0]
         if precond is not None and self.values_precond is None:
             self.values_precond = np.full_like(self.values, np.nan)
+        values_precond = self.values_precond
         for part in rows.split(self.per_batch):
             layers = [W[part].to(torch.float64) for W in state.layers]
             c = state.c[part].to(torch.float64)
@@ -64,10 +65,10 @@ class TrajectorySharpness:
             jj = j if isinstance(j, int) else j[part].cpu().numpy()
             out = top_eigenvalues(state.arch, layers, c, self.prob.rows(part), self.v0[part], k=1, tol=self.tol)
             self.values[gi, jj] = out.eigenvalues[:, 0]
-            if precond is not None:
+            if precond is not None and values_precond is not None:
                 out = top_eigenvalues(state.arch, layers, c, self.prob.rows(part), self.v0[part], k=1,
                                       tol=self.tol, precond=precond[part].to(torch.float64))
-                self.values_precond[gi, jj] = out.eigenvalues[:, 0]
+                values_precond[gi, jj] = out.eigenvalues[:, 0]
 
     def extras(self) -> dict[str, np.ndarray]:
         return {} if self.values_precond is None else {"traj_sharpness_precond": self.values_precond}
@@ -138,6 +139,7 @@ class BatchState:
         for key, v in current.items():
             self.final[key][gi] = v.to(torch.float64)
         if diverged is not None:
+            assert at is not None, "a divergence mask comes with the divergence steps"
             self.diverged_at[gi] = torch.where(diverged[done], at[done].to(torch.float64), self.diverged_at[gi])
         if hold is not None:
             for key, v in current.items():

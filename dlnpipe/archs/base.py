@@ -28,7 +28,6 @@ import numpy as np
 from dlnpipe._checks import check_int
 from dlnpipe.lazy import torch
 
-
 FusedSteps = Callable[..., tuple[Any, Any]]  # see Architecture.fused_steps
 
 
@@ -162,6 +161,14 @@ class Architecture:
         one weight row ω (B, n) and one label row ỹ (B, n) per network: a mini-batch (ω = 1/b on its
         samples, 0 elsewhere), noisy labels, or both. Needs the problem's data (X, y)."""
         raise NotImplementedError
+
+    def exact_topk(self, dataset, nets, *, k: int = 1) -> np.ndarray:
+        """The Hessian's top-k eigenvalues at global minimizers by the exact formula (linear nets only)."""
+        raise ValueError(f"method 'exact' holds for linear networks only, not arch {self.name!r}")
+
+    def minimizer_trace(self, dataset, nets) -> np.ndarray:
+        """The Hessian's trace at global minimizers by the closed form (linear nets only)."""
+        raise ValueError(f"method 'minimizer' holds for linear networks only, not arch {self.name!r}")
 
     def fused_steps(self, layers, c, prob) -> tuple[FusedSteps | None, str]:
         """The compiled GD step for this batch (its layers' device, dtype and shapes, its problem), decided

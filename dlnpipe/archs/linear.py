@@ -68,7 +68,7 @@ class LinearArchitecture(Architecture):
         rows, g = ev.parts
         h = torch.where(alive[:, None], lr[:, None] * g, 0.0)[:, None, :]
         for k, W in enumerate(layers):
-            h_next = torch.bmm(h, W.mT) if k + 1 < len(layers) else None
+            h_next = torch.bmm(h, W.mT) if k + 1 < len(layers) else h
             W.baddbmm_(rows[k + 1].mT, h, alpha=-1.0)
             h = h_next
 

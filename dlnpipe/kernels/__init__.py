@@ -73,7 +73,7 @@ def prototypes(source: str) -> dict[str, tuple[Any, list[tuple[str, Any]]]]:
     any pointer is ``c_void_p``."""
     out = {}
     for restype, name, args in _EXPORTED.findall(source):
-        parsed = []
+        parsed: list[tuple[str, Any]] = []
         for arg in (a.strip() for a in args.split(",") if a.strip()):
             arg_name = re.findall(r"\w+", arg)[-1]
             if "*" in arg:

@@ -27,19 +27,17 @@ import numpy as np
 from dlnpipe.lazy import torch
 from dlnpipe.rows import Rows
 from dlnpipe.status import TrainPath
+
 if TYPE_CHECKING:
     from dlnpipe.trainer import BatchState
 
 EXPLODE = 1e6  # the default divergence factor: a loss beyond 1e6·max(R(0), yᵀy/n) has diverged
 
 
-def divergence_cap(loss0, yty: float, explode: float):
-    """Each network's cap (b,): the loss beyond which it has diverged, ``explode``·max(|R(W_0)|, yᵀy/n)."""
+def divergence_cap(loss0, yty, explode: float):
+    """Each network's cap (b,): the loss beyond which it has diverged, ``explode``·max(|R(W_0)|, yᵀy/n);
+    ``yty``: yᵀy/n, one for the batch or one per network."""
     return explode * torch.maximum(loss0.abs(), torch.as_tensor(yty, dtype=loss0.dtype, device=loss0.device))
-
-
-def diverged_message(explode: float) -> str:
-    return f"the loss became non-finite or exceeded {explode:g}·max(R(0), yᵀy/n)"
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 Each step takes one gradient per network: of the full training loss, or (:mod:`dlnpipe.steppers.sgd`)
 of a mini-batch with noisy labels, and hands it to the optimizer's update rule, which keeps its own
-per-network tensors (a velocity, moment estimates) in the batch's rows. Everything else is the
-trainer's, as for GD: a network whose loss becomes non-finite or exceeds ``explode``·max(R(0), yᵀy/n)
-is frozen where it is (its optimizer state too) and leaves at the next check; a network leaves the
+per-network tensors (a velocity, moment estimates: :class:`OptimizerRows`). Everything else is the
+trainer's, as for GD: a network that diverges (the rules of :mod:`dlnpipe.steppers.base`) is frozen
+where it is (its optimizer state too) and leaves at the next check; a network leaves the
 batch after its own step count; samples are the full training and test losses at W_t.
 
 Stochastic runs (mini-batches or label noise) keep fluctuating at a constant step size unless they
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -60,8 +60,8 @@ class Average(Rows):
 
 
 class FirstOrder(Stepper):
-    options = ("check_every", "explode")
-    stochastic = False
+    options: ClassVar[tuple[str, ...]] = ("check_every", "explode")
+    stochastic: ClassVar[bool] = False
 
     def __init__(self, *, check_every: int = 100, explode: float = EXPLODE, **values):
         super().__init__()

@@ -110,7 +110,8 @@ class GradientFlow(Stepper):
         h = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
         T = torch.as_tensor(schedule.lr * schedule.steps, dtype=y.dtype, device=dev)
         self.rows = FlowRows(
-            y=y, f=f, excess=excess, t=torch.zeros(B, dtype=y.dtype, device=dev), h=torch.minimum(h, T).clamp(min=1e-12),
+            y=y, f=f, excess=excess, t=torch.zeros(B, dtype=y.dtype, device=dev),
+            h=torch.minimum(h, T).clamp(min=1e-12),
             rec=rec, nxt=torch.zeros(B, dtype=torch.int64, device=dev), T=T,
             lr=torch.as_tensor(schedule.lr, dtype=torch.float64, device=dev),
             cap=divergence_cap(excess + state.prob.loss_opt, state.prob.yty, self.explode),

@@ -1,8 +1,8 @@
 """Full-batch gradient descent, W ← W − η ∇R, each network with its own η and step count (docs/theory.md#architectures).
 
 Every step is a handful of batched kernels, with no host round trip: networks that diverge are
-frozen by masks on the device (η = 0 from the step where the loss becomes non-finite or exceeds
-``explode``·max(R(0), yᵀy/n)), networks that reach their own step count leave the batch. Every
+frozen by masks on the device (the rules of :mod:`dlnpipe.steppers.base`), networks that reach their
+own step count leave the batch. Every
 ``check_every`` steps, frozen networks leave too, and so do networks at a fixed point of the GD map
 (``exit_fixed``): a step that changes none of their weights, bit for bit, proves that no later
 step would either, so their result is exactly that of running all the steps.
