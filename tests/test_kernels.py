@@ -259,3 +259,15 @@ def test_compiled_and_torch_paths_freeze_diverging_networks_alike(data, arch, de
         keep = ~diverged
         assert_weights_close(a[keep], b[keep])
         np.testing.assert_allclose(a[diverged & frozen_finite], b[diverged & frozen_finite], rtol=1e-6)
+
+
+def test_the_float32_gelu_coefficients_come_from_the_fit_script():
+    """activated.c's polynomial coefficients are exactly what dlnpipe/kernels/fit_gelu.py fits (it rewrites
+    them with --write), and the fit meets the accuracy the kernel's comment states."""
+    from dlnpipe.kernels import fit_gelu
+
+    c = fit_gelu.fits()
+    assert fit_gelu.rewritten(fit_gelu.SOURCE.read_text(), c) == fit_gelu.SOURCE.read_text()
+    err = fit_gelu.errors(c)
+    assert err["sigma"] <= 1.2e-7 and err["sigma_prime"] <= 4e-7, err
+    assert fit_gelu.main(["--check"]) == 0

@@ -47,8 +47,10 @@ float expf(float) __attribute__((simd("notinbranch")));
  * in s = z²: σ(z) = z (0.5 + z·A(s)) with Φ(z) = 0.5 + z·A(s), and σ'(z) = Φ + zφ = 0.5 + z·D(s) (A
  * and D least-squares fits of degree 7 and 9, no exp at all). Beyond, Φ(−t) = φ(t)·B(1/t)/t (the
  * Mills ratio, degree 7) with φ(t) = exp(−t²/2)/√(2π) by Cody–Waite reduction and the Cephes
- * polynomial. After float32 rounding σ is within 1.2e-7·max(1, |z|) and σ' within 3.5e-7 of the
- * exact values, about three ulp (torch's own float32 GELU: 3.6e-7 and 2.8e-7). */
+ * polynomial. The three fits and their float32 errors: dlnpipe/kernels/fit_gelu.py, which writes the
+ * coefficients below (python -m dlnpipe.kernels.fit_gelu --write). After float32 rounding σ is within
+ * 1.2e-7·max(1, |z|) and σ' within 4e-7 of the exact values, about three ulp (torch's own float32 GELU:
+ * 3.6e-7 and 2.8e-7). */
 static inline float exp_nonpositive(float x) {
     x = x < -80.0f ? -80.0f : x;  /* exp(-80) ≈ 1.8e-35: no subnormal anywhere downstream */
     float k = __builtin_rintf(x * 1.44269504088896341f);
@@ -70,14 +72,14 @@ static inline float gelu_pdf(float z) { return 0.398942280401432678f * exp_nonpo
 /* Φ(z) for |z| > 2: φ(t)·B(1/t)/t, t = |z|, reflected for z > 0. */
 static inline float gelu_cdf_tail(float z, float pdf) {
     const float t = z < 0 ? -z : z, u = 1.0f / t;
-    float pb = -1.133549366e+00f;
-    pb = pb * u + 3.308772177e+00f;
-    pb = pb * u + -3.623681510e+00f;
-    pb = pb * u + 1.185263805e+00f;
-    pb = pb * u + 1.145095075e+00f;
-    pb = pb * u + -1.275902765e+00f;
-    pb = pb * u + 3.305256406e-02f;
-    pb = pb * u + 9.983683318e-01f;
+    float pb = -3.862309933e+00f;
+    pb = pb * u + 1.010782909e+01f;
+    pb = pb * u + -1.081074524e+01f;
+    pb = pb * u + 5.365789890e+00f;
+    pb = pb * u + -3.012838960e-01f;
+    pb = pb * u + -9.779220223e-01f;
+    pb = pb * u + -8.388765855e-04f;
+    pb = pb * u + 1.000012159e+00f;
     const float tail = pdf * u * pb;
     return z < 0 ? tail : 1.0f - tail;
 }
@@ -90,24 +92,24 @@ static inline void activate(const REAL *restrict z, REAL *restrict a, REAL *rest
     int tails = 0;  /* the polynomials in z² everywhere, then the lanes with |z| > 2 again (tail formula) */
     _Pragma("omp simd reduction(+:tails)") for (int i = 0; i < count; ++i) {
         const float zi = z[i], s = zi * zi;
-        float pa = -1.662476677e-08f;
-        pa = pa * s + 5.213128569e-07f;
-        pa = pa * s + -8.953391820e-06f;
-        pa = pa * s + 1.144500345e-04f;
-        pa = pa * s + -1.186188452e-03f;
-        pa = pa * s + 9.972850375e-03f;
-        pa = pa * s + -6.649018226e-02f;
-        pa = pa * s + 3.989422642e-01f;
-        float pd = -8.144600970e-10f;
-        pd = pd * s + 3.019107401e-08f;
-        pd = pd * s + -6.106844035e-07f;
-        pd = pd * s + 9.181220862e-06f;
-        pd = pd * s + -1.130691747e-04f;
-        pd = pd * s + 1.154030138e-03f;
-        pd = pd * s + -9.498398069e-03f;
-        pd = pd * s + 5.984125175e-02f;
-        pd = pd * s + -2.659615038e-01f;
-        pd = pd * s + 7.978845599e-01f;
+        float pa = -1.662160010e-08f;
+        pa = pa * s + 5.212625638e-07f;
+        pa = pa * s + -8.953068573e-06f;
+        pa = pa * s + 1.144489579e-04f;
+        pa = pa * s + -1.186186448e-03f;
+        pa = pa * s + 9.972847998e-03f;
+        pa = pa * s + -6.649018079e-02f;
+        pa = pa * s + 3.989422619e-01f;
+        float pd = -8.142423957e-10f;
+        pd = pd * s + 3.018674022e-08f;
+        pd = pd * s + -6.106478168e-07f;
+        pd = pd * s + 9.181049791e-06f;
+        pd = pd * s + -1.130686942e-04f;
+        pd = pd * s + 1.154029276e-03f;
+        pd = pd * s + -9.498396888e-03f;
+        pd = pd * s + 5.984125286e-02f;
+        pd = pd * s + -2.659614980e-01f;
+        pd = pd * s + 7.978845835e-01f;
         a[i] = zi * (0.5f + zi * pa);
         da[i] = 0.5f + zi * pd;
         tails += s > 4.0f;
