@@ -19,16 +19,22 @@ the registry (:mod:`dlnpipe.archs`). Everything else asks it; nobody compares it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from dlnpipe._checks import check_int
 from dlnpipe.lazy import torch
 
-FusedSteps = Callable[..., tuple[Any, Any]]  # see Architecture.fused_steps
+if TYPE_CHECKING:  # the config and the grid read this module: torch is imported for the type checker only
+    from torch import Tensor
+
+    from dlnpipe.problem import Problem
+
+Layers: TypeAlias = "Sequence[Tensor]"  # W_1 .. W_L, each (B, out_k, in_k)
+FusedSteps: TypeAlias = "Callable[..., tuple[Tensor, Tensor]]"  # see Architecture.fused_steps
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,9 @@ class Evaluation:
     the way (else None); parts: the step's factors, (b, ...) tensors or (nested) lists of them.
     """
 
-    value: Any
-    w: Any
-    parts: Any
+    value: Tensor
+    w: Tensor | None
+    parts: Any  # a tensor, or nested lists and tuples of them: the architecture's own
 
     def take(self, keep) -> Evaluation:
         """The evaluation of the rows selected by ``keep``."""
@@ -129,34 +135,35 @@ class Architecture:
         return Problem.stack(datasets, in_dim=in_dim, dtype=dtype, device=device)
 
     @staticmethod
-    def regressor(layers, c):
+    def regressor(layers: Layers, c: Tensor) -> Tensor:
         """w_prod = (c W_L ⋯ W_1)ᵀ for each network, shape (B, in_dim)."""
         row = c
         for W in reversed(layers):
             row = torch.bmm(row, W)
         return row[:, 0, :]
 
-    def loss(self, layers, c, prob):
+    def loss(self, layers: Layers, c: Tensor, prob: Problem) -> Tensor:
         """Per-network training loss R, shape (B,), as a differentiable expression."""
         raise NotImplementedError
 
-    def test_loss(self, layers, c, prob, w):
+    def test_loss(self, layers: Layers, c: Tensor, prob: Problem, w: Tensor) -> Tensor:
         """Per-network test loss, shape (B,); ``w`` is the batch's regressors."""
         raise NotImplementedError
 
-    def evaluate(self, layers, c, prob) -> Evaluation:
+    def evaluate(self, layers: Layers, c: Tensor, prob: Problem) -> Evaluation:
         """The loss and what :meth:`descend_` needs, at the batch's current point."""
         raise NotImplementedError
 
-    def descend_(self, layers, ev: Evaluation, lr, alive) -> None:
+    def descend_(self, layers: Layers, ev: Evaluation, lr: Tensor, alive: Tensor) -> None:
         """One gradient step in place, W ← W − η ∇R, with η = lr (b,) where ``alive`` and 0 elsewhere."""
         raise NotImplementedError
 
-    def gradient(self, layers, c, prob):
+    def gradient(self, layers: Layers, c: Tensor, prob: Problem) -> tuple[list[Tensor], Tensor]:
         """(∂R/∂W_k for every layer as (B, out_k, in_k) tensors, R − R* (B,))."""
         raise NotImplementedError
 
-    def sample_gradient(self, layers, c, prob, weights, labels):
+    def sample_gradient(self, layers: Layers, c: Tensor, prob: Problem, weights: Tensor,
+                        labels: Tensor) -> tuple[list[Tensor], Tensor]:
         """(∂R_ω/∂W_k for every layer, R_ω (B,)) of the weighted loss R_ω = Σ_i ω_i (f(x_i) − ỹ_i)² with
         one weight row ω (B, n) and one label row ỹ (B, n) per network: a mini-batch (ω = 1/b on its
         samples, 0 elsewhere), noisy labels, or both. Needs the problem's data (X, y)."""
@@ -170,7 +177,7 @@ class Architecture:
         """The Hessian's trace at global minimizers by the closed form (linear nets only)."""
         raise ValueError(f"method 'minimizer' holds for linear networks only, not arch {self.name!r}")
 
-    def fused_steps(self, layers, c, prob) -> tuple[FusedSteps | None, str]:
+    def fused_steps(self, layers: Layers, c: Tensor, prob: Problem) -> tuple[FusedSteps | None, str]:
         """The compiled GD step for this batch (its layers' device, dtype and shapes, its problem), decided
         once per batch, or None and why there is none. The step, called as ``step(layers, c, prob, *, lr,
         alive, alive_steps, cap, count)``, takes ``count`` full GD steps in place, each by the rules of

@@ -89,10 +89,12 @@ def rewritten(text: str, c: dict[str, np.ndarray]) -> str:
     for name, (var, degree) in POLYNOMIALS.items():
         pattern = re.compile(rf"^( *)float {name} = [^;\n]*;\n(?:\1{name} = {name} \* {var} \+ [^;\n]*;\n){{{degree}}}",
                              re.MULTILINE)
-        found = pattern.findall(text)
+        found = list(pattern.finditer(text))
         if len(found) != 1:
-            raise SystemExit(f"activated.c: expected one Horner block for {name} of degree {degree}, found {len(found)}")
-        text = pattern.sub(lambda m, name=name, var=var: _block(name, var, c[name], m.group(1)) + "\n", text)
+            raise SystemExit(f"activated.c: expected one Horner block for {name} of degree {degree}, "
+                             f"found {len(found)}")
+        m = found[0]
+        text = text[: m.start()] + _block(name, var, c[name], m.group(1)) + "\n" + text[m.end():]
     return text
 
 

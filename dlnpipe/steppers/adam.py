@@ -10,6 +10,8 @@ P^{-1/2} H P^{-1/2}); trajectories sample it along the way. β1, β2, ε are per
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 
 from dlnpipe.lazy import torch
@@ -20,8 +22,8 @@ from dlnpipe.tensors import flatten
 class Adam(FirstOrder):
     name = "adam"
     options = (*FirstOrder.options, "betas", "eps")
-    per_network = {"betas": (2,), "eps": ()}
-    defaults = {"betas": (0.9, 0.999), "eps": 1e-8}
+    per_network = MappingProxyType({"betas": (2,), "eps": ()})
+    defaults = MappingProxyType({"betas": (0.9, 0.999), "eps": 1e-8})
 
     edge_on = "sharpness_precond"
 

@@ -17,6 +17,7 @@ call, through the next check at most: it says which networks its last step moved
 from __future__ import annotations
 
 import logging
+from types import MappingProxyType
 
 import numpy as np
 
@@ -31,8 +32,8 @@ log = logging.getLogger("dlnpipe.training")
 class GradientDescent(Stepper):
     name = "gd"
     options = ("check_every", "exit_fixed", "explode", "label_noise")
-    per_network = {"label_noise": ()}  # given: the run is SGD's with the whole batch
-    defaults = {"label_noise": 0.0, "batch_size": None}  # full batch: n
+    per_network = MappingProxyType({"label_noise": ()})  # given: the run is SGD's with the whole batch
+    defaults = MappingProxyType({"label_noise": 0.0, "batch_size": None})  # full batch: n
 
     @classmethod
     def variant(cls, given: dict):

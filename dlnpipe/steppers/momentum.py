@@ -6,6 +6,8 @@ this map iff ηλ < 2 + 2β); β = 0 is gradient descent. β is per network.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 
 from dlnpipe.lazy import torch
@@ -15,8 +17,8 @@ from dlnpipe.steppers.first_order import FirstOrder
 class HeavyBall(FirstOrder):
     name = "heavy_ball"
     options = (*FirstOrder.options, "momentum")
-    per_network = {"momentum": ()}
-    defaults = {"momentum": 0.9}
+    per_network = MappingProxyType({"momentum": ()})
+    defaults = MappingProxyType({"momentum": 0.9})
 
     @classmethod
     def threshold(cls, lr, settings):

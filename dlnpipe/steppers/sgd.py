@@ -16,6 +16,8 @@ means "still moving"), and the average of the last iterates (``*_avg``) is the p
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 
 from dlnpipe.lazy import torch
@@ -26,8 +28,8 @@ from dlnpipe.steppers.first_order import FirstOrder
 class SGD(FirstOrder):
     name = "sgd"
     options = (*FirstOrder.options, "batch_size", "label_noise")
-    per_network = {"batch_size": (), "label_noise": ()}
-    defaults = {"batch_size": None, "label_noise": 0.0}  # batch_size None: n, the whole training set
+    per_network = MappingProxyType({"batch_size": (), "label_noise": ()})
+    defaults = MappingProxyType({"batch_size": None, "label_noise": 0.0})  # batch_size None: n, the whole training set
     stochastic = True
 
     def __init__(self, *, batch_size=None, label_noise=0.0, **kwargs):
