@@ -80,6 +80,7 @@ def test_every_configuration_is_a_run(quick_run):
         # top-level runs (no parent to expand in the UI), the cell as a tag and a param to group by
         assert tags["dlnpipe.cell"] == "small-L3-m3-paper" and "mlflow.parentRunId" not in tags
         assert params["cell"] == "small-L3-m3-paper" and params["optimizer"] == "gd"
+        assert params["train_path"] == "compiled"  # GD through the compiled linear kernel
         assert tags["dlnpipe.cube"].endswith("results/quick/cube.zarr") and tags["dlnpipe.git_revision"]
         assert tags["dlnpipe.study"] == "quick"
         # median trajectories are step metrics

@@ -18,7 +18,7 @@ import xarray as xr
 import yaml
 from workflow_utils import BIN, QUICK, ROOT, STUDY_TIMEOUT_S, env, open_tree, snakemake, wait_for_line, workdir
 
-from dlnpipe.status import Status
+from dlnpipe.status import Status, TrainPath
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +73,18 @@ def test_quick_cube_content(quick_run):
     assert list(relu.init.values) == ["relu"] and int((relu.status == 0).sum()) >= 3
     assert np.isfinite(relu.sharpness.where(relu.status == 0)).sum() == (relu.status == 0).sum()
     assert np.isnan(relu.sharpness_exact.values).all()  # the exact formula is for linear networks only
+    # which code trained each network: the compiled kernels for GD on the CPU, torch for the flow and the
+    # optimizers without a kernel; -1 where no network is
+    for name, path in (("small", TrainPath.COMPILED), ("relu", TrainPath.COMPILED), ("bounds", TrainPath.TORCH),
+                       ("optim", TrainPath.TORCH)):
+        ds = tree[name].to_dataset()
+        assert set(np.unique(ds.train_path.where(ds.valid).values[ds.valid.values])) == {int(path)}, name
+        assert ds.train_path.attrs["flag_meanings"] == "torch compiled"
+    assert (traj.train_path.values[~traj.valid.values] == -1).all()
+    # Lanczos met its tolerance for every network it measured (diverged ones are not measured)
+    measured = small.status.isin([0, 1])
+    assert bool(small.sharpness_converged.where(measured, True).all())
+    assert not bool(small.sharpness_converged.where(small.status == 2, False).any())
 
 
 def test_quick_bounds_experiment(quick_run):
