@@ -59,12 +59,13 @@ def job_state(job_id: int) -> dict[str, str]:
 
 
 def test_quick_study_on_slurm_equals_local_run(cluster, quick_run, tmp_path):
-    """The quick study but its optimizer experiment (the same stages and rules again: it only adds jobs
-    to a test that is sbatch-bound) on the cluster."""
+    """The quick study but its optimizer and bounds experiments (the same stages and rules again: they only
+    add jobs to a test that is sbatch-bound) on the cluster."""
     import yaml
 
     cfg = yaml.safe_load(QUICK.read_text())
-    del cfg["experiments"]["optim"]
+    for heavy in ("optim", "bounds"):
+        del cfg["experiments"][heavy]
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(cfg))
     wd = workdir(tmp_path / "wd")
@@ -77,7 +78,7 @@ def test_quick_study_on_slurm_equals_local_run(cluster, quick_run, tmp_path):
         xr.testing.assert_identical(local[name].to_dataset(), cluster_cube[name].to_dataset())
     # every cell's training and measuring job was an sbatch job: its log names a job id that
     # slurmctld knows, ran on the node in this workflow's directory and completed
-    cells = {f.stem for f in (quick_run / "results/quick/train").rglob("*.npz") if f.parent.name != "optim"}
+    cells = {f.stem for f in (quick_run / "results/quick/train").rglob("*.npz") if f.parent.name in cfg["experiments"]}
     for rule in ("make_dataset", "train_cell", "measure_sharpness", "gather_cube", "plot"):
         logs = slurm_logs(wd, rule)
         assert logs, f"no SLURM log for rule {rule}"
