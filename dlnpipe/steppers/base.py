@@ -1,6 +1,6 @@
 """What a stepper is: it advances the live rows of a :class:`~dlnpipe.trainer.BatchState`.
 
-A stepper owns only its own clock and per-network tensors (typed :class:`~dlnpipe.trainer.Rows`
+A stepper owns only its own clock and per-network tensors (typed :class:`~dlnpipe.rows.Rows`
 attached to the state, so that the state compacts them with the batch); it tells the state when to
 sample a row and when a row is done. The trainer loop (:func:`run`) is the same for every stepper.
 
@@ -29,6 +29,8 @@ from dlnpipe.rows import Rows
 from dlnpipe.status import TrainPath
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from dlnpipe.trainer import BatchState
 
 EXPLODE = 1e6  # the default divergence factor: a loss beyond 1e6·max(R(0), yᵀy/n) has diverged
@@ -45,11 +47,11 @@ class Progress(Rows):
     """The per-network clock of an explicit stepper: η, the step count, whether the network still moves
     (False from the step it diverged: frozen), the steps it took while alive, its divergence cap."""
 
-    lr: Any  # (b,) the step's dtype
-    steps: Any  # (b,) int64
-    alive: Any  # (b,) bool
-    alive_steps: Any  # (b,) int64: the divergence step of a frozen network
-    cap: Any  # (b,)
+    lr: Tensor  # (b,) the step's dtype
+    steps: Tensor  # (b,) int64
+    alive: Tensor  # (b,) bool
+    alive_steps: Tensor  # (b,) int64: the divergence step of a frozen network
+    cap: Tensor  # (b,)
 
     @classmethod
     def start(cls, state: BatchState, schedule: Schedule, loss0, explode: float) -> Progress:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from dlnpipe.lazy import torch
 from dlnpipe.problem import distance
 from dlnpipe.rows import Rows
 from dlnpipe.steppers.base import EXPLODE, Progress, Schedule, Stepper
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger("dlnpipe.training")
 
@@ -44,9 +47,9 @@ class OptimizerRows(Rows):
     mini-batches and label noise), its option values by name (the stepper's ``per_network`` options:
     momentum, betas, ...), and its own buffers, one tensor per layer, by name (a velocity, moments)."""
 
-    seed: Any  # (b,) int64
-    options: dict[str, Any] = field(default_factory=dict)
-    buffers: dict[str, list] = field(default_factory=dict)
+    seed: Tensor  # (b,) int64
+    options: dict[str, Tensor] = field(default_factory=dict)
+    buffers: dict[str, list[Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,9 +57,9 @@ class Average(Rows):
     """A stochastic run's average of its last iterates: the first step of its window, the window's length,
     and the running sums of W_t, one per layer."""
 
-    start: Any  # (b,) int64
-    count: Any  # (b,)
-    sums: list
+    start: Tensor  # (b,) int64
+    count: Tensor  # (b,)
+    sums: list[Tensor]
 
 
 class FirstOrder(Stepper):

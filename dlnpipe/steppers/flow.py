@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from dlnpipe.lazy import torch
 from dlnpipe.rows import Rows
 from dlnpipe.steppers.base import EXPLODE, Schedule, Stepper, divergence_cap
 from dlnpipe.tensors import flatten, unflatten
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger("dlnpipe.training")
 
@@ -56,17 +59,17 @@ class FlowRows(Rows):
     the time t and step h, the record times (b, T) and the index of the next one, the horizon T, η (time
     per GD step), the divergence cap and the convergence stop on R − R*."""
 
-    y: Any
-    f: Any
-    excess: Any
-    t: Any
-    h: Any
-    rec: Any
-    nxt: Any
-    T: Any
-    lr: Any
-    cap: Any
-    stop: Any
+    y: Tensor
+    f: Tensor
+    excess: Tensor
+    t: Tensor
+    h: Tensor
+    rec: Tensor
+    nxt: Tensor
+    T: Tensor
+    lr: Tensor
+    cap: Tensor
+    stop: Tensor
 
 
 class GradientFlow(Stepper):
