@@ -206,7 +206,7 @@ def dims_of(name: str) -> tuple[str, ...]:
     return VARIABLES[name].all_dims()
 
 
-def cell_variables(cell: Cell, train: dict, measure: dict, steps: np.ndarray, layers: int, nodes: int) -> dict:
+def cell_variables(train: dict, measure: dict, steps: np.ndarray, layers: int, nodes: int) -> dict:
     """One cell's per-network arrays, as :data:`VARIABLES` declares them: trajectories reindexed to ``steps``,
     layers padded to ``layers``, quadrature nodes to ``nodes``; optional variables the cell lacks left out."""
     pos = np.searchsorted(steps, train["record_steps"])
@@ -215,11 +215,10 @@ def cell_variables(cell: Cell, train: dict, measure: dict, steps: np.ndarray, la
     for name, var in VARIABLES.items():
         if var.kind not in ("network", "trajectory"):
             continue
-        arrays = files[var.source]
-        if var.key or name in arrays or not var.optional:
-            a = np.asarray(arrays[var.key or name])
-        else:
+        arrays, key = files[var.source], var.key or name
+        if var.optional and key not in arrays:
             continue
+        a = np.asarray(arrays[key])
         if var.column is not None:
             a = a[:, var.column]
         if var.kind == "trajectory":
@@ -241,7 +240,7 @@ def grid_dataset(cells: list[tuple[Cell, float, dict, dict]]) -> xr.Dataset:
     steps = np.unique(np.concatenate([t["record_steps"] for _, _, t, _ in cells]))
     layers = max(c.depth for c, _, _, _ in cells)
     nodes = max((m["density_nodes"].shape[-1] for _, _, _, m in cells if "density_nodes" in m), default=0)
-    per_cell = [cell_variables(c, t, m, steps, layers, nodes) for c, _, t, m in cells]
+    per_cell = [cell_variables(t, m, steps, layers, nodes) for _, _, t, m in cells]
     names = list(dict.fromkeys(name for v in per_cell for name in v))
     for v, (_, _, t, _) in zip(per_cell, cells):  # a variable some cells lack (their optimizer has none): NaN
         for name in names:
