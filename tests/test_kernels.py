@@ -271,3 +271,34 @@ def test_the_float32_gelu_coefficients_come_from_the_fit_script():
     err = fit_gelu.errors(c)
     assert err["sigma"] <= 1.2e-7 and err["sigma_prime"] <= 4e-7, err
     assert fit_gelu.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("arch,dtype", [("gelu", "float32"), ("gelu", "float64"), ("small", "float64"),
+                                        ("relu", "float32")])
+def test_the_kernel_built_for_either_vector_width_gives_the_same_results(data, kernel_calls, monkeypatch, arch,
+                                                                         dtype):
+    """Chunks of 32 bytes (AVX2) and 64 bytes (AVX-512) of networks, built on this CPU whichever it has: each
+    lane's arithmetic is the same scalar program, so the results are the same bit for bit (11 networks: a
+    partial last chunk at both widths), and each kernel says the lanes it packs."""
+    kw = dict(arch=arch, depth=4, width=5, lr=np.linspace(0.01, 0.05, 11), scale=0.5, seed=np.arange(11), steps=150,
+              dtype=dtype, record_every=50, log_every_s=None)
+    out = {}
+    for vector in (32, 64):
+        monkeypatch.setenv("DLNPIPE_VECTOR_BYTES", str(vector))
+        lib, why = linear.library(torch.float64, in_dim=5, width=5, out_last=1, per_network=False)
+        assert lib is not None, why
+        assert linear.lanes(lib) == vector // 8
+        out[vector] = dlnpipe.train(data, **kw)
+    assert sum(kernel_calls) >= 200
+    for a, b in zip(out[32].layers, out[64].layers):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(out[32].traj_loss_train, out[64].traj_loss_train)
+
+
+def test_the_vector_width_follows_the_cpu_and_a_bad_override_is_refused(monkeypatch):
+    monkeypatch.delenv("DLNPIPE_VECTOR_BYTES", raising=False)
+    flags = kernels._cpu()
+    assert kernels.vector_bytes() == (64 if "avx512f" in flags else 32 if "avx" in flags else 16)
+    monkeypatch.setenv("DLNPIPE_VECTOR_BYTES", "48")
+    with pytest.raises(ValueError, match="DLNPIPE_VECTOR_BYTES must be one of"):
+        kernels.vector_bytes()

@@ -2,8 +2,10 @@
 compiler into a shared library, cached on disk, and called through ctypes (no new dependency).
 
 A kernel is compiled once per (source, compile-time constants, compiler, CPU): ``-march=native``
-code for the CPU it runs on, keyed by the CPU's model and feature flags so that a cache shared by
-different machines (a cluster's home directory) never hands one CPU another's code. The cache is
+code for the CPU it runs on, its chunks of networks one vector register wide (:func:`vector_bytes`:
+64 bytes with AVX-512, 32 with AVX2; a compile-time constant, so part of the key), and keyed by the
+CPU's model and feature flags so that a cache shared by different machines (a cluster's home
+directory) never hands one CPU another's code. The cache is
 ``$DLNPIPE_CACHE`` (default ``~/.cache/dlnpipe``) under ``kernels/``; a library is written to a
 temporary file and renamed into place, so concurrent jobs never load a half-written one.
 
@@ -74,7 +76,7 @@ def prototypes(source: str) -> dict[str, tuple[Any, list[tuple[str, Any]]]]:
     out = {}
     for restype, name, args in _EXPORTED.findall(source):
         parsed: list[tuple[str, Any]] = []
-        for arg in (a.strip() for a in args.split(",") if a.strip()):
+        for arg in (a.strip() for a in args.split(",") if a.strip() not in ("", "void")):
             arg_name = re.findall(r"\w+", arg)[-1]
             if "*" in arg:
                 parsed.append((arg_name, ctypes.c_void_p))
@@ -108,6 +110,23 @@ def check_signatures(kernel: str, source: str, declared: Mapping[str, Signature]
 
 def enabled() -> bool:
     return os.environ.get("DLNPIPE_KERNELS", "1") not in ("0", "false", "no", "off")
+
+
+VECTOR_WIDTHS = (16, 32, 64)  # bytes: SSE/NEON, AVX2, AVX-512
+
+
+def vector_bytes() -> int:
+    """The SIMD register size the kernels are built for: ``$DLNPIPE_VECTOR_BYTES`` if set (16, 32 or 64), else
+    the CPU's widest (64 with AVX-512F, 32 with AVX or AVX2, else 16). A chunk holds this many bytes of each
+    network's numbers: one register of networks; a wider chunk than the registers only splits every lane loop
+    in two (docs/performance.md has the measurements)."""
+    given = os.environ.get("DLNPIPE_VECTOR_BYTES")
+    if given:
+        if not given.isdigit() or int(given) not in VECTOR_WIDTHS:
+            raise ValueError(f"DLNPIPE_VECTOR_BYTES must be one of {VECTOR_WIDTHS}, got {given!r}")
+        return int(given)
+    flags = set(" ".join(line for line in _cpu().splitlines() if line.startswith(("flags", "Features"))).split())
+    return 64 if "avx512f" in flags else 32 if flags & {"avx", "avx2"} else 16
 
 
 def cache_dir() -> Path:
@@ -176,11 +195,18 @@ def _load(name: str, defines: tuple, libs: tuple) -> tuple[ctypes.CDLL | None, s
         return None, f"the {name} kernel could not be built or loaded: {line}"
 
 
+LANES = {"dlnpipe_lanes": Signature(ctypes.c_int, ())}  # every kernel's: the networks per chunk it packs
+
+
 def load(name: str, signatures: Mapping[str, Signature], *, libs: tuple[str, ...] = (),
          **defines) -> tuple[ctypes.CDLL | None, str]:
-    """The compiled kernel ``<name>.c`` with these ``-D`` constants, its functions ``signatures`` checked against
-    the source and bound; or None and why it cannot be built (a signature that does not match raises)."""
+    """The compiled kernel ``<name>.c`` with these ``-D`` constants and ``VECTOR_BYTES`` = :func:`vector_bytes`,
+    its functions ``signatures`` checked against the source and bound; or None and why it cannot be built (a
+    signature that does not match raises). Every kernel exports ``dlnpipe_lanes()``, the networks per chunk it
+    was built for, by which its caller lays out its arrays (:func:`dlnpipe.kernels.lanes.lanes`)."""
+    signatures = {**LANES, **signatures}
     check_signatures(name, Path(__file__).with_name(f"{name}.c").read_text(), signatures)
+    defines["VECTOR_BYTES"] = vector_bytes()
     lib, why = _load(name, tuple(sorted(defines.items())), tuple(libs))
     if lib is not None:
         for fn, sig in signatures.items():

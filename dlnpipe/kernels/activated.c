@@ -1,12 +1,13 @@
 /* Gradient descent on small-init networks with an elementwise activation between layers
  * (dlnpipe.archs.activated): forward, hand-written backward and the update, several steps per call.
  *
- * The networks of a batch are dealt into chunks of LANES networks (one SIMD register of REAL), and
- * every array is stored lane-last: W[out][in][LANES], activations [sample][unit][LANES]. Each loop
- * over LANES is one vector instruction, so a chunk advances LANES networks at the cost of one, and a
- * network's result does not depend on the others in its chunk.
+ * The networks of a batch are dealt into chunks of LANES networks (one SIMD register of REAL: VECTOR_BYTES,
+ * the CPU's vector width, dlnpipe.kernels.vector_bytes), and every array is stored lane-last:
+ * W[out][in][LANES], activations [sample][unit][LANES]. Each loop over LANES is one vector instruction, so
+ * a chunk advances LANES networks at the cost of one, and a network's result does not depend on the others
+ * in its chunk (nor on LANES).
  *
- * Compile-time constants (-D): REAL (float or double), M (width), D (input dimension), ACT (the
+ * Compile-time constants (-D): VECTOR_BYTES, REAL (float or double), M (width), D (input dimension), ACT (the
  * activation: ACT_GELU or ACT_RELU, whose values dlnpipe.kernels.Activation passes too). Runtime: L
  * (depth >= 1), N (samples). Per step and network, the rules of dlnpipe.steppers.base (the cap comes from
  * the caller; tests/test_kernels.py holds this kernel to the torch path on networks built to diverge):
@@ -23,7 +24,10 @@
 #error "ACT, ACT_GELU and ACT_RELU come from dlnpipe.kernels.Activation.defines()"
 #endif
 
-#define LANES (64 / (int)sizeof(REAL))
+#ifndef VECTOR_BYTES
+#error "VECTOR_BYTES (the SIMD register's size) comes from dlnpipe.kernels.vector_bytes()"
+#endif
+#define LANES (VECTOR_BYTES / (int)sizeof(REAL))
 #define MAXDIM (M > D ? M : D)  /* fixed-size local arrays: no VLA, so the short loops unroll */
 #define SIMD _Pragma("omp simd")
 #define FOR_LANES for (int l = 0; l < LANES; ++l)
@@ -333,3 +337,6 @@ int dlnpipe_steps(int nchunks, int L, int N, long steps, REAL *W, const REAL *X,
     free(buf);
     return 0;
 }
+
+/* The lanes per chunk this build packs (the caller lays its arrays out by it). */
+int dlnpipe_lanes(void) { return LANES; }

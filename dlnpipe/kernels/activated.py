@@ -36,8 +36,8 @@ def library(activation: Activation, dtype: torch.dtype, width: int, d: int) -> t
 def gd_steps(lib, layers, X, y, *, lr, alive, alive_steps, cap, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` GD steps of the batch in place; returns (the loss before the last step, whether the last step
     moved each network's weights), both (b,)."""
-    b, dtype, width = layers[0].shape[0], layers[0].dtype, lanes(layers[0].dtype)
-    nchunks = chunks(b, dtype)
+    b, dtype, width = layers[0].shape[0], layers[0].dtype, lanes(lib)
+    nchunks = chunks(b, width)
     size = nchunks * width
     buffer = pack(layers, nchunks, width)
     lr_p, cap_p = pad(lr.to(dtype), size, 0.0), pad(cap.to(dtype), size, float("inf"))

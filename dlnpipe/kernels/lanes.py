@@ -1,18 +1,20 @@
-"""The lane-last layout of the compiled kernels: a batch of networks dealt into chunks of LANES (one
-64-byte SIMD register: 16 networks in float32, 8 in float64), each chunk's arrays stored with the
-network index last. Padding networks (to fill the last chunk) are zeros and never move."""
+"""The lane-last layout of the compiled kernels: a batch of networks dealt into chunks of LANES (one SIMD
+register of the CPU the kernel is built for: with AVX2, 8 networks in float32 and 4 in float64; with
+AVX-512 16 and 8), each chunk's arrays stored with the network index last. A kernel says its own LANES
+(``dlnpipe_lanes()``, :func:`lanes`). Padding networks (to fill the last chunk) are zeros and never move."""
 
 from __future__ import annotations
 
 import torch
 
 
-def lanes(dtype: torch.dtype) -> int:
-    return 64 // dtype.itemsize
+def lanes(lib) -> int:
+    """The networks per chunk of a loaded kernel."""
+    return int(lib.dlnpipe_lanes())
 
 
-def chunks(batch: int, dtype: torch.dtype) -> int:
-    return -(-batch // lanes(dtype))
+def chunks(batch: int, width: int) -> int:
+    return -(-batch // width)
 
 
 def pad(x: torch.Tensor, size: int, fill) -> torch.Tensor:

@@ -1,13 +1,13 @@
 /* Gradient descent on deep linear networks from the moments of the data (dlnpipe.archs.linear),
  * several steps per call.
  *
- * As in activated.c, networks are dealt into chunks of LANES (one 64-byte SIMD register of REAL) and
+ * As in activated.c, networks are dealt into chunks of LANES (one SIMD register of REAL: VECTOR_BYTES) and
  * every array is lane-last, so each loop over LANES is one vector instruction and a network's result
  * does not depend on the others. The loss is R = R* + (w − w*)ᵀΣ(w − w*) with w = (c W_L ⋯ W_1)ᵀ,
  * and the gradient is written out: with rows b_k = c W_L ⋯ W_{k+1} and h_1 = η ∂R/∂w = 2η Σ(w − w*),
  * h_{k+1} = h_k W_kᵀ, the step is W_k ← W_k − b_kᵀ h_k (every layer at the old point).
  *
- * Compile-time constants (-D): REAL, IN (input dimension of W_1), M (width), OUTL (rows of W_L: 1, or M
+ * Compile-time constants (-D): VECTOR_BYTES, REAL, IN (input dimension of W_1), M (width), OUTL (rows of W_L: 1, or M
  * with a projection p), SIGMA_LANES (1: one Σ, w*, R* per network; 0: shared). Runtime: L (depth).
  * Per step and network, the rules of dlnpipe.steppers.base (the cap comes from the caller;
  * tests/test_kernels.py holds this kernel to the torch path on networks built to diverge):
@@ -17,7 +17,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define LANES (64 / (int)sizeof(REAL))
+#ifndef VECTOR_BYTES
+#error "VECTOR_BYTES (the SIMD register's size) comes from dlnpipe.kernels.vector_bytes()"
+#endif
+#define LANES (VECTOR_BYTES / (int)sizeof(REAL))
 #define SIMD _Pragma("omp simd")
 #define FOR_LANES for (int l = 0; l < LANES; ++l)
 
@@ -148,3 +151,6 @@ int dlnpipe_steps(int nchunks, int L, long steps, REAL *W, const REAL *c, const 
     free(b), free(offset);
     return 0;
 }
+
+/* The lanes per chunk this build packs (the caller lays its arrays out by it). */
+int dlnpipe_lanes(void) { return LANES; }

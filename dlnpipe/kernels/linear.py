@@ -30,8 +30,8 @@ def library(dtype: torch.dtype, *, in_dim: int, width: int, out_last: int,
 def gd_steps(lib, layers, c, prob, *, lr, alive, alive_steps, cap, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` GD steps of the batch in place; returns (the loss before the last step, whether the last step
     moved each network's weights), both (b,)."""
-    b, dtype, width = layers[0].shape[0], layers[0].dtype, lanes(layers[0].dtype)
-    nchunks = chunks(b, dtype)
+    b, dtype, width = layers[0].shape[0], layers[0].dtype, lanes(lib)
+    nchunks = chunks(b, width)
     size = nchunks * width
     buffer, c_p = pack(layers, nchunks, width), pack([c], nchunks, width)
     if prob.batched:
