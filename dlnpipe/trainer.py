@@ -91,6 +91,7 @@ class BatchState:
         self.final = {k: torch.full((B,), float("nan"), dtype=torch.float64, device=dev) for k in METRICS}
         self.out_layers = [torch.empty_like(W) for W in layers]
         self.diverged_at = torch.full((B,), float("nan"), dtype=torch.float64, device=dev)  # in steps
+        self.evaluations = torch.zeros(B, dtype=torch.int64, device=dev)  # gradient evaluations of each network
         self.loss_opt, self.threshold = loss_opt, threshold
         self.sharpness = sharpness
         self.label = label or arch.name  # how progress lines name the batch
@@ -108,20 +109,32 @@ class BatchState:
                 raise ValueError(f"{type(r).__name__} does not hold one entry per live row ({self.size})")
         self.attached += rows
 
-    def observe(self, rows: torch.Tensor, value: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training loss (``value``, (b,)), test loss and ‖w_prod − w*‖² of the live rows in ``rows``."""
+    def evaluated(self, count: int | torch.Tensor = 1) -> None:
+        """Count ``count`` gradient evaluations (one for all live rows, or (b,)) for each live row."""
+        self.evaluations[self.idx] += count
+
+    def observe(self, rows: torch.Tensor, value: torch.Tensor,
+                w: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training loss (``value``, (b,)), test loss and ‖w_prod − w*‖² of the live rows in ``rows``: at their
+        current layers, or (linear nets, whose losses depend on the regressor alone) at regressors ``w`` (b, in)."""
         layers, c, prob = [W[rows] for W in self.layers], self.c[rows], self.prob.rows(rows)
-        w = self.arch.regressor(layers, c)
+        if w is None:
+            w = self.arch.regressor(layers, c)
+        else:
+            assert self.arch.linear, "only a linear net's losses are functions of its regressor"
+            w = w[rows]
         return {"loss_train": value[rows], "loss_test": self.arch.test_loss(layers, c, prob, w),
                 "distance": distance(w, prob)}
 
-    def record(self, due: torch.Tensor, j: Sample, value: torch.Tensor, precond: torch.Tensor | None = None) -> None:
+    def record(self, due: torch.Tensor, j: Sample, value: torch.Tensor, precond: torch.Tensor | None = None,
+               w: torch.Tensor | None = None) -> None:
         """Sample j (one index for all, or a (b,) tensor of per-row indices) of the live rows in ``due``
-        (``precond``: the optimizer's diagonal preconditioner of the live rows, (b, P), where it has one)."""
+        (``precond``: the optimizer's diagonal preconditioner of the live rows, (b, P), where it has one;
+        ``w``: the rows' regressors at the sample, where they are not those of the current layers)."""
         if not bool(due.any()):
             return
         gi, jj = self.idx[due], (j if isinstance(j, int) else j[due])
-        for key, v in self.observe(due, value).items():
+        for key, v in self.observe(due, value, w).items():
             self.traj[key][gi, jj] = v.to(torch.float64)
         if self.sharpness is not None:
             self.sharpness.record(self, due, j, None if precond is None else precond[due])

@@ -199,7 +199,8 @@ def _train_batch(nets: TrainNetworks, settings: Settings, stepper) -> TrainResul
         traj_loss_test=traj["loss_test"], traj_distance=traj["distance"],
         traj_sharpness=None if sharp is None else sharp.values,
         train_path=np.full(len(nets), stepper.path, dtype=np.int8), dtype=dtype_name(dtype), device=str(dev),
-        seconds=time.monotonic() - t0, extras={**stepper.outputs(), **({} if sharp is None else sharp.extras())})
+        seconds=time.monotonic() - t0, extras={**stepper.outputs(), **({} if sharp is None else sharp.extras()),
+                                               "evaluations": state.evaluations.cpu().numpy()})
 
 
 def excess(result: TrainResult, dataset: Dataset) -> np.ndarray:

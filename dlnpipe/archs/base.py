@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the config and the grid read this module: torch is imported
 
 Layers: TypeAlias = "Sequence[Tensor]"  # W_1 .. W_L, each (B, out_k, in_k)
 FusedSteps: TypeAlias = "Callable[..., tuple[Tensor, Tensor]]"  # see Architecture.fused_steps
+FusedFlow: TypeAlias = "Callable[..., Any]"  # see Architecture.fused_flow
 
 
 @dataclass(frozen=True)
@@ -185,3 +186,10 @@ class Architecture:
         W ← W − η ∇R (η = lr where alive, else 0); it returns (the loss before the last step, whether the
         last step moved each network's weights), both (b,)."""
         return None, f"arch {self.name} has no compiled step"
+
+    def fused_flow(self, layers: Layers, c: Tensor, prob: Problem) -> tuple[FusedFlow | None, str]:
+        """The compiled gradient flow for this batch, decided once per batch, or None and why there is none. Called
+        as ``flow(weights, c, prob, *, depth, rec, T, stop, cap, max_steps, rtol, atol)`` with the layers
+        flattened (B, P), it integrates every network by the solver and rules of :mod:`dlnpipe.steppers.flow`
+        and returns a :class:`dlnpipe.kernels.linear.FlowOutcome`."""
+        return None, f"arch {self.name} has no compiled flow"

@@ -98,16 +98,23 @@ class LinearArchitecture(Architecture):
         g[:, : X.shape[1]] = 2 * (weights * r) @ X
         return self.backward(layers, rows, g), (weights * r * r).sum(-1)
 
-    def fused_steps(self, layers, c, prob):
-        """The compiled step (dlnpipe/kernels/linear.c): the same recursions for a SIMD register of networks
-        at once, on the CPU."""
+    @staticmethod
+    def _kernel(layers, c, prob):
+        """The compiled kernel dlnpipe/kernels/linear.c for this batch's dtype and shapes, or None and why not."""
         if layers[0].device.type != "cpu":
             return None, "the compiled kernels run on the CPU"
         from dlnpipe.kernels import linear
 
         width = layers[0].shape[1] if len(layers) > 1 else c.shape[2]
-        lib, why = linear.library(layers[0].dtype, in_dim=layers[0].shape[2], width=width, out_last=c.shape[2],
-                                  per_network=prob.batched)
+        return linear.library(layers[0].dtype, in_dim=layers[0].shape[2], width=width, out_last=c.shape[2],
+                              per_network=prob.batched)
+
+    def fused_steps(self, layers, c, prob):
+        """The compiled step (dlnpipe/kernels/linear.c): the same recursions for a SIMD register of networks
+        at once, on the CPU."""
+        from dlnpipe.kernels import linear
+
+        lib, why = self._kernel(layers, c, prob)
         if lib is None:
             return None, why
 
@@ -115,6 +122,20 @@ class LinearArchitecture(Architecture):
             return linear.gd_steps(lib, layers, c, prob, **kw)
 
         return step, ""
+
+    def fused_flow(self, layers, c, prob):
+        """The compiled flow (dlnpipe/kernels/linear.c): the field from the same recursions, the whole solver in
+        C, a SIMD register of networks at a time, on the CPU."""
+        from dlnpipe.kernels import linear
+
+        lib, why = self._kernel(layers, c, prob)
+        if lib is None:
+            return None, why
+
+        def flow(weights, c, prob, **kw):
+            return linear.flow(lib, weights, c, prob, **kw)
+
+        return flow, ""
 
     @staticmethod
     def gauss_newton(dataset, net) -> np.ndarray:

@@ -123,6 +123,7 @@ class FirstOrder(Stepper):
                 self.out[name] = torch.full((B,), float("nan"), dtype=torch.float64, device=dev)
         self.setup(state)
         loss0 = self.full_loss(state) if self.stochastic else self.gradient(state)[1]
+        state.evaluated()
         self.rows = Progress.start(state, schedule, loss0, self.explode)
         state.attach(*(r for r in (self.rows, self.opt, self.avg) if r is not None))
         log.info("%s %s: the torch path (this optimizer has no compiled step)", self.name, state.label)
@@ -134,6 +135,7 @@ class FirstOrder(Stepper):
     def advance(self, state) -> bool:
         t, r = self.t, self.rows
         grads, value = self.gradient(state)
+        state.evaluated()
         r.check_(value)
         if t in self.record_index or t in self.finish_steps:
             full = self.full_loss(state) if self.stochastic else value

@@ -13,6 +13,11 @@ later samples then hold its final values), after ``max_steps`` accepted steps (a
 a large init, reported where it stopped), or when its loss blows up (diverged, frozen where it is;
 its divergence step is t/η). Samples are taken at the times η·record_steps exactly (steps are
 shortened to land on them).
+
+Linear nets on the CPU integrate in the compiled kernel (``Architecture.fused_flow``, decided once per
+batch, logged and recorded in :attr:`~dlnpipe.steppers.base.Stepper.path`): the same solver step for
+step, the field from the moments, and the samples (the regressor and R − R*, from which the losses
+follow) taken there; the torch path below is the reference it is tested against and the fallback.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from dlnpipe._checks import check_int, check_positive
 from dlnpipe.lazy import torch
 from dlnpipe.rows import Rows
+from dlnpipe.status import TrainPath
 from dlnpipe.steppers.base import EXPLODE, Schedule, Stepper, divergence_cap
 from dlnpipe.tensors import flatten, unflatten
 
@@ -104,24 +110,52 @@ class GradientFlow(Stepper):
         B, dev, like = state.size, state.idx.device, state.layers
         self.like, self.evals = like, 1
         self.accepted = torch.zeros(B, dtype=torch.int64, device=dev)  # all B networks, by global index
+        dtype = like[0].dtype
+        self.rec = torch.as_tensor(schedule.lr[:, None] * schedule.record_steps[None, :], dtype=dtype, device=dev)
+        self.T = torch.as_tensor(schedule.lr * schedule.steps, dtype=dtype, device=dev)
+        self.lr = torch.as_tensor(schedule.lr, dtype=torch.float64, device=dev)
+        self.stop = torch.as_tensor(1e-6 * state.threshold, dtype=dtype, device=dev).expand(B).clone()
+        # one decision for the batch: the compiled flow integrates it all, or the torch path step by step
+        self.fused, why = state.arch.fused_flow(state.layers, state.c, state.prob)
+        self.path = TrainPath.COMPILED if self.fused is not None else TrainPath.TORCH
+        log.info("flow %s: %s", state.label, "the compiled kernel integrates every network"
+                 if self.fused is not None else f"the torch path ({why})")
+        if self.fused is not None:
+            return
         y = flatten(like).clone()
         f, excess = self.field(state, y)
-        rec = torch.as_tensor(schedule.lr[:, None] * schedule.record_steps[None, :], dtype=y.dtype, device=dev)
+        state.evaluated()
         # initial step (Hairer, Nørsett & Wanner II.4): h0 = 0.01·‖y‖/‖f‖ in the scaled norm, at most T
         sc = self.atol + self.rtol * y.abs()
         d0, d1 = _rms(y / sc), _rms(f / sc)
         h = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-        T = torch.as_tensor(schedule.lr * schedule.steps, dtype=y.dtype, device=dev)
         self.rows = FlowRows(
             y=y, f=f, excess=excess, t=torch.zeros(B, dtype=y.dtype, device=dev),
-            h=torch.minimum(h, T).clamp(min=1e-12),
-            rec=rec, nxt=torch.zeros(B, dtype=torch.int64, device=dev), T=T,
-            lr=torch.as_tensor(schedule.lr, dtype=torch.float64, device=dev),
-            cap=divergence_cap(excess + state.prob.loss_opt, state.prob.yty, self.explode),
-            stop=torch.as_tensor(1e-6 * state.threshold, dtype=y.dtype, device=dev).expand(B).clone())
+            h=torch.minimum(h, self.T).clamp(min=1e-12), rec=self.rec,
+            nxt=torch.zeros(B, dtype=torch.int64, device=dev),
+            T=self.T, lr=self.lr, cap=divergence_cap(excess + state.prob.loss_opt, state.prob.yty, self.explode),
+            stop=self.stop)
         state.attach(self.rows)
-        log.info("flow %s: the torch path (the flow has no compiled step)", state.label)
         self._sample(state, torch.ones(B, dtype=torch.bool, device=dev))
+
+    def _compiled(self, state) -> None:
+        """The whole batch by the compiled flow: its samples recorded, every network retired."""
+        prob = state.prob
+        cap = divergence_cap(state.arch.evaluate(state.layers, state.c, prob).value, prob.yty, self.explode)
+        out = self.fused(flatten(state.layers), state.c, prob, depth=len(state.layers), rec=self.rec, T=self.T,
+                         stop=self.stop, cap=cap, max_steps=self.max_steps, rtol=self.rtol, atol=self.atol)
+        state.evaluated(out.evaluations)
+        self.accepted, self.evals = out.accepted, int(out.evaluations.sum())
+        for j in range(self.rec.shape[1]):
+            state.record(out.nrec > j, j, out.ex_rec[:, j] + prob.loss_opt, w=out.w_rec[:, j])
+        state.layers = unflatten(out.weights, self.like)
+        t = out.t[:, None]
+        conv = (out.excess <= self.stop) & ~out.diverged
+        hold = conv[:, None] & (self.rec > t * (1 + 1e-12)) & (self.rec <= self.T[:, None] * (1 + 1e-12))
+        done = torch.ones_like(conv)
+        state.retire(done, out.excess + prob.loss_opt, diverged=out.diverged, at=out.t.to(torch.float64) / self.lr,
+                     hold=hold)
+        state.compact(~done)
 
     def _sync(self, state) -> torch.Tensor:
         """Point the state's layers at the live rows' parameters; the rows' training loss."""
@@ -161,6 +195,10 @@ class GradientFlow(Stepper):
         state.compact(~done)
 
     def advance(self, state) -> bool:
+        if self.fused is not None:
+            self._compiled(state)
+            self._report(state)
+            return False
         self._leave(state)
         if state.size == 0:
             self._report(state)
@@ -176,6 +214,7 @@ class GradientFlow(Stepper):
         f5, ex5 = self.field(state, y5)
         k.append(f5)
         self.evals += 6
+        state.evaluated(6)
         err = _rms(h[:, None] * sum(e * ki for e, ki in zip(_E, k) if e)
                    / (self.atol + self.rtol * torch.maximum(y.abs(), y5.abs())))
         ok = (err <= 1.0) & torch.isfinite(err)
@@ -193,5 +232,6 @@ class GradientFlow(Stepper):
         return True
 
     def _report(self, state) -> None:
-        log.info("flow %s: %d networks, %d batched field evaluations, median %d accepted steps", state.label,
-                 self.accepted.numel(), self.evals, int(np.median(self.accepted.cpu().numpy())))
+        log.info("flow %s: %d networks, %d %sfield evaluations, median %d accepted steps", state.label,
+                 self.accepted.numel(), self.evals, "" if self.fused is not None else "batched ",
+                 int(np.median(self.accepted.cpu().numpy())))

@@ -58,6 +58,7 @@ class GradientDescent(Stepper):
         # the steps the torch path evaluates before taking them: recording and a network's last step
         self.events = np.array(sorted(set(self.record_index) | self.finish_steps), dtype=np.int64)
         loss0 = state.arch.evaluate(state.layers, state.c, state.prob).value
+        state.evaluated()
         self.rows = Progress.start(state, schedule, loss0, self.explode)
         state.attach(self.rows)
         # one decision for the batch: the compiled step takes every span between events, or none
@@ -79,6 +80,7 @@ class GradientDescent(Stepper):
         r, count = self.rows, end - self.t
         value, moved = self.fused(state.layers, state.c, state.prob, lr=r.lr, alive=r.alive,
                                   alive_steps=r.alive_steps, cap=r.cap, count=count)
+        state.evaluated(count)
         state.progress(count * state.size, lambda rate: self._message(state, rate))
         last, self.t = end - 1, end
         if self.check_every and last % self.check_every == 0:
@@ -90,6 +92,7 @@ class GradientDescent(Stepper):
             return state.size > 0
         t, r = self.t, self.rows
         ev = state.arch.evaluate(state.layers, state.c, state.prob)
+        state.evaluated()
         r.check_(ev.value)
         if t in self.record_index:
             state.record(r.alive & (r.steps >= t), self.record_index[t], ev.value)
