@@ -58,14 +58,13 @@ static inline void suffix_rows(int L, const REAL *restrict W, const REAL *restri
     for (int o = 0; o < OUTL; ++o) SIMD FOR_LANES ROW(L, o)[l] = c[(long)o * LANES + l];
     for (int k = L; k >= 1; --k) {
         const int rk = rows_of(k, L), ck = cols_of(k);
-        for (int i = 0; i < ck; ++i) {
-            REAL acc[LANES] = {0};
-            for (int o = 0; o < rk; ++o) {
-                const REAL *bo = ROW(k, o), *w = WK(W, k, o, i);
-                SIMD FOR_LANES acc[l] += bo[l] * w[l];
-            }
-            SIMD FOR_LANES ROW(k - 1, i)[l] = acc[l];
+        /* every column's sum at once (independent chains, each summed over o in order) */
+        REAL acc[M > IN ? M : IN][LANES] = {{0}};
+        for (int o = 0; o < rk; ++o) {
+            const REAL *bo = ROW(k, o), *w = WK(W, k, o, 0);
+            for (int i = 0; i < ck; ++i) SIMD FOR_LANES acc[i][l] += bo[l] * w[(long)i * LANES + l];
         }
+        for (int i = 0; i < ck; ++i) SIMD FOR_LANES ROW(k - 1, i)[l] = acc[i][l];
     }
 }
 
@@ -83,32 +82,28 @@ static inline void data_term(const REAL *restrict b, const REAL *restrict sigma,
 }
 
 /* Through the layers from the first, h_{k+1} = h_k W_kᵀ at the old W_k (h_1 = h; b_0's place holds h_{k+1}
- * in turn). With G: the field, G_k = −b_kᵀ h_k (W is not written). Without: the step W_k −= b_kᵀ h_k, and
- * with `track` the lanes whose weights it changed in `moved`. */
-static inline __attribute__((always_inline)) void backward(int L, REAL *restrict W, REAL *restrict G,
-                                                           REAL *restrict b, REAL h[IN][LANES],
-                                                           const long *restrict offset, int track,
-                                                           uint8_t *restrict moved) {
+ * in turn), and the step W_k −= b_kᵀ h_k; with `track`, the lanes whose weights it changed in `moved`. */
+static inline __attribute__((always_inline)) void backward(int L, REAL *restrict W, REAL *restrict b,
+                                                           REAL h[IN][LANES], const long *restrict offset,
+                                                           int track, uint8_t *restrict moved) {
     REAL *hk = &h[0][0], *hn = ROW(0, 0);
     REAL next[M > OUTL ? M : OUTL][LANES];
     for (int k = 1; k <= L; ++k) {
         const int rk = rows_of(k, L), ck = cols_of(k);
-        for (int o = 0; o < rk; ++o) {
-            REAL acc[LANES] = {0};
-            for (int i = 0; i < ck; ++i) {
-                const REAL *w = WK(W, k, o, i), *hi = hk + (long)i * LANES;
-                SIMD FOR_LANES acc[l] += hi[l] * w[l];
+        /* every row's sum at once (independent chains, each summed over i in order) */
+        for (int o = 0; o < rk; ++o) SIMD FOR_LANES next[o][l] = 0;
+        for (int i = 0; i < ck; ++i) {
+            const REAL *hi = hk + (long)i * LANES;
+            for (int o = 0; o < rk; ++o) {
+                const REAL *w = WK(W, k, o, i);
+                SIMD FOR_LANES next[o][l] += hi[l] * w[l];
             }
-            SIMD FOR_LANES next[o][l] = acc[l];
         }
         for (int o = 0; o < rk; ++o) {
             const REAL *bo = ROW(k, o);
             for (int i = 0; i < ck; ++i) {
                 const REAL *hi = hk + (long)i * LANES;
-                if (G) {
-                    REAL *g = WK(G, k, o, i);
-                    SIMD FOR_LANES g[l] = -(bo[l] * hi[l]);
-                } else if (!track) {
+                if (!track) {
                     REAL *w = WK(W, k, o, i);
                     SIMD FOR_LANES w[l] -= bo[l] * hi[l];
                 } else {
@@ -143,8 +138,8 @@ static void chunk_steps(int L, long steps, REAL *restrict W, const REAL *restric
             eta[l] = alive[l] ? lr[l] : (REAL)0;
         }
         for (int i = 0; i < IN; ++i) SIMD FOR_LANES h[i][l] = alive[l] ? eta[l] * h[i][l] : (REAL)0;
-        if (t + 1 < steps) backward(L, W, NULL, b, h, offset, 0, moved);
-        else backward(L, W, NULL, b, h, offset, 1, moved);  /* the last step notes which weights it moved */
+        if (t + 1 < steps) backward(L, W, b, h, offset, 0, moved);
+        else backward(L, W, b, h, offset, 1, moved);  /* the last step notes which weights it moved */
     }
 }
 
@@ -188,7 +183,14 @@ int dlnpipe_steps(int nchunks, int L, long steps, REAL *W, const REAL *c, const 
  * network's steps stop at its record times and its horizon T; it leaves when t ≥ T, R − R* ≤ stop, after
  * max_steps accepted steps, or when R − R* is not finite or exceeds its cap (diverged). The LANES slots
  * of one chunk take the networks in turn: a slot whose network left takes the next one, so no lane idles
- * while networks remain. Everything runs here; the caller sees only the results. */
+ * while networks remain. Everything runs here; the caller sees only the results.
+ *
+ * The field is rank one per layer, k(W)_k = −b_kᵀ h_k, so a stage is kept as its rows b_k and h_k, never
+ * as a matrix, and a stage point Y + Σ_j α_j k_j is never formed: its products with rows are those of Y
+ * corrected by dot products with the earlier stages' rows,
+ *   b (Y_k − Σ_j α_j b_jᵀ h_j) = b Y_k − Σ_j α_j (b·b_j) h_j,   and likewise h (…)ᵀ = h Y_kᵀ − Σ_j α_j (h·h_j) b_j,
+ * so every stage costs the two recursions through Y, as a GD step does, plus O(L m) per earlier stage.
+ * One pass over the weights per step forms y5 and the error. */
 
 static const REAL DP_A[6][5] = {
     {0}, {1.0 / 5}, {3.0 / 40, 9.0 / 40}, {44.0 / 45, -56.0 / 15, 32.0 / 9},
@@ -204,23 +206,60 @@ static const double DP_B4[7] = {5179.0 / 57600, 0, 7571.0 / 16695, 393.0 / 640, 
 #else
 #define POW powf
 #endif
+#define AT(A, k, i) ((A) + ((long)(k) * WIDTH + (i)) * LANES)  /* row k, entry i of a stage's rows */
 
 struct flow_slots {  /* the chunk's LANES slots: the state of the network each one holds */
-    REAL *y, *k[7], *ys, *b, *c, *sigma, *wstar;
+    REAL *y, *y5, *b[7], *h[7], *c, *sigma, *wstar;  /* b[j], h[j]: stage j's rows [(L+1)][WIDTH][LANES] */
     long *offset;
-    REAL t[LANES], h[LANES], ex[LANES], w[IN][LANES];
+    REAL t[LANES], hs[LANES], ex[LANES];
     long nxt[LANES], acc[LANES], ev[LANES];
     int net[LANES];
 };
 
-/* The field at y into f: −∇R, with R − R* into ex and w (b_0) into the slots' w. */
-static void field(int L, struct flow_slots *s, const REAL *restrict y, REAL *restrict f, REAL *restrict ex) {
-    REAL h[IN][LANES];
-    REAL *b = s->b;
-    suffix_rows(L, y, s->c, b, s->offset);
-    for (int i = 0; i < IN; ++i) SIMD FOR_LANES s->w[i][l] = ROW(0, i)[l];
-    data_term(b, s->sigma, s->wstar, h, ex);
-    backward(L, (REAL *)y, f, b, h, s->offset, 0, NULL);
+/* The field at the point Y + Σ_{j<n} coef_j k_{stage_j} into stage `out`'s rows (b_0 = w there), R − R* into ex. */
+static void field(int L, struct flow_slots *s, int out, int n, const int *stage, REAL coef[][LANES],
+                  REAL *restrict ex) {
+    const long *offset = s->offset;
+    REAL *restrict bo = s->b[out], *restrict ho = s->h[out];
+    const REAL *Y = s->y;
+    for (int o = 0; o < OUTL; ++o) SIMD FOR_LANES AT(bo, L, o)[l] = s->c[(long)o * LANES + l];
+    for (int k = L; k >= 1; --k) {  /* b_{k-1} = b_k Y_k − Σ_j coef_j (b_k·b_j,k) h_j,k */
+        const int rk = rows_of(k, L), ck = cols_of(k);
+        REAL acc[M > IN ? M : IN][LANES] = {{0}};
+        for (int o = 0; o < rk; ++o) {
+            const REAL *bk = AT(bo, k, o), *w = WK(Y, k, o, 0);
+            for (int i = 0; i < ck; ++i) SIMD FOR_LANES acc[i][l] += bk[l] * w[(long)i * LANES + l];
+        }
+        for (int j = 0; j < n; ++j) {
+            REAL dot[LANES] = {0};
+            for (int o = 0; o < rk; ++o) SIMD FOR_LANES dot[l] += AT(bo, k, o)[l] * AT(s->b[stage[j]], k, o)[l];
+            SIMD FOR_LANES dot[l] *= coef[j][l];
+            for (int i = 0; i < ck; ++i) SIMD FOR_LANES acc[i][l] -= dot[l] * AT(s->h[stage[j]], k, i)[l];
+        }
+        for (int i = 0; i < ck; ++i) SIMD FOR_LANES AT(bo, k - 1, i)[l] = acc[i][l];
+    }
+    REAL g[IN][LANES];
+    data_term(bo, s->sigma, s->wstar, g, ex);
+    for (int i = 0; i < IN; ++i) SIMD FOR_LANES AT(ho, 1, i)[l] = g[i][l];
+    for (int k = 1; k < L; ++k) {  /* h_{k+1} = h_k Y_kᵀ − Σ_j coef_j (h_k·h_j,k) b_j,k */
+        const int rk = rows_of(k, L), ck = cols_of(k);
+        REAL next[M][LANES];
+        for (int o = 0; o < rk; ++o) SIMD FOR_LANES next[o][l] = 0;
+        for (int i = 0; i < ck; ++i) {
+            const REAL *hi = AT(ho, k, i);
+            for (int o = 0; o < rk; ++o) {
+                const REAL *w = WK(Y, k, o, i);
+                SIMD FOR_LANES next[o][l] += hi[l] * w[l];
+            }
+        }
+        for (int j = 0; j < n; ++j) {
+            REAL dot[LANES] = {0};
+            for (int i = 0; i < ck; ++i) SIMD FOR_LANES dot[l] += AT(ho, k, i)[l] * AT(s->h[stage[j]], k, i)[l];
+            SIMD FOR_LANES dot[l] *= coef[j][l];
+            for (int o = 0; o < rk; ++o) SIMD FOR_LANES next[o][l] -= dot[l] * AT(s->b[stage[j]], k, o)[l];
+        }
+        for (int o = 0; o < rk; ++o) SIMD FOR_LANES AT(ho, k + 1, o)[l] = next[o][l];
+    }
 }
 
 /* Take network i into slot l: its weights, prefix and (with SIGMA_LANES) its moments. */
@@ -237,19 +276,27 @@ static void load(struct flow_slots *s, int l, long i, long P, const REAL *W, con
     s->net[l] = (int)i;
 }
 
-/* Record slot l's network at every record time its clock has reached (maybe several). */
-static void sample(struct flow_slots *s, int l, int NT, const REAL *rec, REAL *w_rec, REAL *ex_rec) {
+/* Record slot l's network (w: the rows b_0 of stage `at`) at every record time its clock has reached. */
+static void sample(struct flow_slots *s, int l, int at, int NT, const REAL *rec, REAL *w_rec, REAL *ex_rec) {
     const long i = s->net[l];
     while (s->nxt[l] < NT && s->t[l] >= rec[i * NT + s->nxt[l]] * (1 - (REAL)1e-12)) {
         const long j = i * NT + s->nxt[l];
-        for (int d = 0; d < IN; ++d) w_rec[j * IN + d] = s->w[d][l];
+        for (int d = 0; d < IN; ++d) w_rec[j * IN + d] = AT(s->b[at], 0, d)[l];
         ex_rec[j] = s->ex[l];
         s->nxt[l] += 1;
     }
 }
 
-/* Fill the free slots from the queue (networks next .. B-1): the field there, the initial step (Hairer,
- * Nørsett & Wanner II.4: h0 = 0.01·‖y‖/‖f‖ in the scaled norm, at most T) and the samples at t = 0. */
+/* Copy lane l of stage `from`'s rows into stage `to`'s. */
+static void copy_rows(int L, struct flow_slots *s, int from, int to, int l) {
+    for (long q = 0; q < (long)(L + 1) * WIDTH; ++q) {
+        s->b[to][q * LANES + l] = s->b[from][q * LANES + l];
+        s->h[to][q * LANES + l] = s->h[from][q * LANES + l];
+    }
+}
+
+/* Fill the free slots from the queue (networks next .. B-1): the field there (stage 0), the initial step
+ * (Hairer, Nørsett & Wanner II.4: h0 = 0.01·‖y‖/‖f‖ in the scaled norm, at most T) and the samples at t = 0. */
 static long refill(int L, long P, int B, long next, struct flow_slots *s, REAL rtol, REAL atol, const REAL *W,
                    const REAL *c, const REAL *sigma, const REAL *wstar, const REAL *T, int NT, const REAL *rec,
                    REAL *w_rec, REAL *ex_rec) {
@@ -259,84 +306,97 @@ static long refill(int L, long P, int B, long next, struct flow_slots *s, REAL r
         fresh[l] = any = 1;
     }
     if (!any) return next;
-    REAL ex[LANES], *f = s->k[6];  /* k_7 is scratch between steps */
-    field(L, s, s->y, f, ex);
-    REAL d0[LANES] = {0}, d1[LANES] = {0};
-    for (long p = 0; p < P; ++p) SIMD FOR_LANES {
-        const REAL sc = atol + rtol * fabs(s->y[p * LANES + l]);
-        const REAL a = s->y[p * LANES + l] / sc, g = f[p * LANES + l] / sc;
-        d0[l] += a * a, d1[l] += g * g;
-    }
+    REAL ex[LANES], d0[LANES] = {0}, d1[LANES] = {0};
+    field(L, s, 6, 0, NULL, NULL, ex);  /* stage 6's rows are free between steps */
+    const long *offset = s->offset;
+    for (int k = 1; k <= L; ++k)
+        for (int o = 0; o < rows_of(k, L); ++o)
+            for (int i = 0; i < cols_of(k); ++i) {
+                const REAL *y = WK(s->y, k, o, i), *bk = AT(s->b[6], k, o), *hk = AT(s->h[6], k, i);
+                SIMD FOR_LANES {
+                    const REAL sc = atol + rtol * fabs(y[l]), a = y[l] / sc, f = -(bk[l] * hk[l]) / sc;
+                    d0[l] += a * a, d1[l] += f * f;
+                }
+            }
     FOR_LANES if (fresh[l]) {
-        for (long p = 0; p < P; ++p) s->k[0][p * LANES + l] = f[p * LANES + l];
+        copy_rows(L, s, 6, 0, l);
         const REAL r0 = sqrt(d0[l] / P), r1 = sqrt(d1[l] / P);
         REAL h = (r0 < (REAL)1e-5 || r1 < (REAL)1e-5) ? (REAL)1e-6 : (REAL)0.01 * r0 / r1;
         const REAL Ti = T[s->net[l]];
         h = h < Ti ? h : Ti;
-        s->h[l] = h > (REAL)1e-12 ? h : (REAL)1e-12;
+        s->hs[l] = h > (REAL)1e-12 ? h : (REAL)1e-12;
         s->ex[l] = ex[l], s->t[l] = 0, s->nxt[l] = 0, s->acc[l] = 0, s->ev[l] = 1;
-        sample(s, l, NT, rec, w_rec, ex_rec);
+        sample(s, l, 0, NT, rec, w_rec, ex_rec);
     }
     return next;
+}
+
+/* One pass over the weights: y5 = Y + Σ_j β_j k_j into s->y5, and each lane's error sum Σ (E/scale)². */
+static void finish_step(int L, struct flow_slots *s, const REAL *hh, REAL *restrict err, REAL atol, REAL rtol) {
+    static const int J5[5] = {0, 2, 3, 4, 5}, JE[6] = {0, 2, 3, 4, 5, 6};
+    const long *offset = s->offset;
+    REAL e[7];
+    for (int j = 0; j < 7; ++j) e[j] = (REAL)((j < 6 ? (double)DP_B5[j] : 0.0) - DP_B4[j]);
+    for (int k = 1; k <= L; ++k) {
+        const int rk = rows_of(k, L), ck = cols_of(k);
+        for (int o = 0; o < rk; ++o) {
+            REAL cb[5][LANES], ce[6][LANES];  /* per row: −β_j b_j[o] and −h e_j b_j[o] */
+            for (int j = 0; j < 5; ++j) SIMD FOR_LANES cb[j][l] = -(hh[l] * DP_B5[J5[j]]) * AT(s->b[J5[j]], k, o)[l];
+            for (int j = 0; j < 6; ++j) SIMD FOR_LANES ce[j][l] = -(hh[l] * e[JE[j]]) * AT(s->b[JE[j]], k, o)[l];
+            const REAL *Y = WK(s->y, k, o, 0);
+            REAL *Y5 = WK(s->y5, k, o, 0);
+            for (int i = 0; i < ck; ++i) SIMD FOR_LANES {
+                const long q = (long)i * LANES + l;
+                REAL y5 = Y[q], E = 0;
+                for (int j = 0; j < 5; ++j) y5 += cb[j][l] * AT(s->h[J5[j]], k, i)[l];
+                for (int j = 0; j < 6; ++j) E += ce[j][l] * AT(s->h[JE[j]], k, i)[l];
+                Y5[q] = y5;
+                const REAL big = fabs(Y[q]) > fabs(y5) ? fabs(Y[q]) : fabs(y5), d = E / (atol + rtol * big);
+                err[l] += d * d;
+            }
+        }
+    }
 }
 
 /* One attempted step of every occupied slot (free slots take h = 0 and are not read). */
 static void attempt(int L, long P, struct flow_slots *s, REAL rtol, REAL atol, const REAL *T, int NT,
                     const REAL *rec, REAL *w_rec, REAL *ex_rec) {
-    REAL hh[LANES], ex[LANES], ex5[LANES], err[LANES] = {0};
+    static const int J[6] = {0, 1, 2, 3, 4, 5}, J5[5] = {0, 2, 3, 4, 5};
+    REAL hh[LANES], ex[LANES], ex5[LANES], err[LANES] = {0}, coef[6][LANES];
     FOR_LANES {
         hh[l] = 0;
         if (s->net[l] < 0) continue;
         const long i = s->net[l];
         const REAL at = s->nxt[l] < NT ? rec[i * NT + s->nxt[l]] : (REAL)INFINITY;
-        const REAL lim = (at < T[i] ? at : T[i]) - s->t[l], h = s->h[l] < lim ? s->h[l] : lim;
+        const REAL lim = (at < T[i] ? at : T[i]) - s->t[l], h = s->hs[l] < lim ? s->hs[l] : lim;
         hh[l] = h > (REAL)1e-14 ? h : (REAL)1e-14;
     }
-    REAL *y = s->y, *ys = s->ys, **k = s->k;
-    for (int st = 1; st <= 5; ++st) {
-        for (long p = 0; p < P; ++p) SIMD FOR_LANES {
-            const long q = p * LANES + l;
-            REAL acc = DP_A[st][0] * k[0][q];
-            for (int j = 1; j < st; ++j) acc += DP_A[st][j] * k[j][q];
-            ys[q] = y[q] + hh[l] * acc;
-        }
-        field(L, s, ys, k[st], ex);
+    for (int st = 1; st <= 5; ++st) {  /* stage st at Y + h Σ_{j<st} a_st,j k_j */
+        for (int j = 0; j < st; ++j) SIMD FOR_LANES coef[j][l] = hh[l] * DP_A[st][j];
+        field(L, s, st, st, J, coef, ex);
     }
-    for (long p = 0; p < P; ++p) SIMD FOR_LANES {
-        const long q = p * LANES + l;
-        REAL acc = DP_B5[0] * k[0][q];
-        for (int j = 2; j < 6; ++j) acc += DP_B5[j] * k[j][q];
-        ys[q] = y[q] + hh[l] * acc;
-    }
-    field(L, s, ys, k[6], ex5);
-    REAL e[7];
-    for (int j = 0; j < 7; ++j) e[j] = (REAL)((j < 6 ? (double)DP_B5[j] : 0.0) - DP_B4[j]);
-    for (long p = 0; p < P; ++p) SIMD FOR_LANES {
-        const long q = p * LANES + l;
-        REAL acc = e[0] * k[0][q];
-        for (int j = 2; j < 7; ++j) acc += e[j] * k[j][q];
-        const REAL big = fabs(y[q]) > fabs(ys[q]) ? fabs(y[q]) : fabs(ys[q]);
-        const REAL d = hh[l] * acc / (atol + rtol * big);
-        err[l] += d * d;
-    }
-    int ok[LANES];
+    for (int j = 0; j < 5; ++j) SIMD FOR_LANES coef[j][l] = hh[l] * DP_B5[J5[j]];
+    field(L, s, 6, 5, J5, coef, ex5);  /* at y5 */
+    finish_step(L, s, hh, err, atol, rtol);
+    int ok[LANES], all = 1;
     FOR_LANES {
         err[l] = sqrt(err[l] / P);
         ok[l] = s->net[l] >= 0 && err[l] <= 1 && isfinite(err[l]);
+        all &= ok[l] || s->net[l] < 0;
     }
-    for (long p = 0; p < P; ++p) SIMD FOR_LANES {
-        const long q = p * LANES + l;
-        y[q] = ok[l] ? ys[q] : y[q];
-        k[0][q] = ok[l] ? k[6][q] : k[0][q];
-    }
+    if (!all)  /* rejected lanes keep Y: write it into y5's lanes, so that y5 becomes every lane's new point */
+        for (long p = 0; p < P; ++p) SIMD FOR_LANES s->y5[p * LANES + l] = ok[l] ? s->y5[p * LANES + l] : s->y[p * LANES + l];
+    REAL *swap = s->y;
+    s->y = s->y5, s->y5 = swap;
     FOR_LANES if (s->net[l] >= 0) {
         const REAL factor = isfinite(err[l]) ? (REAL)0.9 * POW(err[l] > (REAL)1e-10 ? err[l] : (REAL)1e-10, (REAL)-0.2)
                                              : (REAL)0.2;
-        s->h[l] = hh[l] * (factor < (REAL)0.2 ? (REAL)0.2 : factor > 5 ? (REAL)5 : factor);
+        s->hs[l] = hh[l] * (factor < (REAL)0.2 ? (REAL)0.2 : factor > 5 ? (REAL)5 : factor);
         s->ev[l] += 6;
         if (ok[l]) {
-            s->ex[l] = ex5[l], s->t[l] += hh[l], s->acc[l] += 1;  /* s->w: w(y5), from the last field */
-            sample(s, l, NT, rec, w_rec, ex_rec);
+            s->ex[l] = ex5[l], s->t[l] += hh[l], s->acc[l] += 1;
+            sample(s, l, 6, NT, rec, w_rec, ex_rec);
+            copy_rows(L, s, 6, 0, l);  /* FSAL: the field at y5 is the next step's first stage */
         }
     }
 }
@@ -350,19 +410,18 @@ int dlnpipe_flow(int B, int L, int NT, long max_steps, const REAL *tol, REAL *W,
                  const REAL *wstar, const REAL *rec, const REAL *T, const REAL *stop, const REAL *cap, REAL *w_rec,
                  REAL *ex_rec, int64_t *nrec, REAL *excess, REAL *t_out, int64_t *accepted, int64_t *evals,
                  uint8_t *bad) {
-    const long P = n_params(L);
+    const long P = n_params(L), R = (long)(L + 1) * WIDTH * LANES;
     const REAL rtol = tol[0], atol = tol[1];
     struct flow_slots s;
-    REAL *mem = calloc((size_t)(9 * P + (L + 1) * WIDTH + OUTL + (long)IN * IN + IN) * LANES, sizeof(REAL));
+    REAL *mem = calloc((size_t)(2 * P * LANES + 14 * R + (OUTL + (long)IN * IN + IN) * LANES), sizeof(REAL));
     s.offset = layer_offsets(L);
     if (!mem || !s.offset) {
         free(mem), free(s.offset);
         return 1;
     }
-    s.y = mem, s.ys = mem + P * LANES;
-    for (int j = 0; j < 7; ++j) s.k[j] = mem + (2 + j) * P * LANES;
-    s.b = mem + 9 * P * LANES;
-    s.c = s.b + (long)(L + 1) * WIDTH * LANES;
+    s.y = mem, s.y5 = mem + P * LANES;
+    for (int j = 0; j < 7; ++j) s.b[j] = mem + 2 * P * LANES + 2 * j * R, s.h[j] = s.b[j] + R;
+    s.c = mem + 2 * P * LANES + 14 * R;
 #if SIGMA_LANES
     s.sigma = s.c + OUTL * LANES, s.wstar = s.sigma + (long)IN * IN * LANES;
 #else
