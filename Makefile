@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_fig1.py
 	$(PY) benchmarks/bench_gelu.py
 	$(PY) benchmarks/bench_hessian.py
+	$(PY) benchmarks/bench_flow.py
 
 # Re-resolve envs/requirements.txt into the lock file (needs the registries).
 lock:

@@ -314,7 +314,7 @@ static long refill(int L, long P, int B, long next, struct flow_slots *s, REAL r
             for (int i = 0; i < cols_of(k); ++i) {
                 const REAL *y = WK(s->y, k, o, i), *bk = AT(s->b[6], k, o), *hk = AT(s->h[6], k, i);
                 SIMD FOR_LANES {
-                    const REAL sc = atol + rtol * fabs(y[l]), a = y[l] / sc, f = -(bk[l] * hk[l]) / sc;
+                    const REAL inv = 1 / (atol + rtol * fabs(y[l])), a = y[l] * inv, f = -(bk[l] * hk[l]) * inv;
                     d0[l] += a * a, d1[l] += f * f;
                 }
             }
@@ -333,12 +333,14 @@ static long refill(int L, long P, int B, long next, struct flow_slots *s, REAL r
 
 /* One pass over the weights: y5 = Y + Σ_j β_j k_j into s->y5, and each lane's error sum Σ (E/scale)². */
 static void finish_step(int L, struct flow_slots *s, const REAL *hh, REAL *restrict err, REAL atol, REAL rtol) {
-    static const int J5[5] = {0, 2, 3, 4, 5}, JE[6] = {0, 2, 3, 4, 5, 6};
+    static const int J5[5] = {0, 2, 3, 4, 5}, JE[6] = {0, 2, 3, 4, 5, 6};  /* b5_1 = e_1 = 0 */
     const long *offset = s->offset;
     REAL e[7];
     for (int j = 0; j < 7; ++j) e[j] = (REAL)((j < 6 ? (double)DP_B5[j] : 0.0) - DP_B4[j]);
     for (int k = 1; k <= L; ++k) {
         const int rk = rows_of(k, L), ck = cols_of(k);
+        const REAL *h0 = AT(s->h[0], k, 0), *h2 = AT(s->h[2], k, 0), *h3 = AT(s->h[3], k, 0),
+                   *h4 = AT(s->h[4], k, 0), *h5 = AT(s->h[5], k, 0), *h6 = AT(s->h[6], k, 0);
         for (int o = 0; o < rk; ++o) {
             REAL cb[5][LANES], ce[6][LANES];  /* per row: −β_j b_j[o] and −h e_j b_j[o] */
             for (int j = 0; j < 5; ++j) SIMD FOR_LANES cb[j][l] = -(hh[l] * DP_B5[J5[j]]) * AT(s->b[J5[j]], k, o)[l];
@@ -347,9 +349,10 @@ static void finish_step(int L, struct flow_slots *s, const REAL *hh, REAL *restr
             REAL *Y5 = WK(s->y5, k, o, 0);
             for (int i = 0; i < ck; ++i) SIMD FOR_LANES {
                 const long q = (long)i * LANES + l;
-                REAL y5 = Y[q], E = 0;
-                for (int j = 0; j < 5; ++j) y5 += cb[j][l] * AT(s->h[J5[j]], k, i)[l];
-                for (int j = 0; j < 6; ++j) E += ce[j][l] * AT(s->h[JE[j]], k, i)[l];
+                const REAL y5 = Y[q] + cb[0][l] * h0[q] + cb[1][l] * h2[q] + cb[2][l] * h3[q] + cb[3][l] * h4[q]
+                                + cb[4][l] * h5[q];
+                const REAL E = ce[0][l] * h0[q] + ce[1][l] * h2[q] + ce[2][l] * h3[q] + ce[3][l] * h4[q]
+                               + ce[4][l] * h5[q] + ce[5][l] * h6[q];
                 Y5[q] = y5;
                 const REAL big = fabs(Y[q]) > fabs(y5) ? fabs(Y[q]) : fabs(y5), d = E / (atol + rtol * big);
                 err[l] += d * d;
@@ -388,6 +391,16 @@ static void attempt(int L, long P, struct flow_slots *s, REAL rtol, REAL atol, c
         for (long p = 0; p < P; ++p) SIMD FOR_LANES s->y5[p * LANES + l] = ok[l] ? s->y5[p * LANES + l] : s->y[p * LANES + l];
     REAL *swap = s->y;
     s->y = s->y5, s->y5 = swap;
+    /* FSAL: the field at y5 is the next step's first stage, for the lanes that moved there */
+    if (all) {
+        REAL *b0 = s->b[0], *h0 = s->h[0];
+        s->b[0] = s->b[6], s->h[0] = s->h[6], s->b[6] = b0, s->h[6] = h0;
+    } else {
+        for (long q = 0; q < (long)(L + 1) * WIDTH; ++q) SIMD FOR_LANES {
+            s->b[0][q * LANES + l] = ok[l] ? s->b[6][q * LANES + l] : s->b[0][q * LANES + l];
+            s->h[0][q * LANES + l] = ok[l] ? s->h[6][q * LANES + l] : s->h[0][q * LANES + l];
+        }
+    }
     FOR_LANES if (s->net[l] >= 0) {
         const REAL factor = isfinite(err[l]) ? (REAL)0.9 * POW(err[l] > (REAL)1e-10 ? err[l] : (REAL)1e-10, (REAL)-0.2)
                                              : (REAL)0.2;
@@ -395,8 +408,7 @@ static void attempt(int L, long P, struct flow_slots *s, REAL rtol, REAL atol, c
         s->ev[l] += 6;
         if (ok[l]) {
             s->ex[l] = ex5[l], s->t[l] += hh[l], s->acc[l] += 1;
-            sample(s, l, 6, NT, rec, w_rec, ex_rec);
-            copy_rows(L, s, 6, 0, l);  /* FSAL: the field at y5 is the next step's first stage */
+            sample(s, l, 0, NT, rec, w_rec, ex_rec);
         }
     }
 }
