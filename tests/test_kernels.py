@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from tolerances import assert_weights_close
+from tolerances import assert_floor_close, assert_weights_close
 
 import dlnpipe
 from dlnpipe import archs, kernels
@@ -273,26 +273,28 @@ def test_the_float32_gelu_coefficients_come_from_the_fit_script():
     assert fit_gelu.main(["--check"]) == 0
 
 
-@pytest.mark.parametrize("arch,dtype", [("gelu", "float32"), ("gelu", "float64"), ("small", "float64"),
-                                        ("relu", "float32")])
-def test_the_kernel_built_for_either_vector_width_gives_the_same_results(data, kernel_calls, monkeypatch, arch,
-                                                                         dtype):
+@pytest.mark.parametrize("arch,dtype,d", [("gelu", "float32", 5), ("gelu", "float64", 5), ("small", "float64", 5),
+                                          ("relu", "float32", 5), ("small", "float64", 8)])
+def test_the_kernel_built_for_either_vector_width_gives_the_same_results(kernel_calls, monkeypatch, arch, dtype, d):
     """Chunks of 32 bytes (AVX2) and 64 bytes (AVX-512) of networks, built on this CPU whichever it has: each
-    lane's arithmetic is the same scalar program, so the results are the same bit for bit (11 networks: a
-    partial last chunk at both widths), and each kernel says the lanes it packs."""
+    lane runs the same scalar program, so the results agree to rounding (not always bit for bit: at another
+    register width the compiler may fuse a different set of multiply-adds into FMAs; with -ffp-contract=off
+    they are identical), and each kernel says the lanes it packs. 11 networks: a partial last chunk at both."""
+    data = dlnpipe.make_dataset(50, d, noise=0.0, seed=66)
     kw = dict(arch=arch, depth=4, width=5, lr=np.linspace(0.01, 0.05, 11), scale=0.5, seed=np.arange(11), steps=150,
               dtype=dtype, record_every=50, log_every_s=None)
     out = {}
     for vector in (32, 64):
         monkeypatch.setenv("DLNPIPE_VECTOR_BYTES", str(vector))
-        lib, why = linear.library(torch.float64, in_dim=5, width=5, out_last=1, per_network=False)
+        lib, why = linear.library(torch.float64, in_dim=d, width=5, out_last=1, per_network=False)
         assert lib is not None, why
         assert linear.lanes(lib) == vector // 8
         out[vector] = dlnpipe.train(data, **kw)
     assert sum(kernel_calls) >= 200
+    rel = 1e-10 if dtype == "float64" else 1e-4  # float32: a few ulps, grown over 150 steps
     for a, b in zip(out[32].layers, out[64].layers):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(out[32].traj_loss_train, out[64].traj_loss_train)
+        assert_weights_close(a, b, rel=rel)
+    assert_floor_close(out[32].traj_loss_train, out[64].traj_loss_train, scale=float(data.yty), rel=rel)
 
 
 def test_the_vector_width_follows_the_cpu_and_a_bad_override_is_refused(monkeypatch):
