@@ -196,7 +196,7 @@ def cmd_track_init(args):
 def cmd_track(args):
     from dlnpipe.stages import track
 
-    track.run(args.uri, args.name, args.cell, args.data, args.train, args.measure,
+    track.run(args.uri, args.name, json.loads(args.groups), args.data, args.train, args.measure,
               cube=str(Path(args.cube).resolve()), study=args.study, out=args.out)
 
 
@@ -284,11 +284,12 @@ def _tracking_commands(sub) -> None:
     p.add_argument("--views", help="JSON: experiment name -> its runs table's view (dlnpipe.tracking.table_view)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_track_init)
-    p = sub.add_parser("track", help="log one cell's training configurations to MLflow (replacing earlier runs)")
+    p = sub.add_parser("track", help="log one experiment's training configurations to MLflow (relogging the cells "
+                                     "whose results changed)")
     p.add_argument("--uri", required=True, help="tracking URI (relative sqlite paths are made absolute)")
     p.add_argument("--name", required=True, help="MLflow experiment name (created by track-init)")
-    p.add_argument("--cell", required=True, help="cell id without part index")
-    p.add_argument("--data", nargs="+", required=True, help="the cell's dataset file(s)")
+    p.add_argument("--groups", required=True, help="JSON: each cell id without part index -> its parts' ids")
+    p.add_argument("--data", nargs="+", required=True, help="the experiment's dataset files")
     p.add_argument("--train", nargs="+", required=True)
     p.add_argument("--measure", nargs="+", required=True)
     p.add_argument("--cube", required=True, help="where the cube is (a tag)")

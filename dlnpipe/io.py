@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,6 +34,20 @@ def load_npz(path: str | Path) -> tuple[dict, dict]:
         arrays = {k: f[k] for k in f.files if k != "meta"}
         meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
     return arrays, meta
+
+
+def fingerprint(contents: list[tuple[dict, dict]]) -> str:
+    """A digest of files' contents, (arrays, meta) each as :func:`load_npz` reads them: every array's name,
+    dtype, shape and bytes, and the meta, not the file's bytes (a zip records when it was written), so that
+    results computed again, the same to the bit, have the same fingerprint."""
+    h = hashlib.sha256()
+    for arrays, meta in contents:
+        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+        for key in sorted(arrays):
+            a = np.ascontiguousarray(arrays[key])
+            h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:32]
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

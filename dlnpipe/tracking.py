@@ -15,7 +15,10 @@
   after their parent row is expanded, one click per cell, and a parent run has no metrics to
   compare; flat, every configuration is a row with its params and metrics, and grouping by the
   cell tag gives the nesting back when wanted;
-* idempotent: logging a cell first deletes that cell's earlier runs, so a rerun replaces them.
+* one job per experiment (:func:`log_cells`: one client, one lock), which relogs only the cells whose
+  results changed: every run carries the digest of the results it was logged from (tag
+  ``dlnpipe.fingerprint``), a cell whose runs all carry its current digest keeps them, ids and all;
+  any other cell's runs are deleted and logged afresh, so a rerun replaces them.
 
 Only the workflow's local rules (:mod:`dlnpipe.stages.track`) call this module: cluster jobs never
 open the tracking store.
@@ -43,6 +46,7 @@ from dlnpipe.status import Status, TrainPath
 log = logging.getLogger(__name__)
 
 CELL_TAG = "dlnpipe.cell"
+FINGERPRINT_TAG = "dlnpipe.fingerprint"  # the digest of the results a run was logged from
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # The runs table a researcher lands on (make ui's links): MLflow 3.17 reads a view state from the experiment
 # tag mlflow.sharedViewState.<key> when the page's URL says viewStateShareKey=<key> (its "share view"), and
@@ -260,38 +264,55 @@ def configurations(parts: list[tuple[dict, dict, dict]], datasets: dict | None =
     return pd.concat(frames, ignore_index=True)
 
 
-def log_cell(uri: str, name: str, cell_id: str, parts: list[tuple[dict, dict, dict]], *, theory: dict,
-             datasets: dict | None = None, tags: dict) -> dict:
-    """Replace the MLflow runs of one cell (all its parts: (spec, train arrays, measure arrays)) by fresh
-    ones: a top-level run per training configuration, tagged with the cell. ``theory``: data id ->
-    bounds (s_min, s_upper, eta_c) of the cell's depth on that dataset; ``tags`` go on every run.
-    Returns what was logged (run ids, how many old runs were replaced)."""
+def log_cells(uri: str, name: str, cells: list[dict], *, tags: dict) -> dict:
+    """Log an experiment's cells in one client, under one lock of the store. Each cell is a dict: ``cell`` (its
+    id, without part), ``parts`` (spec, train arrays, measure arrays), ``theory`` (data id -> bounds of the
+    cell's depth on that dataset), ``datasets`` and ``fingerprint`` (a digest of its results,
+    :func:`dlnpipe.files.fingerprint`). A cell whose runs all carry its fingerprint is untouched: its runs
+    are kept, ids and all; any other has its runs replaced by fresh ones, a top-level run per training
+    configuration. ``tags`` go on every new run. Returns {"tracking_uri", "experiment_id", "cells": cell id ->
+    {"runs": its run ids (sorted), "replaced": old runs deleted, "kept": whether its runs were kept}}."""
     uri = absolute(uri)
     with store_lock(uri):
-        return _log_cell(uri, _client(uri), name, cell_id, parts, theory=theory, datasets=datasets, tags=tags)
+        client = _client(uri)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise TrackingUnavailable(f"MLflow experiment {name!r} does not exist at {uri}: the mlflow_init rule "
+                                      "creates it before any cell logs")
+        found: dict[str, list] = {}
+        for run in client.search_runs([exp.experiment_id], filter_string="tags.`dlnpipe.role` = 'configuration'",
+                                      max_results=50000):
+            found.setdefault(run.data.tags.get(CELL_TAG, ""), []).append(run)
+        out = {}
+        for cell in cells:
+            old = found.get(cell["cell"], [])
+            if old and all(r.data.tags.get(FINGERPRINT_TAG) == cell["fingerprint"] for r in old):
+                out[cell["cell"]] = {"runs": sorted(r.info.run_id for r in old), "replaced": 0, "kept": True}
+                continue
+            runs = _log_cell(client, exp.experiment_id, cell, old,
+                             tags={**tags, FINGERPRINT_TAG: cell["fingerprint"]})
+            out[cell["cell"]] = {"runs": sorted(runs), "replaced": len(old), "kept": False}
+        kept = sum(c["kept"] for c in out.values())
+        log.info("%s: %d cells relogged, %d untouched (their runs kept)", name, len(out) - kept, kept)
+        return {"tracking_uri": uri, "experiment_id": exp.experiment_id, "cells": out}
 
 
-def _log_cell(uri: str, client, name: str, cell_id: str, parts, *, theory: dict, datasets: dict | None,
-              tags: dict) -> dict:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        raise TrackingUnavailable(f"MLflow experiment {name!r} does not exist at {uri}: the mlflow_init rule "
-                                  "creates it before any cell logs")
-    experiment_id = exp.experiment_id
+def _log_cell(client, experiment_id: str, cell: dict, old: list, *, tags: dict) -> list[str]:
+    """Replace one cell's runs ``old`` by a fresh run per training configuration; their ids."""
+    cell_id, parts = cell["cell"], cell["parts"]
     trains = {spec["cell"]["part"]: train for spec, train, _ in parts}  # the `part` column of the table
     spec = parts[0][0]
-    table = configurations(parts, datasets)
-    old = client.search_runs([experiment_id], filter_string=f"tags.`{CELL_TAG}` = '{cell_id}'", max_results=50000)
+    table = configurations(parts, cell["datasets"])
     for run in old:
         client.delete_run(run.info.run_id)
     tags = {CELL_TAG: cell_id, **tags, "dlnpipe.experiment": spec["cell"]["experiment"],
             "dlnpipe.role": "configuration"}
     optimizers = optimizer_params(spec["experiment"])
-    runs = [_log_configuration(client, experiment_id, spec, key, group, trains, theory[key[0]], tags, optimizers)
+    runs = [_log_configuration(client, experiment_id, spec, key, group, trains, cell["theory"][key[0]], tags,
+                               optimizers)
             for key, group in table.groupby(["data", "optim", "lr", "scale"], sort=True)]
     log.info("cell %s: %d configuration runs logged (replaced %d old runs)", cell_id, len(runs), len(old))
-    return {"tracking_uri": uri, "experiment_id": experiment_id, "cell": cell_id, "runs": runs,
-            "replaced": len(old)}
+    return runs
 
 
 def _configuration_metrics(group: pd.DataFrame, b, lr: float, threshold: float) -> dict[str, float]:

@@ -30,7 +30,7 @@ from dlnpipe.grid import STAGE_KEYS
 from dlnpipe.tracking import configuration_axes
 
 pytestmark = pytest.mark.slow
-HEAVY = {"train_cell", "measure_sharpness", "track_cell", "mlflow_init", "make_dataset"}
+HEAVY = {"train_cell", "measure_sharpness", "track_experiment", "mlflow_init", "make_dataset"}
 
 
 def scheduled(out: str) -> list[tuple[str, str]]:
@@ -122,9 +122,11 @@ def expected_jobs(old, new, exp: str, key: str) -> set[tuple[str, str, str]]:
     rerun = [c for c in cells if c not in before] if stage == "grid" else cells
     order = ("grid", "data", "train", "measure", "cube")  # the pipeline: a stage's jobs, then those after it
     jobs = set()
-    for rule, first_of in (("train_cell", "train"), ("measure_sharpness", "measure"), ("track_cell", "measure")):
+    for rule, first_of in (("train_cell", "train"), ("measure_sharpness", "measure")):
         if order.index(stage) <= order.index(first_of):
-            jobs |= {(rule, exp, c.group if rule == "track_cell" else c.id) for c in rerun}
+            jobs |= {(rule, exp, c.id) for c in rerun}
+    if order.index(stage) <= order.index("measure") and rerun:
+        jobs.add(("track_experiment", exp, ""))  # one job per experiment, relogging the cells that changed
     if stage == "data":
         jobs |= {("make_dataset", exp, d) for d, *_ in grid.data_points(new.experiments[exp])}
     jobs |= {("gather_cube", exp, ""), ("compare_bounds", exp, "")}
@@ -276,7 +278,7 @@ def test_one_experiment_edit_reruns_only_that_experiment(study, edit):
     jobs = dry(cfg)
     assert {exp for _, exp in jobs} == {"small", ""}, jobs
     rules = {rule for rule, _ in jobs}
-    assert {"train_cell", "measure_sharpness", "track_cell", "gather_cube", "compare_bounds", "plot"} <= rules
+    assert {"train_cell", "measure_sharpness", "track_experiment", "gather_cube", "compare_bounds", "plot"} <= rules
     assert ("make_dataset" in rules) == (edit == "data") and "mlflow_init" not in rules
 
 
@@ -289,26 +291,40 @@ def test_new_experiment_runs_only_its_own_jobs(study):
 
 
 def test_untouched_cells_keep_their_mlflow_runs(study, tmp_path):
+    """One tracking job per experiment relogs only the cells whose results changed: after an edit of small's scales
+    (its one cell retrains) and of resid's description (nothing reruns), small's cell has new runs, every other
+    cell the same run ids, and a forced rerun of small's tracking job (same results) relogs nothing."""
     wd, cfg, dry = study
-    logged = sorted((wd / "results/quick/mlflow/logged").rglob("*.json"))
-    before = {p.relative_to(wd): json.loads(p.read_text())["runs"] for p in logged}
+    logged = sorted((wd / "results/quick/mlflow/logged").glob("*.json"))
+    before = {(p.stem, c): v["runs"] for p in logged for c, v in json.loads(p.read_text())["cells"].items()}
     cfg["experiments"]["small"]["scales"] = [0.3, 0.5, 0.7]
     cfg["experiments"]["resid"]["description"] = "edited"
     path = tmp_path / "edited.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     snakemake(wd, "--cores", "2", "--configfile", str(path))
-    after = {p: json.loads((wd / p).read_text())["runs"] for p in before}
-    for p, runs in before.items():
-        if p.parts[4] == "small":
-            assert not set(after[p]) & set(runs), p  # relogged: new runs
+
+    def runs_now():
+        return {(p.stem, c): v for p in (wd / "results/quick/mlflow/logged").glob("*.json")
+                for c, v in json.loads(p.read_text())["cells"].items()}
+
+    after = runs_now()
+    assert set(after) == set(before)
+    for key, runs in before.items():
+        if key[0] == "small":
+            assert not set(after[key]["runs"]) & set(runs) and not after[key]["kept"], key  # relogged: new runs
         else:
-            assert after[p] == runs, p  # untouched: the same run ids
+            assert after[key]["runs"] == runs, key  # untouched: the same run ids
+    snakemake(wd, "--cores", "2", "--configfile", str(path), "--forcerun",
+              "results/quick/mlflow/logged/small.json")
+    again = runs_now()
+    assert again[("small", "small-L3-m3-paper")]["kept"]
+    assert again[("small", "small-L3-m3-paper")]["runs"] == after[("small", "small-L3-m3-paper")]["runs"]
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{wd / 'results/mlflow.db'}")
     exp = client.get_experiment_by_name("dlnpipe/quick/resid")
     live = {r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.`dlnpipe.role` = 'configuration'")}
-    assert live == {r for p, runs in before.items() if p.parts[4] == "resid" for r in runs}
+    assert live == {r for key, runs in before.items() if key[0] == "resid" for r in runs}
 
 
 def test_every_figure_has_its_own_caption(tmp_path):

@@ -95,7 +95,7 @@ def test_quick_study_on_slurm_equals_local_run(cluster, quick_run, tmp_path):
     log_text = next(iter((wd / ".snakemake/slurm_logs/rule_train_cell").rglob("*.log"))).read_text()
     assert "--executor slurm-jobstep" in log_text and "rule train_cell" in log_text
     # MLflow logging ran on the submitting host (local rules): no SLURM job for it
-    assert not (wd / ".snakemake/slurm_logs/rule_track_cell").exists()
+    assert not (wd / ".snakemake/slurm_logs/rule_track_experiment").exists()
     assert (wd / "results/mlflow.db").exists()
 
 

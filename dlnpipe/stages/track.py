@@ -1,15 +1,17 @@
-"""Stage track: the MLflow store created once (``track-init``), then one cell's training
-configurations logged after its results exist (``track``); the logging itself: :mod:`dlnpipe.tracking`."""
+"""Stage track: the MLflow store created once (``track-init``), then each experiment's training
+configurations logged after its results exist (``track``: one job per experiment, relogging only the cells
+whose results changed); the logging itself: :mod:`dlnpipe.tracking`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from dlnpipe.files import read_cell, read_datasets
-from dlnpipe.io import git_revision
+from dlnpipe.files import read_cell, read_datasets, read_meta
+from dlnpipe.grid import ALL_DATA
+from dlnpipe.io import fingerprint, git_revision, load_npz
 from dlnpipe.theory import bounds
-from dlnpipe.tracking import init, log_cell
+from dlnpipe.tracking import init, log_cells
 
 
 def run_init(uri: str, names: list[str], out: str | Path, *, artifacts: str | Path,
@@ -20,19 +22,32 @@ def run_init(uri: str, names: list[str], out: str | Path, *, artifacts: str | Pa
     return ids
 
 
-def run(uri: str, name: str, cell_id: str, data_paths, train_files, measure_files, *, cube: str,
+def run(uri: str, name: str, groups: dict[str, list[str]], data_paths, train_files, measure_files, *, cube: str,
         out: str | Path, study: str = "") -> dict:
-    """Log one cell (all its parts) and write a marker with what was logged."""
-    parts = []
-    for t, m in zip(train_files, measure_files):
-        train, meta = read_cell(t)
-        parts.append((meta["spec"], train, read_cell(m)[0]))
+    """Log one experiment: ``groups`` maps each cell (without part) to its parts' ids, whose train and measure
+    files are among ``train_files`` and ``measure_files`` (named by the part's id); ``data_paths`` are the
+    experiment's datasets. Writes a marker with what was logged, per cell."""
+    train = {Path(p).stem: p for p in train_files}
+    measure = {Path(p).stem: p for p in measure_files}
     sets = read_datasets(data_paths)
-    depth = parts[0][0]["cell"]["depth"]
-    theory = {key: bounds(ds, depth) for key, ds in sets.items()}
-    marker = log_cell(uri, name, cell_id, parts, theory=theory, datasets=sets,
-                      tags={"dlnpipe.git_revision": git_revision(), "dlnpipe.cube": cube,
-                                            "dlnpipe.study": study})
+    loaded = {key: load_npz(path) for key, path in sets_files(data_paths).items()}
+    cells = []
+    for cell_id, part_ids in groups.items():
+        contents = [(read_cell(train[i]), read_cell(measure[i])) for i in part_ids]
+        parts = [(t[1]["spec"], t[0], m[0]) for t, m in contents]
+        data = parts[0][0]["cell"]["data"]
+        own = {k: ds for k, ds in sets.items() if data in (ALL_DATA, k)}
+        depth = parts[0][0]["cell"]["depth"]
+        digest = fingerprint([loaded[k] for k in sorted(own)] + [c for pair in contents for c in pair])
+        cells.append({"cell": cell_id, "parts": parts, "datasets": own, "fingerprint": digest,
+                      "theory": {key: bounds(ds, depth) for key, ds in own.items()}})
+    marker = log_cells(uri, name, cells, tags={"dlnpipe.git_revision": git_revision(), "dlnpipe.cube": cube,
+                                               "dlnpipe.study": study})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(marker, indent=1))
     return marker
+
+
+def sets_files(paths) -> dict[str, str | Path]:
+    """Each dataset file by its data id."""
+    return {read_meta(p)["data_id"]: p for p in paths}

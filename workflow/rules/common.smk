@@ -125,6 +125,31 @@ def group_data(wildcards):
     return experiment_data(cell.experiment, cell.data)
 
 
+def experiment_groups(exp):
+    """The cell groups of an experiment: each cell id without part -> its parts' ids."""
+    return {
+        g: [c.id for c in parts] for (e, g), parts in sorted(GROUPS.items()) if e == exp
+    }
+
+
+def experiment_files(template):
+    """Input function: ``template`` (a train or measure file) for every part of every cell of an experiment."""
+
+    def files(wildcards):
+        groups = experiment_groups(wildcards.exp)
+        return [
+            template.format(exp=wildcards.exp, cell=c)
+            for ids in groups.values()
+            for c in ids
+        ]
+
+    return files
+
+
+def all_data(wildcards):
+    return experiment_data(wildcards.exp, ALL_DATA)
+
+
 def mlflow_name(wildcards):
     return MLFLOW_NAMES[wildcards.exp]
 
@@ -219,8 +244,8 @@ def all_targets():
     targets += expand(rules.compare_bounds.output.csv, exp=list(STUDY.experiments))
     if STUDY.mlflow.enabled:
         targets += [
-            rules.track_cell.output.json.format(exp=e, group=g)
-            for e, g in sorted(GROUPS)
+            rules.track_experiment.output.json.format(exp=e)
+            for e in sorted({e for e, _ in GROUPS})
         ]
     for exp, fig in FIGURES:
         targets += [

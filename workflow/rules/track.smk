@@ -5,7 +5,7 @@
 
 localrules:
     mlflow_init,
-    track_cell,
+    track_experiment,
 
 
 rule mlflow_init:
@@ -29,29 +29,32 @@ rule mlflow_init:
         )
 
 
-rule track_cell:
+# One job per experiment: it reruns when any of its cells' results do, and relogs only the cells whose
+# results changed (the runs carry a fingerprint of them); the others keep their run ids.
+rule track_experiment:
     input:
         # ancient: creating the store's experiments again (a new experiment in the study) relogs nothing
         init=ancient(rules.mlflow_init.output.json),
-        data=group_data,
-        train=group_files(rules.train_cell.output.npz),
-        measure=group_files(rules.measure_sharpness.output.npz),
+        data=all_data,
+        train=experiment_files(rules.train_cell.output.npz),
+        measure=experiment_files(rules.measure_sharpness.output.npz),
     output:
-        json=out("mlflow/logged/{exp}/{group}.json"),
+        json=out("mlflow/logged/{exp}.json"),
     log:
-        out("logs/track_cell/{exp}/{group}.log"),
+        out("logs/track_experiment/{exp}.log"),
     benchmark:
-        out("benchmarks/track_cell/{exp}/{group}.tsv")
+        out("benchmarks/track_experiment/{exp}.tsv")
     conda:
         ENV
     params:
         uri=TRACKING_URI,
         name=mlflow_name,
+        groups=lambda w: json.dumps(experiment_groups(w.exp)),
         cube=rules.cube_root.output.root,
         study=STUDY_NAME,
     shell:
         logged(
-            "python -m dlnpipe track --uri {params.uri:q} --name {params.name:q} --cell {wildcards.group}"
+            "python -m dlnpipe track --uri {params.uri:q} --name {params.name:q} --groups {params.groups:q}"
             " --data {input.data} --train {input.train} --measure {input.measure}"
             " --cube $(dirname {params.cube}) --study {params.study} --out {output.json}"
         )
