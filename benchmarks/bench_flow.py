@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
@@ -28,14 +27,6 @@ import dlnpipe
 from dlnpipe import kernels
 
 DEPTH, WIDTH, D = 32, 16, 4
-
-
-def cpu() -> str:
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return f"{model}, {kernels.vector_bytes()}-byte vectors"
 
 
 def datasets() -> list:
@@ -74,7 +65,7 @@ def main(argv=None):
             if per < best.get(name, np.inf):
                 best[name], out[name] = per, res
     print(f"Gradient flow vs GD: small init, L={DEPTH}, m={WIDTH}, d={D}, float64, {B} networks on 18 datasets, one "
-          f"thread; {cpu()}")
+          f"thread; {kernels.describe_cpu()}")
     for name, per in best.items():
         evals = out[name].extras["evaluations"]
         print(f"  {name:>10}: {per * 1e3:8.3f} ms per batched {'step' if name == 'gd' else 'field evaluation'} "

@@ -113,28 +113,35 @@ class BatchState:
         """Count ``count`` gradient evaluations (one for all live rows, or (b,)) for each live row."""
         self.evaluations[self.idx] += count
 
-    def observe(self, rows: torch.Tensor, value: torch.Tensor,
-                w: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def observe(self, rows: torch.Tensor, value: torch.Tensor, w: torch.Tensor | None = None,
+                test: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training loss (``value``, (b,)), test loss and ‖w_prod − w*‖² of the live rows in ``rows``: at their
-        current layers, or (linear nets, whose losses depend on the regressor alone) at regressors ``w`` (b, in)."""
+        current layers, or at regressors ``w`` (b, in) and with test losses ``test`` (b,) computed elsewhere
+        (a compiled kernel; a linear net's test loss is its regressor's, from the moments)."""
         layers, c, prob = [W[rows] for W in self.layers], self.c[rows], self.prob.rows(rows)
-        if w is None:
-            w = self.arch.regressor(layers, c)
+        given = w is not None
+        w = self.arch.regressor(layers, c) if w is None else w[rows]
+        if test is None:
+            assert self.arch.linear or not given, "only a linear net's test loss is a function of its regressor"
+            test_loss = self.arch.test_loss(layers, c, prob, w)
         else:
-            assert self.arch.linear, "only a linear net's losses are functions of its regressor"
-            w = w[rows]
-        return {"loss_train": value[rows], "loss_test": self.arch.test_loss(layers, c, prob, w),
-                "distance": distance(w, prob)}
+            test_loss = test[rows]
+        return {"loss_train": value[rows], "loss_test": test_loss, "distance": distance(w, prob)}
 
     def record(self, due: torch.Tensor, j: Sample, value: torch.Tensor, precond: torch.Tensor | None = None,
                w: torch.Tensor | None = None) -> None:
         """Sample j (one index for all, or a (b,) tensor of per-row indices) of the live rows in ``due``
         (``precond``: the optimizer's diagonal preconditioner of the live rows, (b, P), where it has one;
         ``w``: the rows' regressors at the sample, where they are not those of the current layers)."""
-        if not bool(due.any()):
-            return
+        if bool(due.any()):
+            self.store(due, j, self.observe(due, value, w), precond)
+
+    def store(self, due: torch.Tensor, j: Sample, observed: dict[str, torch.Tensor],
+              precond: torch.Tensor | None = None) -> None:
+        """Sample j of the live rows in ``due`` from their observed metrics (:meth:`observe`, rows ``due``) and,
+        with trajectory sharpness, the Lanczos sharpness at the current layers."""
         gi, jj = self.idx[due], (j if isinstance(j, int) else j[due])
-        for key, v in self.observe(due, value, w).items():
+        for key, v in observed.items():
             self.traj[key][gi, jj] = v.to(torch.float64)
         if self.sharpness is not None:
             self.sharpness.record(self, due, j, None if precond is None else precond[due])

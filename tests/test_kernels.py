@@ -212,11 +212,12 @@ def test_a_signature_that_does_not_match_the_c_source_is_refused(name):
     source = (kernels.Path(kernels.__file__).with_name(f"{name}.c")).read_text()
     kernels.check_signatures(name, source, module.SIGNATURES)  # the real declarations match
     real = module.SIGNATURES["dlnpipe_steps"]
+    last = kernels.prototypes(source)["dlnpipe_steps"][1][-1][0]  # the name of its last argument, a pointer
     short = {"dlnpipe_steps": kernels.Signature(real.restype, real.argtypes[:-1])}
-    with pytest.raises(kernels.KernelSignatureError, match=r"dlnpipe_steps takes \d+ arguments .*moved\), declared"):
+    with pytest.raises(kernels.KernelSignatureError, match=rf"dlnpipe_steps takes \d+ arguments .*{last}\), declared"):
         kernels.check_signatures(name, source, short)
     wrong = {"dlnpipe_steps": kernels.Signature(real.restype, (*real.argtypes[:-1], ctypes.c_int))}
-    with pytest.raises(kernels.KernelSignatureError, match=r"argument \d+ \(moved\) of dlnpipe_steps is c_void_p, "
+    with pytest.raises(kernels.KernelSignatureError, match=rf"argument \d+ \({last}\) of dlnpipe_steps is c_void_p, "
                                                             r"declared c_int"):
         kernels.load(name, wrong, REAL="double")  # refused before any build
 
@@ -304,3 +305,40 @@ def test_the_vector_width_follows_the_cpu_and_a_bad_override_is_refused(monkeypa
     monkeypatch.setenv("DLNPIPE_VECTOR_BYTES", "48")
     with pytest.raises(ValueError, match="DLNPIPE_VECTOR_BYTES must be one of"):
         kernels.vector_bytes()
+
+
+@pytest.mark.parametrize("arch,dtype", [("gelu", "float64"), ("small", "float64"), ("gelu", "float32")])
+def test_recording_through_the_kernel_gives_the_torch_paths_trajectories(data, monkeypatch, arch, dtype):
+    """A recording step is the kernel's (the first of a span): its training and test losses are the ones the
+    kernel computes for the step (a linear net's test loss from its regressor, taken with the distance just
+    before), so no step but the last of a run is evaluated on the torch path. Recorded every 7 steps, with two networks diverging (not recorded from their divergence on), the
+    trajectories are the torch path's: to 1e-10 of the loss scale in float64, to float32 rounding in float32."""
+    lr = [0.02, 0.05, 30.0, 0.03, 9.0]
+    kw = dict(arch=arch, depth=3, width=5, lr=lr, scale=[0.5, 0.6, 1.5, 0.7, 2.0], seed=[1, 2, 3, 4, 5], steps=90,
+              dtype=dtype, record_every=7, check_every=10, log_every_s=None)
+    real = archs.get(arch).evaluate
+    calls = []
+
+    def spy(self, layers, *a, **k):
+        calls.append(layers[0].shape[0])
+        return real(layers, *a, **k)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(type(archs.get(arch)), "evaluate", spy)
+        fused = dlnpipe.train(data, **kw)
+    assert len(calls) == 2  # the start and the last step: every recording step was the kernel's
+    kernels._load.cache_clear()
+    monkeypatch.setenv("DLNPIPE_KERNELS", "0")
+    plain = dlnpipe.train(data, **kw)
+    kernels._load.cache_clear()
+    assert (fused.train_path == 1).all() and (plain.train_path == 0).all()
+    np.testing.assert_array_equal(fused.status, plain.status)
+    np.testing.assert_array_equal(fused.diverged_step, plain.diverged_step)
+    assert (fused.status == dlnpipe.DIVERGED).sum() >= 1
+    rel = 1e-10 if dtype == "float64" else 1e-4
+    for key in ("traj_loss_train", "traj_loss_test", "traj_distance"):
+        a, b = getattr(fused, key), getattr(plain, key)
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=key)
+        scale = float(data.yty) if "loss" in key else float(data.w_norm) ** 2
+        ok = ~np.isnan(a) & (fused.status != dlnpipe.DIVERGED)[:, None]
+        assert_floor_close(a[ok], b[ok], scale=scale, rel=rel, err_msg=key)

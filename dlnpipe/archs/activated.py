@@ -121,7 +121,8 @@ class ActivatedArchitecture(Architecture):
         if lib is None:
             return None, why
 
-        def step(layers, c, prob, **kw):
-            return activated.gd_steps(lib, layers, prob.X, prob.y, **kw)
+        def step(layers, c, prob, *, test=False, **kw):
+            return activated.gd_steps(lib, layers, prob.X, prob.y, test=(prob.X_test, prob.y_test) if test else None,
+                                      **kw)
 
         return step, ""

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the config and the grid read this module: torch is imported
     from dlnpipe.problem import Problem
 
 Layers: TypeAlias = "Sequence[Tensor]"  # W_1 .. W_L, each (B, out_k, in_k)
-FusedSteps: TypeAlias = "Callable[..., tuple[Tensor, Tensor]]"  # see Architecture.fused_steps
+FusedSteps: TypeAlias = "Callable[..., tuple[Tensor, Tensor, Tensor, Tensor | None]]"  # Architecture.fused_steps
 FusedFlow: TypeAlias = "Callable[..., Any]"  # see Architecture.fused_flow
 
 
@@ -181,10 +181,11 @@ class Architecture:
     def fused_steps(self, layers: Layers, c: Tensor, prob: Problem) -> tuple[FusedSteps | None, str]:
         """The compiled GD step for this batch (its layers' device, dtype and shapes, its problem), decided
         once per batch, or None and why there is none. The step, called as ``step(layers, c, prob, *, lr,
-        alive, alive_steps, cap, count)``, takes ``count`` full GD steps in place, each by the rules of
+        alive, alive_steps, cap, count, test=False)``, takes ``count`` full GD steps in place, each by the rules of
         :mod:`dlnpipe.steppers.base`: value = R(W); alive &= value <= cap; alive_steps += alive;
         W ← W − η ∇R (η = lr where alive, else 0); it returns (the loss before the last step, whether the
-        last step moved each network's weights), both (b,)."""
+        last step moved each network's weights, the loss before the first step, and with ``test=True`` the
+        test loss before the first step where the kernel computes it, else None), each (b,)."""
         return None, f"arch {self.name} has no compiled step"
 
     def fused_flow(self, layers: Layers, c: Tensor, prob: Problem) -> tuple[FusedFlow | None, str]:

@@ -129,6 +129,13 @@ def vector_bytes() -> int:
     return 64 if "avx512f" in flags else 32 if flags & {"avx", "avx2"} else 16
 
 
+def describe_cpu() -> str:
+    """The CPU's model and the vector width the kernels are built for (what a benchmark prints beside its
+    timings)."""
+    models = [line.split(":", 1)[1].strip() for line in _cpu().splitlines() if line.startswith("model name")]
+    return f"{models[0] if models else platform.machine()}, {vector_bytes()}-byte vectors"
+
+
 def cache_dir() -> Path:
     root = os.environ.get("DLNPIPE_CACHE") or Path.home() / ".cache" / "dlnpipe"
     return Path(root) / "kernels"

@@ -241,9 +241,10 @@ INLINE void back(const REAL *restrict dz, const REAL *restrict W, REAL *restrict
     }
 }
 
-/* The loss of one chunk (lanes) into value, and its gradient into w->g. Every call below passes its
- * sizes as constants (D, M, 1) and whether x is lane-wide, so each inlined copy is fully specialised. */
-static void loss_and_grad(const REAL *W, int L, int N, const REAL *X, const REAL *y, Work *w, REAL *value) {
+/* The loss of one chunk (lanes) on (X, y) into value, the residuals into w->r and the activations kept for
+ * the backward pass. Every call below passes its sizes as constants (D, M, 1) and whether x is lane-wide,
+ * so each inlined copy is fully specialised. */
+static void forward(const REAL *W, int L, int N, const REAL *X, const REAL *y, Work *w, REAL *value) {
     const long hidden = (long)N * M * LANES;
     const REAL *WL = W + (n_params(L) - (L == 1 ? D : M)) * LANES;  /* the last layer, (1, D or M) */
     if (L == 1) {
@@ -264,6 +265,13 @@ static void loss_and_grad(const REAL *W, int L, int N, const REAL *X, const REAL
         SIMD FOR_LANES { r[l] -= yi; acc[l] += r[l] * r[l]; }
     }
     SIMD FOR_LANES value[l] = acc[l] / (REAL)N;
+}
+
+/* The loss of one chunk into value, and its gradient into w->g. */
+static void loss_and_grad(const REAL *W, int L, int N, const REAL *X, const REAL *y, Work *w, REAL *value) {
+    const long hidden = (long)N * M * LANES;
+    const REAL *WL = W + (n_params(L) - (L == 1 ? D : M)) * LANES;
+    forward(W, L, N, X, y, w, value);
     /* backward: dout = (2/n) r, then through the layers from the top */
     for (int i = 0; i < N; ++i) {
         REAL *r = w->r + (long)i * LANES;
@@ -288,27 +296,41 @@ static void loss_and_grad(const REAL *W, int L, int N, const REAL *X, const REAL
     }
 }
 
-/* `steps` GD steps of nchunks chunks in place. W: [nchunks][P][LANES]; lr, cap, value: [nchunks][LANES];
+/* Work space for N samples; its buffer (to free), or NULL. */
+static REAL *work(Work *w, int L, int N, long P) {
+    const long hidden = (long)N * M * LANES, layers = L > 1 ? L - 1 : 1;
+    REAL *buf = malloc(sizeof(REAL) * (2 * layers * hidden + 2 * hidden + (long)N * LANES + P * LANES));
+    if (!buf) return NULL;
+    w->da = buf, w->a = w->da + layers * hidden, w->dh = w->a + layers * hidden;
+    w->dz = w->dh + hidden, w->r = w->dz + hidden, w->g = w->r + (long)N * LANES;
+    return buf;
+}
+
+/* `steps` GD steps of nchunks chunks in place. W: [nchunks][P][LANES]; lr, cap, value, first: [nchunks][LANES];
  * alive, moved: [nchunks][LANES] (0/1); alive_steps: [nchunks][LANES]. value: the loss before the last step;
- * moved: whether the last step changed any of the network's weights (a network it did not is at a fixed
- * point of the GD map). */
+ * first: before the first (a recording step's training loss); with a test set (NT > 0: Xt [NT][D], yt [NT]),
+ * first_test: the test loss before the first step; moved: whether the last step changed any of the
+ * network's weights (a network it did not is at a fixed point of the GD map). */
 int dlnpipe_steps(int nchunks, int L, int N, long steps, REAL *W, const REAL *X, const REAL *y, const REAL *lr,
-                  const REAL *cap, uint8_t *alive, int64_t *alive_steps, REAL *value, uint8_t *moved) {
-    const long P = n_params(L), hidden = (long)N * M * LANES;
-    Work w;
-    REAL *buf = malloc(sizeof(REAL) * (2 * (L > 1 ? L - 1 : 1) * hidden + 2 * hidden + (long)N * LANES
-                                       + P * LANES));
-    if (!buf) return 1;
-    w.da = buf, w.a = w.da + (L > 1 ? L - 1 : 1) * hidden, w.dh = w.a + (L > 1 ? L - 1 : 1) * hidden;
-    w.dz = w.dh + hidden, w.r = w.dz + hidden, w.g = w.r + (long)N * LANES;
+                  const REAL *cap, uint8_t *alive, int64_t *alive_steps, REAL *value, REAL *first, uint8_t *moved,
+                  int NT, const REAL *Xt, const REAL *yt, REAL *first_test) {
+    const long P = n_params(L);
+    Work w, wt;
+    REAL *buf = work(&w, L, N, P), *buft = NT > 0 ? work(&wt, L, NT, P) : NULL;
+    if (!buf || (NT > 0 && !buft)) {
+        free(buf), free(buft);
+        return 1;
+    }
     for (int c = 0; c < nchunks; ++c) {
-        REAL *Wc = W + c * P * LANES, *vc = value + c * LANES;
+        REAL *Wc = W + c * P * LANES, *vc = value + c * LANES, *fc = first + c * LANES;
         const REAL *lc = lr + c * LANES, *cc = cap + c * LANES;
         uint8_t *ac = alive + c * LANES, *mc = moved + c * LANES;
         int64_t *sc = alive_steps + c * LANES;
+        if (NT > 0) forward(Wc, L, NT, Xt, yt, &wt, first_test + c * LANES);
         FOR_LANES mc[l] = 0;
         for (long t = 0; t < steps; ++t) {
             loss_and_grad(Wc, L, N, X, y, &w, vc);
+            if (t == 0) FOR_LANES fc[l] = vc[l];
             REAL step[LANES];
             FOR_LANES {
                 ac[l] = ac[l] && vc[l] <= cc[l];
@@ -334,7 +356,7 @@ int dlnpipe_steps(int nchunks, int L, int N, long steps, REAL *W, const REAL *X,
             }
         }
     }
-    free(buf);
+    free(buf), free(buft);
     return 0;
 }
 

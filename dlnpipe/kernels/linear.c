@@ -125,7 +125,8 @@ static inline __attribute__((always_inline)) void backward(int L, REAL *restrict
 static void chunk_steps(int L, long steps, REAL *restrict W, const REAL *restrict c, const REAL *restrict sigma,
                         const REAL *restrict wstar, const REAL *restrict loss_opt, const REAL *restrict lr,
                         const REAL *restrict cap, uint8_t *restrict alive, int64_t *restrict alive_steps,
-                        REAL *restrict value, uint8_t *restrict moved, REAL *restrict b, long *restrict offset) {
+                        REAL *restrict value, REAL *restrict first, uint8_t *restrict moved, REAL *restrict b,
+                        long *restrict offset) {
     FOR_LANES moved[l] = 0;
     for (long t = 0; t < steps; ++t) {
         REAL h[IN][LANES], excess[LANES], eta[LANES];
@@ -133,6 +134,7 @@ static void chunk_steps(int L, long steps, REAL *restrict W, const REAL *restric
         data_term(b, sigma, wstar, h, excess);
         FOR_LANES {
             value[l] = ROPT + excess[l];
+            if (t == 0) first[l] = value[l];
             alive[l] = alive[l] && value[l] <= cap[l];
             alive_steps[l] += alive[l];
             eta[l] = alive[l] ? lr[l] : (REAL)0;
@@ -153,12 +155,12 @@ static long *layer_offsets(int L) {
 
 /* `steps` GD steps of nchunks chunks in place. W: [nchunks][P][LANES]; c: [nchunks][OUTL][LANES]; with
  * SIGMA_LANES sigma [nchunks][IN][IN][LANES], wstar [nchunks][IN][LANES], loss_opt [nchunks][LANES], else
- * one sigma [IN][IN], wstar [IN], loss_opt [1]; lr, cap, value: [nchunks][LANES]; alive (0/1),
- * alive_steps, moved: [nchunks][LANES]. value: the loss before the last step; moved: whether the last step
- * changed any of the network's weights. */
+ * one sigma [IN][IN], wstar [IN], loss_opt [1]; lr, cap, value, first: [nchunks][LANES]; alive (0/1),
+ * alive_steps, moved: [nchunks][LANES]. value: the loss before the last step; first: before the first (a
+ * recording step's training loss); moved: whether the last step changed any of the network's weights. */
 int dlnpipe_steps(int nchunks, int L, long steps, REAL *W, const REAL *c, const REAL *sigma, const REAL *wstar,
                   const REAL *loss_opt, const REAL *lr, const REAL *cap, uint8_t *alive, int64_t *alive_steps,
-                  REAL *value, uint8_t *moved) {
+                  REAL *value, REAL *first, uint8_t *moved) {
     const long P = n_params(L);
     REAL *b = malloc(sizeof(REAL) * (long)(L + 1) * WIDTH * LANES);
     long *offset = layer_offsets(L);
@@ -171,7 +173,7 @@ int dlnpipe_steps(int nchunks, int L, long steps, REAL *W, const REAL *c, const 
         const long at = (long)ch * LANES;
         chunk_steps(L, steps, W + ch * P * LANES, c + (long)ch * OUTL * LANES, sigma + ch * sig, wstar + ch * ws,
                     loss_opt + (SIGMA_LANES ? at : 0), lr + at, cap + at, alive + at, alive_steps + at, value + at,
-                    moved + at, b, offset);
+                    first + at, moved + at, b, offset);
     }
     free(b), free(offset);
     return 0;

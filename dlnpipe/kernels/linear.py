@@ -19,11 +19,12 @@ from dlnpipe import kernels
 from dlnpipe.kernels import Signature
 from dlnpipe.kernels.lanes import chunks, lanes, pack, pad, ptr, unpack_
 
-# dlnpipe_steps(nchunks, L, steps, W, c, sigma, wstar, loss_opt, lr, cap, alive, alive_steps, value, moved);
+# dlnpipe_steps(nchunks, L, steps, W, c, sigma, wstar, loss_opt, lr, cap, alive, alive_steps, value, first,
+#               moved);
 # dlnpipe_flow(B, L, NT, max_steps, tol, W, c, sigma, wstar, rec, T, stop, cap, w_rec, ex_rec, nrec, excess, t,
 #              accepted, evals, bad)
 SIGNATURES = {
-    "dlnpipe_steps": Signature(ctypes.c_int, (ctypes.c_int, ctypes.c_int, ctypes.c_long, *[ctypes.c_void_p] * 11)),
+    "dlnpipe_steps": Signature(ctypes.c_int, (ctypes.c_int, ctypes.c_int, ctypes.c_long, *[ctypes.c_void_p] * 12)),
     "dlnpipe_flow": Signature(ctypes.c_int, (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long,
                                              *[ctypes.c_void_p] * 17)),
 }
@@ -54,9 +55,11 @@ def library(dtype: torch.dtype, *, in_dim: int, width: int, out_last: int,
                         REAL_IS_DOUBLE=int(double), IN=in_dim, M=width, OUTL=out_last, SIGMA_LANES=int(per_network))
 
 
-def gd_steps(lib, layers, c, prob, *, lr, alive, alive_steps, cap, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def gd_steps(lib, layers, c, prob, *, lr, alive, alive_steps, cap, count: int,
+             test: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
     """``count`` GD steps of the batch in place; returns (the loss before the last step, whether the last step
-    moved each network's weights), both (b,)."""
+    moved each network's weights, the loss before the first step, None: a linear net's test loss is its
+    regressor's, from the moments), each (b,)."""
     b, dtype, width = layers[0].shape[0], layers[0].dtype, lanes(lib)
     nchunks = chunks(b, width)
     size = nchunks * width
@@ -69,16 +72,17 @@ def gd_steps(lib, layers, c, prob, *, lr, alive, alive_steps, cap, count: int) -
         loss_opt = torch.tensor([prob.loss_opt], dtype=dtype)
     lr_p, cap_p = pad(lr.to(dtype), size, 0.0), pad(cap.to(dtype), size, float("inf"))
     alive_p, steps_p = pad(alive.to(torch.uint8), size, 0), pad(alive_steps, size, 0)
-    value, moved = torch.empty(size, dtype=dtype), torch.zeros(size, dtype=torch.uint8)
+    value, first = torch.empty(size, dtype=dtype), torch.empty(size, dtype=dtype)
+    moved = torch.zeros(size, dtype=torch.uint8)
     rc = lib.dlnpipe_steps(nchunks, len(layers), count, ptr(buffer), ptr(c_p), ptr(sigma), ptr(wstar),
                            ptr(loss_opt), ptr(lr_p), ptr(cap_p), ptr(alive_p), ptr(steps_p), ptr(value),
-                           ptr(moved))
+                           ptr(first), ptr(moved))
     if rc != 0:
         raise MemoryError("the linear kernel could not allocate its work space")
     unpack_(buffer, layers, width)
     alive.copy_(alive_p[:b].bool())
     alive_steps.copy_(steps_p[:b])
-    return value[:b], moved[:b].bool()
+    return value[:b], moved[:b].bool(), first[:b], None
 
 
 def flow(lib, weights, c, prob, *, depth: int, rec, T, stop, cap, max_steps: int, rtol: float,

@@ -10,8 +10,11 @@ step would either, so their result is exactly that of running all the steps.
 Whether a batch's steps go through a compiled kernel is decided once, when it starts
 (``Architecture.fused_steps``: the compiled GELU, ReLU and linear steps on the CPU), logged once and
 recorded (:attr:`~dlnpipe.steppers.base.Stepper.path`). With a kernel, the torch path evaluates only
-the steps that record or end a network's run; the kernel takes every span of steps between them in one
-call, through the next check at most: it says which networks its last step moved, which is the check.
+the steps that end a network's run (and, with sharpness trajectories, those that record); the kernel takes
+every span of steps between them in one call, through the next check at most: it says which networks its
+last step moved, which is the check. A recording step is the first of a span: its training and test losses
+are those the kernel computes for that step (and its check; a linear net's test loss is its regressor's,
+taken with the distance just before the span).
 """
 
 from __future__ import annotations
@@ -55,8 +58,6 @@ class GradientDescent(Stepper):
         self.record_index = {int(t): j for j, t in enumerate(schedule.record_steps)}
         self.finish_steps = {int(s) for s in np.unique(schedule.steps)}
         self.T_max, self.t = int(schedule.steps.max()), 0
-        # the steps the torch path evaluates before taking them: recording and a network's last step
-        self.events = np.array(sorted(set(self.record_index) | self.finish_steps), dtype=np.int64)
         loss0 = state.arch.evaluate(state.layers, state.c, state.prob).value
         state.evaluated()
         self.rows = Progress.start(state, schedule, loss0, self.explode)
@@ -66,21 +67,39 @@ class GradientDescent(Stepper):
         self.path = TrainPath.COMPILED if self.fused is not None else TrainPath.TORCH
         log.info("train %s: %s", state.label, "the compiled kernel takes the steps between recordings"
                  if self.fused is not None else f"the torch path ({why})")
+        # the steps the torch path evaluates before taking them: a network's last step, and recording steps
+        # when the sharpness is sampled (the kernel records the others as the first step of a span)
+        torch_steps = self.finish_steps | (set(self.record_index) if state.sharpness is not None else set())
+        self.events = np.array(sorted(torch_steps), dtype=np.int64)
+        self.kernel_records = np.array(sorted(set(self.record_index) - torch_steps), dtype=np.int64)
 
     def _span_end(self) -> int:
-        """Where the span of steps the compiled kernel takes from t ends (exclusive): at the next event,
-        which the torch path evaluates, and at the latest just after the next check step (the check reads
-        which networks the span's last step moved)."""
+        """Where the span of steps the compiled kernel takes from t ends (exclusive): at the next event, which
+        the torch path evaluates, before the next recording step after t (the first step of the next span),
+        and at the latest just after the next check step (the check reads which networks the span's last
+        step moved)."""
         t = self.t
         end = int(self.events[np.searchsorted(self.events, t)])
+        later = np.searchsorted(self.kernel_records, t, side="right")
+        if later < self.kernel_records.size:
+            end = min(end, int(self.kernel_records[later]))
         return min(end, t + (-t) % self.check_every + 1) if self.check_every else end
 
     def _fused_span(self, state, end: int) -> None:
-        """Steps t .. end − 1 by the compiled kernel, then the check if the last of them is a check step."""
-        r, count = self.rows, end - self.t
-        value, moved = self.fused(state.layers, state.c, state.prob, lr=r.lr, alive=r.alive,
-                                  alive_steps=r.alive_steps, cap=r.cap, count=count)
+        """Steps t .. end − 1 by the compiled kernel, then the check if the last of them is a check step. If t
+        is a recording step, the sample is W_t's: its training loss the one the kernel computes for the span's
+        first step, its test loss and distance observed before the span."""
+        r, count, t = self.rows, end - self.t, self.t
+        j = self.record_index.get(t)
+        w = state.arch.regressor(state.layers, state.c) if j is not None else None  # at W_t, before the span
+        alive = r.alive.clone()
+        value, moved, first, test = self.fused(state.layers, state.c, state.prob, lr=r.lr, alive=r.alive,
+                                               alive_steps=r.alive_steps, cap=r.cap, count=count, test=w is not None)
         state.evaluated(count)
+        if w is not None and j is not None:  # those the first step's check froze are not sampled
+            due = alive & (first <= r.cap) & (r.steps >= t)
+            if bool(due.any()):
+                state.store(due, j, state.observe(due, first, w=w, test=test))
         state.progress(count * state.size, lambda rate: self._message(state, rate))
         last, self.t = end - 1, end
         if self.check_every and last % self.check_every == 0:
