@@ -73,9 +73,9 @@ def test_quick_cube_content(quick_run):
     assert list(relu.init.values) == ["relu"] and int((relu.status == 0).sum()) >= 3
     assert np.isfinite(relu.sharpness.where(relu.status == 0)).sum() == (relu.status == 0).sum()
     assert np.isnan(relu.sharpness_exact.values).all()  # the exact formula is for linear networks only
-    # which code trained each network: the compiled kernels for GD on the CPU, torch for the flow and the
-    # optimizers without a kernel; -1 where no network is
-    for name, path in (("small", TrainPath.COMPILED), ("relu", TrainPath.COMPILED), ("bounds", TrainPath.TORCH),
+    # which code trained each network: the compiled kernels for GD and the linear flow on the CPU, torch for
+    # the optimizers without a kernel; -1 where no network is
+    for name, path in (("small", TrainPath.COMPILED), ("relu", TrainPath.COMPILED), ("bounds", TrainPath.COMPILED),
                        ("optim", TrainPath.TORCH)):
         ds = tree[name].to_dataset()
         assert set(np.unique(ds.train_path.where(ds.valid).values[ds.valid.values])) == {int(path)}, name
