@@ -311,8 +311,9 @@ def test_the_vector_width_follows_the_cpu_and_a_bad_override_is_refused(monkeypa
 def test_recording_through_the_kernel_gives_the_torch_paths_trajectories(data, monkeypatch, arch, dtype):
     """A recording step is the kernel's (the first of a span): its training and test losses are the ones the
     kernel computes for the step (a linear net's test loss from its regressor, taken with the distance just
-    before), so no step but the last of a run is evaluated on the torch path. Recorded every 7 steps, with two networks diverging (not recorded from their divergence on), the
-    trajectories are the torch path's: to 1e-10 of the loss scale in float64, to float32 rounding in float32."""
+    before), so no step but the last of a run is evaluated on the torch path. Recorded every 7 steps, with
+    networks diverging (not recorded from their divergence on), the trajectories are the torch path's: to
+    1e-10 of the loss scale in float64, to float32 rounding in float32."""
     lr = [0.02, 0.05, 30.0, 0.03, 9.0]
     kw = dict(arch=arch, depth=3, width=5, lr=lr, scale=[0.5, 0.6, 1.5, 0.7, 2.0], seed=[1, 2, 3, 4, 5], steps=90,
               dtype=dtype, record_every=7, check_every=10, log_every_s=None)

@@ -109,33 +109,28 @@ class LinearArchitecture(Architecture):
         return linear.library(layers[0].dtype, in_dim=layers[0].shape[2], width=width, out_last=c.shape[2],
                               per_network=prob.batched)
 
-    def fused_steps(self, layers, c, prob):
-        """The compiled step (dlnpipe/kernels/linear.c): the same recursions for a SIMD register of networks
-        at once, on the CPU."""
+    def _bound(self, layers, c, prob, function: str):
+        """``dlnpipe.kernels.linear.<function>`` with this batch's kernel bound to it, or None and why not."""
         from dlnpipe.kernels import linear
 
         lib, why = self._kernel(layers, c, prob)
         if lib is None:
             return None, why
 
-        def step(layers, c, prob, **kw):
-            return linear.gd_steps(lib, layers, c, prob, **kw)
+        def call(*args, **kw):
+            return getattr(linear, function)(lib, *args, **kw)
 
-        return step, ""
+        return call, ""
+
+    def fused_steps(self, layers, c, prob):
+        """The compiled step (dlnpipe/kernels/linear.c): the same recursions for a SIMD register of networks
+        at once, on the CPU."""
+        return self._bound(layers, c, prob, "gd_steps")
 
     def fused_flow(self, layers, c, prob):
         """The compiled flow (dlnpipe/kernels/linear.c): the field from the same recursions, the whole solver in
         C, a SIMD register of networks at a time, on the CPU."""
-        from dlnpipe.kernels import linear
-
-        lib, why = self._kernel(layers, c, prob)
-        if lib is None:
-            return None, why
-
-        def flow(weights, c, prob, **kw):
-            return linear.flow(lib, weights, c, prob, **kw)
-
-        return flow, ""
+        return self._bound(layers, c, prob, "flow")
 
     @staticmethod
     def gauss_newton(dataset, net) -> np.ndarray:
