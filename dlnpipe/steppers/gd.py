@@ -87,8 +87,9 @@ class GradientDescent(Stepper):
 
     def _fused_span(self, state, end: int) -> None:
         """Steps t .. end − 1 by the compiled kernel, then the check if the last of them is a check step. If t
-        is a recording step, the sample is W_t's: its training loss the one the kernel computes for the span's
-        first step, its test loss and distance observed before the span."""
+        is a recording step, the sample is W_t's: its training loss (and test loss, where the kernel computes
+        it) the kernel's for the span's first step, the regressor (the distance; a linear net's test loss)
+        taken before the span."""
         r, count, t = self.rows, end - self.t, self.t
         j = self.record_index.get(t)
         w = state.arch.regressor(state.layers, state.c) if j is not None else None  # at W_t, before the span
