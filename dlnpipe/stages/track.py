@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dlnpipe.files import read_cell, read_datasets, read_meta
+from dlnpipe.files import read_cell, read_datasets
 from dlnpipe.grid import ALL_DATA
-from dlnpipe.io import fingerprint, git_revision, load_npz
+from dlnpipe.io import fingerprint, git_revision
 from dlnpipe.theory import bounds
 from dlnpipe.tracking import init, log_cells
 
@@ -30,7 +30,6 @@ def run(uri: str, name: str, groups: dict[str, list[str]], data_paths, train_fil
     train = {Path(p).stem: p for p in train_files}
     measure = {Path(p).stem: p for p in measure_files}
     sets = read_datasets(data_paths)
-    loaded = {key: load_npz(path) for key, path in sets_files(data_paths).items()}
     cells = []
     for cell_id, part_ids in groups.items():
         contents = [(read_cell(train[i]), read_cell(measure[i])) for i in part_ids]
@@ -38,7 +37,9 @@ def run(uri: str, name: str, groups: dict[str, list[str]], data_paths, train_fil
         data = parts[0][0]["cell"]["data"]
         own = {k: ds for k, ds in sets.items() if data in (ALL_DATA, k)}
         depth = parts[0][0]["cell"]["depth"]
-        digest = fingerprint([loaded[k] for k in sorted(own)] + [c for pair in contents for c in pair])
+        data_contents = [({"X": ds.X, "y": ds.y, "X_test": ds.X_test, "y_test": ds.y_test}, ds.meta)
+                         for _, ds in sorted(own.items())]
+        digest = fingerprint(data_contents + [c for pair in contents for c in pair])
         cells.append({"cell": cell_id, "parts": parts, "datasets": own, "fingerprint": digest,
                       "theory": {key: bounds(ds, depth) for key, ds in own.items()}})
     marker = log_cells(uri, name, cells, tags={"dlnpipe.git_revision": git_revision(), "dlnpipe.cube": cube,
@@ -46,8 +47,3 @@ def run(uri: str, name: str, groups: dict[str, list[str]], data_paths, train_fil
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(marker, indent=1))
     return marker
-
-
-def sets_files(paths) -> dict[str, str | Path]:
-    """Each dataset file by its data id."""
-    return {read_meta(p)["data_id"]: p for p in paths}
