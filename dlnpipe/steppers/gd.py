@@ -93,7 +93,7 @@ class GradientDescent(Stepper):
         r, count, t = self.rows, end - self.t, self.t
         j = self.record_index.get(t)
         w = state.arch.regressor(state.layers, state.c) if j is not None else None  # at W_t, before the span
-        alive = r.alive.clone()
+        alive = r.alive.clone() if j is not None else r.alive  # before the first step's check
         value, moved, first, test = self.fused(state.layers, state.c, state.prob, lr=r.lr, alive=r.alive,
                                                alive_steps=r.alive_steps, cap=r.cap, count=count, test=w is not None)
         state.evaluated(count)
