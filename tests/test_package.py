@@ -30,7 +30,9 @@ def test_one_version_everywhere():
     assert PYPROJECT["project"]["dynamic"] == ["version"]
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "dlnpipe.__version__"}
     assert yaml.safe_load((ROOT / "CITATION.cff").read_text())["version"] == version
-    assert re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.M).group(1) == version
+    headings = re.findall(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert headings[0] in ("Unreleased", version)  # work not yet released sits above the release it follows
+    assert next(h for h in headings if h != "Unreleased") == version
     out = subprocess.run([sys.executable, "-m", "dlnpipe", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"dlnpipe {version}"
     from dlnpipe.io import versions
