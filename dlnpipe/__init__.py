@@ -27,6 +27,7 @@ _EXPORTS = {
     "Architecture": "dlnpipe.archs",
     "hessian_trace": "dlnpipe.spectrum", "spectral_density": "dlnpipe.spectrum", "TraceResult": "dlnpipe.spectrum",
     "SpectralDensity": "dlnpipe.spectrum",
+    "FlowSolution": "dlnpipe.gfs", "flow_solution": "dlnpipe.gfs", "gfs_sharpness": "dlnpipe.gfs",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from dlnpipe import archs, steppers
 from dlnpipe._checks import check_int, check_positive
 from dlnpipe.data import Dataset
 from dlnpipe.devices import dtype_name, memory_budget, resolve_device, resolve_dtype
-from dlnpipe.networks import init_network
+from dlnpipe.networks import Weights, init_network
 from dlnpipe.result import TrainResult, concatenate
 from dlnpipe.status import CONVERGED, DIVERGED, FAILED, STATUS_MEANINGS  # noqa: F401  (re-exported)
 from dlnpipe.steppers.base import Schedule, run
@@ -45,12 +45,14 @@ class TrainNetworks:
     seed: np.ndarray
     steps: np.ndarray
     data: list[Dataset]
+    init: list[Weights] | None = None  # where each network starts, instead of its init draw
 
     def __len__(self) -> int:
         return len(self.lr)
 
     def slice(self, s: slice) -> TrainNetworks:
-        return TrainNetworks(self.lr[s], self.scale[s], self.seed[s], self.steps[s], self.data[s])
+        return TrainNetworks(self.lr[s], self.scale[s], self.seed[s], self.steps[s], self.data[s],
+                             None if self.init is None else self.init[s])
 
 
 def _per_network(name, value, B, *, kind=float) -> np.ndarray:
@@ -60,12 +62,13 @@ def _per_network(name, value, B, *, kind=float) -> np.ndarray:
     return np.broadcast_to(arr, (B,)).copy()
 
 
-def _networks(dataset, lr, scale, seed, steps) -> TrainNetworks:
-    """Validated per-network settings; B is the longest of lr, scale, seed, steps (and the datasets)."""
+def _networks(dataset, lr, scale, seed, steps, count: int = 1) -> TrainNetworks:
+    """Validated per-network settings; B is the longest of lr, scale, seed, steps, the datasets (and
+    ``count``, the start weights given)."""
     per_data = [dataset] if isinstance(dataset, Dataset) else list(dataset)
     if not per_data or not all(isinstance(x, Dataset) for x in per_data):
         raise ValueError("dataset must be a Dataset or a non-empty sequence of Datasets (one per network)")
-    B = max(np.size(lr), np.size(scale), np.size(seed), np.size(steps), len(per_data))
+    B = max(np.size(lr), np.size(scale), np.size(seed), np.size(steps), len(per_data), count)
     if len(per_data) not in (1, B):
         raise ValueError(f"dataset must have one entry per network ({B}), got {len(per_data)}")
     nets = TrainNetworks(lr=_per_network("lr", lr, B), scale=_per_network("scale", scale, B),
@@ -79,6 +82,23 @@ def _networks(dataset, lr, scale, seed, steps) -> TrainNetworks:
     if bad.any():
         raise ValueError(f"scale must be finite and >= 0, got {nets.scale[bad][0]}")
     return nets
+
+
+def _start_weights(init, nets: TrainNetworks, arch: archs.Architecture, depth: int, width: int,
+                   d: int) -> TrainNetworks:
+    """``nets`` starting from ``init`` (one :class:`Weights` per network, of this architecture and shape)."""
+    init = [init] if isinstance(init, Weights) else list(init)
+    if len(init) not in (1, len(nets)):
+        raise ValueError(f"init must have one Weights per network ({len(nets)}), got {len(init)}")
+    init = init * (len(nets) // len(init))
+    shapes = arch.layer_shapes(depth=depth, width=width, d=arch.in_dim(width, d))
+    for i, net in enumerate(init):
+        if not isinstance(net, Weights) or net.architecture is not arch:
+            raise ValueError(f"init[{i}] must be dlnpipe.Weights of arch {arch.name!r}")
+        if [W.shape for W in net.layers] != shapes:
+            raise ValueError(f"init[{i}] has layers {[W.shape for W in net.layers]}, the networks of this call "
+                             f"(depth {depth}, width {width}, d {d}) have {shapes}")
+    return replace(nets, init=init)
 
 
 def _record_steps(steps: np.ndarray, record_every, record_steps) -> np.ndarray:
@@ -121,7 +141,7 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
           explode: float = 1e6, p_seed: int = 0, log_every_s: float = 10.0,
           sharpness_tol: float = 1e-8, check_every: int = 100, exit_fixed: bool | None = None,
           max_batch: int | None = None, optimizer: str = "gd", flow_rtol: float = 1e-8,
-          flow_atol: float = 1e-10, flow_max_steps: int = 100_000, **options) -> TrainResult:
+          flow_atol: float = 1e-10, flow_max_steps: int = 100_000, init=None, **options) -> TrainResult:
     """Train B networks; lr, scale, seed, steps are scalars or length-B sequences (B is the longest).
 
     Records train/test loss and ‖w_prod − w*‖² every ``record_every`` steps (default: about 200
@@ -142,10 +162,16 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
 
     ``dataset`` is one Dataset for all networks or, for linear nets, a sequence with one Dataset per
     network (same d): networks on different datasets then train in one batch.
+
+    ``init``: where the networks start (one :class:`~dlnpipe.networks.Weights` per network, or one for all),
+    instead of the draw ``init_network(scale, seed)``; ``scale`` is then only recorded, ``seed`` still
+    seeds what the run draws (sharpness start vectors, label noise).
     """
-    nets = _networks(dataset, lr, scale, seed, steps)
+    nets = _networks(dataset, lr, scale, seed, steps, 1 if init is None or isinstance(init, Weights) else len(init))
     architecture = archs.get(arch)
     depth, width, d = architecture.check(depth=depth, width=width, d=nets.data[0].d)
+    if init is not None:
+        nets = _start_weights(init, nets, architecture, depth, width, d)
     stepper = steppers.build(optimizer, options, check_every=check_every, explode=check_positive("explode", explode),
                              exit_fixed=(not record_sharpness) if exit_fixed is None else exit_fixed,
                              flow_rtol=flow_rtol, flow_atol=flow_atol, flow_max_steps=flow_max_steps)
@@ -172,8 +198,9 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
 def _train_batch(nets: TrainNetworks, settings: Settings, stepper) -> TrainResult:
     t0 = time.monotonic()
     arch, dtype, dev = settings.arch, settings.dtype, settings.device
-    weights = [init_network(arch, depth=settings.depth, width=settings.width, d=settings.d, scale=nets.scale[i],
-                            seed=int(nets.seed[i]), p_seed=settings.p_seed) for i in range(len(nets))]
+    weights = nets.init or [init_network(arch, depth=settings.depth, width=settings.width, d=settings.d,
+                                         scale=nets.scale[i], seed=int(nets.seed[i]), p_seed=settings.p_seed)
+                            for i in range(len(nets))]
     layers, c = stack_weights(weights, dtype=dtype, device=dev)
     in_dim = layers[0].shape[2]
     prob = arch.problem(nets.data, in_dim=in_dim, dtype=dtype, device=dev, with_data=stepper.needs_data)
