@@ -18,6 +18,7 @@ _EXPORTS = {
     "Structure": "dlnpipe.diagnostics", "structure": "dlnpipe.diagnostics",
     "Weights": "dlnpipe.networks", "init_network": "dlnpipe.networks",
     "SharpnessResult": "dlnpipe.curvature", "sharpness": "dlnpipe.curvature",
+    "smallest_eigenvalue": "dlnpipe.curvature",
     "Bounds": "dlnpipe.theory", "balanced_minimizer": "dlnpipe.theory", "bounds": "dlnpipe.theory",
     "random_factorization": "dlnpipe.theory",
     "CONVERGED": "dlnpipe.status", "FAILED": "dlnpipe.status", "DIVERGED": "dlnpipe.status",

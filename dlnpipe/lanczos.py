@@ -49,6 +49,16 @@ class DiagonalOperator:
         return self.d * v
 
 
+class Negated:
+    """−A for an operator A: the top of its spectrum is the bottom of A's (λ_min(A) = −λ_max(−A))."""
+
+    def __init__(self, op: Operator):
+        self.op, self.size = op, op.size
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return -self.op.matvec(v)
+
+
 class Preconditioned:
     """P^{-1/2} A P^{-1/2} for an operator A and positive diagonals P (B, size): the spectrum of P⁻¹A."""
 

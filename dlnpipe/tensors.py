@@ -35,3 +35,12 @@ def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Te
         out.append(flat[:, start:start + size].reshape(flat.shape[0], *t.shape[1:]))
         start += size
     return out
+
+
+def balance_gaps(layers: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(b, L−1): ‖W_{k+1}ᵀW_{k+1} − W_k W_kᵀ‖_F for layer tensors (b, out, in), k = 1 … L−1 (gradient flow of a
+    linear net conserves each matrix W_{k+1}ᵀW_{k+1} − W_k W_kᵀ, so each gap)."""
+    if len(layers) < 2:
+        return torch.zeros(layers[0].shape[0], 0, dtype=layers[0].dtype, device=layers[0].device)
+    gaps = [torch.linalg.matrix_norm(W1.mT @ W1 - W0 @ W0.mT) for W0, W1 in zip(layers[:-1], layers[1:])]
+    return torch.stack(gaps, dim=1)
