@@ -93,21 +93,37 @@ def flow_solution(dataset: Dataset | list[Dataset], weights, *, rtol: float = 1e
     return FlowSolution(limits, converged, excess, evaluations)
 
 
-def gfs_sharpness(dataset: Dataset, weights, *, method: str | None = None, tol: float = 1e-10,
+def gfs_sharpness(dataset: Dataset | list[Dataset], weights, *, method: str | None = None, tol: float = 1e-10,
                   device="cpu", **flow) -> np.ndarray:
-    """φ (B,): the sharpness of the gradient-flow solution from each network of ``weights``; NaN where the
-    flow did not converge (or the weights are not finite). ``method``: how the limits are measured
-    (default ``exact`` for linear nets, ``lanczos`` otherwise; see :func:`dlnpipe.sharpness`); ``flow``:
-    options of :func:`flow_solution`."""
+    """φ (B,): the sharpness of the gradient-flow solution from each network of ``weights`` on ``dataset`` (one
+    for all, or one per network); NaN where the flow did not converge (or the weights are not finite).
+    ``method``: how the limits are measured (default ``exact`` for linear nets, ``lanczos`` otherwise; see
+    :func:`dlnpipe.sharpness`); ``flow``: options of :func:`flow_solution`."""
     from dlnpipe.curvature import sharpness
 
     nets = _batch(weights)
     method = method or ("exact" if nets[0].architecture.linear else "lanczos")
+    per_data = [dataset] * len(nets) if isinstance(dataset, Dataset) else list(dataset)
+    if len(per_data) != len(nets):
+        raise ValueError(f"dataset must be one Dataset or one per network ({len(nets)}), got {len(per_data)}")
     sol = flow_solution(dataset, nets, device=device, **flow)
     phi = np.full(len(nets), np.nan)
-    ok = np.flatnonzero(sol.converged)
-    if ok.size:
-        seeds = [0 if nets[i].seed is None else nets[i].seed for i in ok]
-        phi[ok] = sharpness(dataset, [sol.limits[i] for i in ok], method=method, tol=tol, device=device,
-                            seeds=seeds).values
+    for ds in {id(x): x for x in per_data}.values():  # the Hessian of each dataset's networks
+        ok = np.flatnonzero(sol.converged & np.array([x is ds for x in per_data]))
+        if ok.size:
+            seeds = [0 if nets[i].seed is None else nets[i].seed for i in ok]
+            phi[ok] = sharpness(ds, [sol.limits[i] for i in ok], method=method, tol=tol, device=device,
+                                seeds=seeds).values
     return phi
+
+
+def phi_sampler(dataset: Dataset | list[Dataset], **options):
+    """φ along a run: ``train(..., record_sharpness=True, samplers={"traj_gfs_sharpness": phi_sampler(dataset)})``
+    samples :func:`gfs_sharpness` (with ``options``) at each recorded step; ``dataset``: the run's (one for all,
+    or one per network of the call)."""
+
+    def sample(nets: list[Weights], index: np.ndarray) -> np.ndarray:
+        data = dataset if isinstance(dataset, Dataset) else [dataset[i] for i in index]
+        return gfs_sharpness(data, nets, **options)
+
+    return sample

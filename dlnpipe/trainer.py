@@ -23,6 +23,7 @@ import torch
 from dlnpipe.archs import Architecture
 from dlnpipe.curvature import networks_per_batch, start_vectors, top_eigenvalues
 from dlnpipe.devices import memory_budget
+from dlnpipe.networks import Weights
 from dlnpipe.problem import Problem, distance
 from dlnpipe.rows import Rows
 from dlnpipe.status import Status
@@ -33,16 +34,21 @@ METRICS = ("loss_train", "loss_test", "distance")
 
 
 Sample = int | torch.Tensor  # a sample index: one for all live rows, or one per row (b,)
+# A quantity sampled with the trajectory sharpness: (the sampled networks, their indices in the call (b,)) -> (b,)
+Sampler = Callable[[list[Weights], np.ndarray], np.ndarray]
 
 
 class TrajectorySharpness:
     """The Lanczos sharpness of live rows at sampling times, in float64 on the batch's device.
 
     Start vectors come from each network's seed (as :func:`dlnpipe.curvature.sharpness` draws them),
-    so a sample equals the sharpness of that network's weights measured on their own."""
+    so a sample equals the sharpness of that network's weights measured on their own. Each of ``samplers`` (name →
+    a :data:`Sampler`) is sampled there too, into ``extras()[name]`` (e.g. φ, :func:`dlnpipe.gfs.phi_sampler`)."""
 
-    def __init__(self, prob64: Problem, seeds: np.ndarray, size: int, n_samples: int, *, tol: float, device):
-        self.prob = prob64
+    def __init__(self, prob64: Problem, seeds: np.ndarray, size: int, n_samples: int, *, tol: float, device,
+                 samplers: dict[str, Sampler] | None = None):
+        self.prob, self.seeds, self.samplers = prob64, seeds, dict(samplers or {})
+        self.sampled = {name: np.full((len(seeds), n_samples), np.nan) for name in self.samplers}
         self.v0 = start_vectors(seeds, size, device=device)  # (B, P)
         self.values = np.full((len(seeds), n_samples), np.nan)
         self.values_precond: np.ndarray | None = None  # the preconditioned sharpness (optimizers with one)
@@ -65,13 +71,25 @@ class TrajectorySharpness:
             jj = j if isinstance(j, int) else j[part].cpu().numpy()
             out = top_eigenvalues(state.arch, layers, c, self.prob.rows(part), self.v0[part], k=1, tol=self.tol)
             self.values[gi, jj] = out.eigenvalues[:, 0]
+            if self.samplers:
+                nets = _weights(state.arch, layers, c, self.seeds[gi])
+                for name, sampler in self.samplers.items():
+                    self.sampled[name][gi, jj] = sampler(nets, gi)
             if precond is not None and values_precond is not None:
                 out = top_eigenvalues(state.arch, layers, c, self.prob.rows(part), self.v0[part], k=1,
                                       tol=self.tol, precond=precond[part].to(torch.float64))
                 values_precond[gi, jj] = out.eigenvalues[:, 0]
 
     def extras(self) -> dict[str, np.ndarray]:
-        return {} if self.values_precond is None else {"traj_sharpness_precond": self.values_precond}
+        out = {} if self.values_precond is None else {"traj_sharpness_precond": self.values_precond}
+        return {**out, **self.sampled}
+
+
+def _weights(arch: Architecture, layers: list[torch.Tensor], c: torch.Tensor, seeds: np.ndarray) -> list[Weights]:
+    """The rows of a batch as :class:`Weights` (float64 numpy), each with its network's seed."""
+    arrays = [W.to(torch.float64).cpu().numpy() for W in layers]
+    arrays += [c[:, 0, :].to(torch.float64).cpu().numpy()] if arch.has_projection else []
+    return [Weights([a[i] for a in arrays], arch=arch, seed=int(s)) for i, s in enumerate(seeds)]
 
 
 class BatchState:

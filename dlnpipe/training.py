@@ -124,6 +124,7 @@ class Settings:
     device: torch.device
     record_steps: np.ndarray
     record_sharpness: bool
+    samplers: dict
     rtol: float
     atol: float
     p_seed: int
@@ -137,8 +138,8 @@ class Settings:
 
 def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int, lr, scale, seed, steps,
           dtype="float64", device="cpu", record_every: int | None = None, record_steps=None,
-          record_sharpness: bool = False, rtol: float = 1e-6, atol: float = 1e-7,
-          explode: float = 1e6, p_seed: int = 0, log_every_s: float = 10.0,
+          record_sharpness: bool = False, samplers: dict | None = None, rtol: float = 1e-6, atol: float = 1e-7,
+          explode: float = 1e6, p_seed: int = 0, log_every_s: float | None = 10.0,
           sharpness_tol: float = 1e-8, check_every: int = 100, exit_fixed: bool | None = None,
           max_batch: int | None = None, optimizer: str = "gd", flow_rtol: float = 1e-8,
           flow_atol: float = 1e-10, flow_max_steps: int = 100_000, init=None, **options) -> TrainResult:
@@ -146,7 +147,9 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
 
     Records train/test loss and ‖w_prod − w*‖² every ``record_every`` steps (default: about 200
     points) or at the given ``record_steps``, and the Lanczos sharpness there too when
-    ``record_sharpness`` (to tolerance ``sharpness_tol``).
+    ``record_sharpness`` (to tolerance ``sharpness_tol``), and there too each of ``samplers`` (name → a callable
+    of the sampled networks and their indices, :data:`dlnpipe.trainer.Sampler`) into ``extras[name]``, e.g.
+    ``samplers={"traj_gfs_sharpness": dlnpipe.gfs.phi_sampler(dataset)}``: φ along the run.
 
     ``optimizer="gd"``: gradient descent (:mod:`dlnpipe.steppers.gd`; every ``check_every`` steps
     diverged networks and networks at an exact fixed point of the GD map leave the batch,
@@ -175,14 +178,17 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
     stepper = steppers.build(optimizer, options, check_every=check_every, explode=check_positive("explode", explode),
                              exit_fixed=(not record_sharpness) if exit_fixed is None else exit_fixed,
                              flow_rtol=flow_rtol, flow_atol=flow_atol, flow_max_steps=flow_max_steps)
+    if samplers and not record_sharpness:
+        raise ValueError("samplers are sampled where the sharpness is: they need record_sharpness=True")
     if record_sharpness and not stepper.records_sharpness:
         raise ValueError(f"record_sharpness samples GD trajectories; it is not available with "
                          f"optimizer={optimizer!r}")
     settings = Settings(arch=architecture, depth=depth, width=width, d=d, dtype=resolve_dtype(dtype),
                         device=resolve_device(device), record_steps=_record_steps(nets.steps, record_every,
                                                                                   record_steps),
-                        record_sharpness=bool(record_sharpness), rtol=check_positive("rtol", rtol), atol=atol,
-                        p_seed=p_seed, log_every_s=log_every_s, sharpness_tol=sharpness_tol)
+                        record_sharpness=bool(record_sharpness), samplers=dict(samplers or {}),
+                        rtol=check_positive("rtol", rtol), atol=atol, p_seed=p_seed, log_every_s=log_every_s,
+                        sharpness_tol=sharpness_tol)
     if max_batch is None:
         per_net = architecture.bytes_per_network(depth=depth, width=width, d=d, n=nets.data[0].n,
                                                  itemsize=settings.dtype.itemsize)
@@ -210,7 +216,8 @@ def _train_batch(nets: TrainNetworks, settings: Settings, stepper) -> TrainResul
     if settings.record_sharpness:
         prob64 = arch.problem(nets.data, in_dim=in_dim, dtype=torch.float64, device=dev)
         sharp = TrajectorySharpness(prob64, nets.seed, sum(W[0].numel() for W in layers),
-                                    settings.record_steps.size, tol=settings.sharpness_tol, device=dev)
+                                    settings.record_steps.size, tol=settings.sharpness_tol, device=dev,
+                                    samplers=settings.samplers)
     state = BatchState(arch, layers, c, prob, n_samples=settings.record_steps.size, loss_opt=loss_opt,
                        threshold=threshold, sharpness=sharp, log_every_s=settings.log_every_s, label=settings.label)
     run(state, stepper, Schedule(lr=nets.lr, steps=nets.steps, record_steps=settings.record_steps, seed=nets.seed))
@@ -220,7 +227,7 @@ def _train_batch(nets: TrainNetworks, settings: Settings, stepper) -> TrainResul
     return TrainResult(
         arch=arch.name, depth=settings.depth, width=settings.width, d=settings.d, lr=nets.lr, scale=nets.scale,
         seed=nets.seed, steps=nets.steps, layers=[W.to(torch.float64).cpu().numpy() for W in state.out_layers],
-        p=np.stack([w.p for w in weights]) if arch.has_projection else None, status=status,
+        p=np.stack([np.asarray(w.p) for w in weights]) if arch.has_projection else None, status=status,
         loss_train=final["loss_train"], loss_test=final["loss_test"], distance=final["distance"],
         diverged_step=diverged_step, record_steps=settings.record_steps, traj_loss_train=traj["loss_train"],
         traj_loss_test=traj["loss_test"], traj_distance=traj["distance"],

@@ -5,7 +5,7 @@ import pytest
 import scipy.optimize
 
 import dlnpipe
-from dlnpipe.gfs import flow_solution, gfs_sharpness
+from dlnpipe.gfs import flow_solution, gfs_sharpness, phi_sampler
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,24 @@ def test_non_finite_weights_and_unconverged_flows_give_nan(data):
     assert np.isfinite(phi[0]) and np.isnan(phi[1])
     phi = gfs_sharpness(data, [good], max_steps=3)
     assert np.isnan(phi[0])
+
+
+def test_phi_along_gd_of_a_scalar_network_decreases_to_its_sharpness(scalar_data):
+    """φ_t along GD (phi_sampler) of a scalar network (depth 4, η at half of 2/φ_0): φ_0 is the closed form of the
+    init, φ_t never increases (Kreisler et al.'s theorem for scalar networks), and at the converged end it is the
+    final sharpness."""
+    start = [0.3, 0.5, 0.7, 0.9]
+    phi0 = scalar_phi(scalar_data, start)
+    net = scalar_net(start, seed=5)
+    res = dlnpipe.train(scalar_data, arch="small", depth=4, width=1, lr=1.0 / phi0, scale=0.0, seed=5, steps=3000,
+                        init=[net], record_steps=np.arange(0, 3001, 100), record_sharpness=True,
+                        samplers={"traj_gfs_sharpness": phi_sampler(scalar_data)})
+    phi = res.extras["traj_gfs_sharpness"][0]
+    assert res.status[0] == dlnpipe.CONVERGED and np.isfinite(phi).all()
+    assert phi[0] == pytest.approx(phi0, rel=1e-6)
+    assert np.diff(phi).max() <= 1e-7 * phi0, np.diff(phi).max()
+    assert phi[0] - phi[-1] > 1e-4 * phi0, "GD at this η moves φ measurably"
+    assert phi[-1] == pytest.approx(res.traj_sharpness[0, -1], rel=1e-6)
+    with pytest.raises(ValueError, match="need record_sharpness"):
+        dlnpipe.train(scalar_data, arch="small", depth=4, width=1, lr=0.1, scale=0.5, seed=0, steps=3,
+                      samplers={"phi": phi_sampler(scalar_data)})
