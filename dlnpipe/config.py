@@ -254,7 +254,9 @@ class ExperimentConfig(Strict):
         "gd", description="gd: gradient descent with step lr; flow: gradient flow dW/dt = −∇R integrated by an "
                           "adaptive Dormand–Prince 5(4) solver to time lr·steps (lr then only sets the time "
                           "scale and the sampling times lr·record_every); heavy_ball: momentum; adam; sgd: "
-                          "mini-batches. A {name, options} entry (options: experiments.<name>.optimizer[] below), or a "
+                          "mini-batches; central: the central flow of GD with step lr (its time-averaged path at the "
+                          "edge of stability, docs/theory.md#the-central-flow; float64). A {name, options} entry "
+                          "(options: experiments.<name>.optimizer[] below), or a "
                           "list of names and entries: one point of the cube's optim axis per entry and per value of "
                           "a listed option (every network of the grid is "
                           "trained by each; the same seeds, so the same initial weights)")

@@ -14,8 +14,8 @@ from dlnpipe._checks import check_choice
 
 # name -> "module:class" (imported on first use: the config only needs the names)
 STEPPERS = {"gd": "dlnpipe.steppers.gd:GradientDescent", "flow": "dlnpipe.steppers.flow:GradientFlow",
-            "heavy_ball": "dlnpipe.steppers.momentum:HeavyBall", "adam": "dlnpipe.steppers.adam:Adam",
-            "sgd": "dlnpipe.steppers.sgd:SGD"}
+            "central": "dlnpipe.steppers.central:CentralFlow", "heavy_ball": "dlnpipe.steppers.momentum:HeavyBall",
+            "adam": "dlnpipe.steppers.adam:Adam", "sgd": "dlnpipe.steppers.sgd:SGD"}
 NAMES = tuple(STEPPERS)
 DEFAULT = "gd"  # the paper's optimizer: what a cell, a network or train() has unless told otherwise
 

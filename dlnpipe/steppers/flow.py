@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -80,8 +80,9 @@ class FlowRows(Rows):
 
 class GradientFlow(Stepper):
     name = "flow"
-    options = ("flow_rtol", "flow_atol", "flow_max_steps", "explode")
+    options: ClassVar[tuple[str, ...]] = ("flow_rtol", "flow_atol", "flow_max_steps", "explode")
     records_sharpness = False
+    compiled = True  # whether a compiled flow may integrate the batch (its field is −∇R)
 
     @classmethod
     def threshold(cls, lr, settings):
@@ -116,7 +117,10 @@ class GradientFlow(Stepper):
         self.lr = torch.as_tensor(schedule.lr, dtype=torch.float64, device=dev)
         self.stop = torch.as_tensor(1e-6 * state.threshold, dtype=dtype, device=dev).expand(B).clone()
         # one decision for the batch: the compiled flow integrates it all, or the torch path step by step
-        self.fused, why = state.arch.fused_flow(state.layers, state.c, state.prob)
+        if self.compiled:
+            self.fused, why = state.arch.fused_flow(state.layers, state.c, state.prob)
+        else:
+            self.fused, why = None, f"the {self.name} field has no compiled form"
         self.path = TrainPath.COMPILED if self.fused is not None else TrainPath.TORCH
         log.info("flow %s: %s", state.label, "the compiled kernel integrates every network"
                  if self.fused is not None else f"the torch path ({why})")

@@ -1,0 +1,217 @@
+"""The central flow of gradient descent (Cohen, Damian, Talwalkar, Kolter, Lee, ICLR 2025;
+docs/theory.md#the-central-flow): GD's time-averaged trajectory at the edge of stability, as an ODE.
+
+In flow time τ = η·t (t in steps, as :mod:`dlnpipe.steppers.flow` counts it),
+
+    dw/dτ = −[∇R(w) + ½ Σ_i x_i ∇_w(u_iᵀ H(w) u_i)]      (u_i held fixed in the derivative),
+
+u_i the Hessian's top eigenvectors (λ_1 ≥ … ≥ λ_k, Lanczos), x ≥ 0 the smallest correction that keeps every
+tracked ηλ_i ≤ 2: with G_i = ∇_w(u_iᵀHu_i) = ∇λ_i, dλ_i/dτ = −G_i·∇R − ½ Σ_j x_j G_i·G_j, and x solves the
+linear complementarity problem
+
+    x ≥ 0,   ½ K x + q ≥ 0,   xᵀ(½ K x + q) = 0,     K_ij = G_i·G_j,  q_i = G_i·∇R + r_i,
+
+over the candidates (ηλ_i ≥ 2(1 − CANDIDATE)), with r_i = (2 − ηλ_i)/(η² τ_s): each candidate may rise at
+most at the rate that brings ηλ_i to 2 with time constant τ_s steps (and is pushed back if a step overshot),
+which keeps the ODE's solution on ηλ ≤ 2 without a discontinuity at the switch (the exact central flow is
+τ_s → 0). With one candidate, x = max(0, −2q/‖G‖²) (σ² of Cohen et al.); with several, x is diagonal in
+the eigenbasis (Cohen et al.'s X is a semidefinite matrix: the two agree when the eigenvectors at 2/η do not
+rotate into each other), found exactly by enumerating the candidates' subsets. The prediction of GD's
+time-averaged loss is R(w) + ½ Σ x_i λ_i.
+
+The ODE is integrated by the flow stepper's error-controlled Dormand–Prince 5(4) (the field replaced); while
+every ηλ_i stays below 2(1 − CANDIDATE) the field is −∇R and the central flow is gradient flow, step for step.
+Per sample it records (``extras``): the sharpness λ_1 (``traj_central_sharpness``), the predicted time-averaged
+loss (``traj_central_loss``), Σ x_i (``traj_central_trace_x``) and the number of directions held at 2/η
+(``traj_central_active``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from dlnpipe._checks import check_int, check_positive
+from dlnpipe.lazy import torch
+from dlnpipe.steppers.base import EXPLODE, Schedule
+from dlnpipe.steppers.flow import GradientFlow
+from dlnpipe.tensors import unflatten
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+log = logging.getLogger("dlnpipe.training")
+
+CANDIDATE = 0.02  # a tracked eigenvalue is constrained once ηλ ≥ 2(1 − CANDIDATE)
+RECORDED = ("traj_central_sharpness", "traj_central_loss", "traj_central_trace_x", "traj_central_active")
+
+
+def complementarity(K: Tensor, q: Tensor, candidate: Tensor) -> Tensor:
+    """x (b, k) solving the LCP x ≥ 0, ½Kx + q ≥ 0, xᵀ(½Kx + q) = 0 over the ``candidate`` entries (b, k) bool (x = 0
+    elsewhere, unconstrained), for PSD K (b, k, k): every subset S of the candidates is tried (½K_SS x_S = −q_S),
+    and the first that is feasible (by size) is taken; exact to rounding for the few directions tracked."""
+    b, k = q.shape
+    M = 0.5 * K
+    scale = torch.diagonal(M, dim1=1, dim2=2).abs().amax(1).clamp(min=1e-300)  # (b,)
+    tol = 1e-12 * scale[:, None] * (1 + q.abs() / scale[:, None])
+    x = torch.zeros_like(q)
+    found = ~candidate.any(1)  # networks with no candidate: x = 0
+    for size in range(k + 1):  # the empty subset first: x = 0 where no candidate needs holding
+        for subset in itertools.combinations(range(k), size):
+            s = torch.zeros(k, dtype=torch.bool, device=q.device)
+            s[list(subset)] = True
+            ok = ~found & (candidate[:, s].all(1) if size else torch.ones_like(found))
+            if not bool(ok.any()):
+                continue
+            sm = s.to(q.dtype)
+            A = M * sm[:, None] * sm[None, :] + torch.diag(1 - sm) + 1e-14 * scale[:, None, None] * torch.diag(sm)
+            xs = torch.linalg.solve(A, (-q * sm)[..., None])[..., 0] * sm
+            w = (M @ xs[..., None])[..., 0] + q
+            feasible = ((xs >= -tol) | ~s).all(1) & ((w >= -tol) | s | ~candidate).all(1)
+            take = ok & feasible
+            x = torch.where(take[:, None], xs.clamp(min=0), x)
+            found = found | take
+    if not bool(found.all()):  # rounding left no subset exactly feasible: the unconstrained field
+        log.warning("central flow: %d networks without a feasible correction at this point", int((~found).sum()))
+    return x
+
+
+DENSE_BELOW = 128  # up to this many parameters the Hessian is formed whole (one batched backward) and diagonalised
+
+
+def top_eigenpairs(arch, layers: list[Tensor], c: Tensor, prob, y: Tensor, g: Tensor, v0: Tensor, *, k: int,
+                   tol: float) -> tuple[Tensor, Tensor]:
+    """The top-k Hessian eigenvalues (b, k), decreasing, and unit eigenvectors (b, k, P) at the batch's point ``y``
+    (whose gradient graph is ``g``): small networks by the dense Hessian (every eigenpair, exact to rounding),
+    larger ones by Lanczos from ``v0`` to tolerance ``tol``."""
+    b, P = y.shape
+    if P <= DENSE_BELOW:
+        eye = torch.eye(P, dtype=y.dtype, device=y.device)[:, None, :].expand(P, b, P)
+        with torch.enable_grad():
+            (H,) = torch.autograd.grad(g, y, grad_outputs=eye, is_grads_batched=True, retain_graph=True)
+        H = H.permute(1, 0, 2)
+        evals, evecs = torch.linalg.eigh((H + H.mT) / 2)
+        return evals.flip(1)[:, :k], evecs.flip(2)[:, :, :k].mT
+    from dlnpipe.hessian import HessianOperator
+    from dlnpipe.lanczos import lanczos
+
+    eig = lanczos(HessianOperator(arch, layers, c, prob), v0, k=k, tol=tol, return_vectors=True)
+    assert eig.eigenvectors is not None
+    return torch.as_tensor(eig.eigenvalues, dtype=y.dtype, device=y.device), eig.eigenvectors.to(y.dtype)
+
+
+def central_field(arch, layers: list[Tensor], c: Tensor, prob, eta: Tensor, v0: Tensor, *, k: int, tau: float,
+                  tol: float = 1e-12) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(the central field −[∇R + ½Σ x_i G_i] (b, P), R − R* (b,), what a sample records) at ``layers``, with
+    learning rates ``eta`` (b,) and Lanczos start vectors ``v0`` (b, P); float64."""
+    flat = torch.cat([W.reshape(W.shape[0], -1) for W in layers], 1).detach()
+    y = flat.clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = arch.loss(unflatten(y, layers), c, prob)
+        (g,) = torch.autograd.grad(loss.sum(), y, create_graph=True)
+    lam, U = top_eigenpairs(arch, layers, c, prob, y, g, v0, k=k, tol=tol)
+    candidate = eta[:, None] * lam >= 2 * (1 - CANDIDATE)
+    x = torch.zeros_like(lam)
+    field = -g.detach()
+    if bool(candidate.any()):
+        G = torch.zeros_like(U)
+        for i in range(k):
+            if not bool(candidate[:, i].any()):
+                continue
+            with torch.enable_grad():
+                (hv,) = torch.autograd.grad((g * U[:, i]).sum(), y, create_graph=True)
+                (G[:, i],) = torch.autograd.grad((hv * U[:, i]).sum(), y, retain_graph=True)
+        G = G * candidate[..., None]
+        K = G @ G.mT
+        q = (G @ g.detach()[..., None])[..., 0] + (2 - eta[:, None] * lam) / (eta[:, None] ** 2 * tau)
+        x = complementarity(K, q, candidate)
+        field = field - 0.5 * (x[..., None] * G).sum(1)
+        if bool((candidate[:, -1]).any()):
+            log.warning("central flow: the %d-th tracked eigenvalue reaches 2/η for %d networks: track more "
+                        "(central_k)", k, int(candidate[:, -1].sum()))
+    excess = arch.gradient(layers, c, prob)[1]
+    info = {"traj_central_sharpness": lam[:, 0],
+            "traj_central_loss": excess + prob.loss_opt + 0.5 * (x * lam).sum(1),
+            "traj_central_trace_x": x.sum(1), "traj_central_active": (x > 0).sum(1).to(lam.dtype)}
+    return field, excess, info
+
+
+class CentralFlow(GradientFlow):
+    name = "central"
+    options: ClassVar[tuple[str, ...]] = ("flow_rtol", "flow_atol", "flow_max_steps", "explode", "central_k",
+                                          "central_tau")
+    records_sharpness = False
+    compiled = False  # the field needs the Hessian's eigenvectors: torch only
+
+    @classmethod
+    def threshold(cls, lr, settings):
+        """2/η: the central flow is GD's, held at its edge of stability."""
+        return 2.0 / np.asarray(lr, dtype=float)
+
+    def __init__(self, *, flow_rtol: float = 1e-8, flow_atol: float = 1e-10, flow_max_steps: int = 100_000,
+                 explode: float = EXPLODE, central_k: int = 2, central_tau: float = 5.0):
+        super().__init__(flow_rtol=flow_rtol, flow_atol=flow_atol, flow_max_steps=flow_max_steps, explode=explode)
+        self.k = check_int("central_k", central_k, minimum=1)
+        self.tau = check_positive("central_tau", central_tau)
+        self.v0: Tensor | None = None  # Lanczos start vectors (B, P), from each network's seed
+
+    def field(self, state, y: Tensor) -> tuple[Tensor, Tensor]:
+        from dlnpipe.curvature import start_vectors
+
+        v0 = self.v0
+        if v0 is None:
+            v0 = self.v0 = start_vectors(self.seeds, y.shape[1], device=y.device).to(y.dtype)
+        live = state.idx
+        f, excess, info = central_field(state.arch, unflatten(y, self.like), state.c, state.prob, self.lr[live],
+                                        v0[live], k=min(self.k, y.shape[1]), tau=self.tau)
+        self.last = info
+        return f, excess
+
+    def start(self, state, schedule: Schedule) -> None:
+        if state.layers[0].dtype != torch.float64:
+            raise ValueError("the central flow integrates in float64 (its field holds Hessian eigenvectors): "
+                             "train it with dtype='float64'")
+        B, n = state.size, schedule.record_steps.size
+        self.seeds, self.last, self.v0 = schedule.seed, {}, None
+        self.horizon_mask = schedule.record_steps[None, :] <= schedule.steps[:, None]  # (B, n): samples it owes
+        self.converged = np.zeros(B, dtype=bool)  # stopped early, converged: its later samples hold
+        self.recorded = {name: torch.full((B, n), float("nan"), dtype=torch.float64, device=state.idx.device)
+                         for name in RECORDED}
+        super().start(state, schedule)
+
+    def _sample(self, state, rows: Tensor) -> None:
+        """The flow's samples, and with each what the field computed at that point (the last evaluation was
+        there: the start, or an accepted step's end)."""
+        r = self.rows
+        nxt = r.nxt.clone()
+        due = rows & (r.t >= self._next_time() * (1 - 1e-12))
+        while bool(due.any()):
+            gi, j = state.idx[due], r.nxt[due]
+            for name in RECORDED:
+                self.recorded[name][gi, j] = self.last[name][due].to(torch.float64)
+            r.nxt = torch.where(due, r.nxt + 1, r.nxt)
+            due = due & (r.t >= self._next_time() * (1 - 1e-12))
+        r.nxt = nxt
+        super()._sample(state, rows)
+
+    def _leave(self, state) -> None:
+        if state.size:
+            r = self.rows
+            conv = ((r.excess <= r.stop) & torch.isfinite(r.excess)).cpu().numpy()
+            self.converged[state.idx.cpu().numpy()[conv]] = True
+        super()._leave(state)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The recorded samples; a network that converged before its horizon holds its last values after it (as
+        the trainer holds its losses)."""
+        out = {}
+        for name, v in self.recorded.items():
+            a = v.cpu().numpy()
+            last = np.where(np.isfinite(a), np.arange(a.shape[1])[None, :], 0)
+            np.maximum.accumulate(last, axis=1, out=last)
+            held = np.take_along_axis(a, last, axis=1)
+            out[name] = np.where(np.isnan(a) & self.horizon_mask & self.converged[:, None], held, a)
+        return out

@@ -1,0 +1,121 @@
+"""The central flow of GD (dlnpipe.steppers.central) against gradient flow, closed forms and finite differences."""
+
+import numpy as np
+import pytest
+import torch
+
+import dlnpipe
+from dlnpipe.curvature import start_vectors
+from dlnpipe.steppers.central import CANDIDATE, central_field, complementarity
+from dlnpipe.tensors import flatten, stack_weights, unflatten
+
+
+def test_complementarity_solves_the_lcp():
+    """Random PSD K (rank-deficient too) and q: x ≥ 0, w = ½Kx + q ≥ 0 on the candidates, xᵀw = 0; x = 0 off the
+    candidates; one candidate: x = max(0, −2q/K)."""
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal((200, 3, 5))
+    G[:50, 2] = G[:50, 0] + G[:50, 1]  # dependent directions: K singular
+    K = torch.tensor(G @ G.transpose(0, 2, 1))
+    q = torch.tensor(rng.standard_normal((200, 3)) * 3)
+    cand = torch.tensor(rng.random((200, 3)) < 0.8)
+    x = complementarity(K, q, cand)
+    w = 0.5 * (K @ x[..., None])[..., 0] + q
+    scale = K.diagonal(dim1=1, dim2=2).amax(1, keepdim=True)
+    assert (x >= 0).all() and (x[~cand] == 0).all()
+    assert (w[cand] >= -1e-9 * (scale + q.abs()).expand_as(w)[cand]).all()
+    assert ((x * w).abs() <= 1e-9 * (1 + x.abs()) * (scale + q.abs())).all()
+    one = complementarity(K[:, :1, :1], q[:, :1], torch.ones(200, 1, dtype=torch.bool))
+    expected = np.maximum(0, -2 * q[:, 0].numpy() / K[:, 0, 0].numpy())
+    np.testing.assert_allclose(one[:, 0].numpy(), expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return dlnpipe.make_dataset(30, 4, noise=0.5, seed=1, kappa=10.0)
+
+
+def batch(data, nets):
+    layers, c = stack_weights(nets, dtype="float64", device="cpu")
+    arch = nets[0].architecture
+    prob = arch.problem([data], in_dim=layers[0].shape[2], dtype=torch.float64, device="cpu")
+    return arch, layers, c, prob
+
+
+def test_one_unstable_direction_is_the_closed_form_and_holds_the_sharpness(data):
+    """At a point where ηS = 2 exactly (η = 2/S) and gradient flow would sharpen: the field is
+    −(∇R + ½σ²∇S) with σ² = −2∇S·∇R/‖∇S‖², ∇S checked by central differences of the Lanczos sharpness; moving
+    along the field leaves S unchanged to second order while gradient flow raises it to first order."""
+    mid = dlnpipe.train(data, arch="small", depth=3, width=5, lr=0.25, scale=0.5, seed=2, steps=4, optimizer="flow",
+                        record_steps=[0])  # gradient flow to time 1: the sharpness still rises
+    point = mid.networks()[0]
+    arch, layers, c, prob = batch(data, [point])
+
+    def S(w):
+        net = dlnpipe.Weights([t[0].numpy() for t in unflatten(w[None], layers)], arch="small", seed=0)
+        return float(dlnpipe.sharpness(data, net, tol=1e-13).values[0])
+
+    y = flatten(layers)[0]
+    s0 = S(y)
+    eta = torch.tensor([2 / s0], dtype=torch.float64)
+    v0 = start_vectors([0], y.numel(), device="cpu")
+    f, _, info = central_field(arch, layers, c, prob, eta, v0, k=2, tau=5.0, tol=1e-13)
+    gR = flatten(arch.gradient(layers, c, prob)[0])[0]
+    sigma2 = float(info["traj_central_trace_x"][0])
+    assert sigma2 > 0 and info["traj_central_active"][0] == 1, "this point sharpens under gradient flow: held"
+    gS = 2 * (-f[0] - gR) / sigma2  # the correction is ½σ²∇S
+
+    def dS(u, eps=1e-6):  # central difference of the Lanczos sharpness along the unit vector u
+        return (S(y + eps * u) - S(y - eps * u)) / (2 * eps)
+
+    e = torch.randn(y.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for u in (e / e.norm(), gR / gR.norm()):
+        assert float(gS @ u) == pytest.approx(dS(u), rel=1e-4, abs=1e-6 * float(gS.norm()))
+    np.testing.assert_allclose(sigma2, -2 * float(gS @ gR) / float(gS @ gS), rtol=1e-8)
+    h = 1e-4
+    assert abs(S(y + h * f[0]) - s0) < 1e-2 * abs(S(y - h * gR) - s0)
+
+
+def test_below_the_edge_the_central_flow_is_gradient_flow(data):
+    """With η small enough that ηS stays below 2(1 − CANDIDATE), the central flow run for T steps is the
+    gradient flow run to time ηT: weights equal to 1e-8 relative, the same field evaluations (the same steps),
+    no direction ever held and the predicted loss R itself."""
+    kw = dict(arch="small", depth=3, width=5, scale=[0.5, 0.8], seed=[0, 1], dtype="float64", lr=0.01, steps=200,
+              record_every=50, flow_rtol=1e-6, flow_atol=1e-8)
+    central = dlnpipe.train(data, optimizer="central", **kw)
+    flow = dlnpipe.train(data, optimizer="flow", **kw)
+    assert np.nanmax(kw["lr"] * central.extras["traj_central_sharpness"]) < 2 * (1 - CANDIDATE)
+    for a, b in zip(central.layers, flow.layers):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-8 * np.abs(b).max())
+    np.testing.assert_array_equal(central.extras["evaluations"], flow.extras["evaluations"])
+    assert np.nanmax(central.extras["traj_central_active"]) == 0
+    np.testing.assert_allclose(central.extras["traj_central_loss"], central.traj_loss_train, rtol=1e-12)
+    np.testing.assert_array_equal(central.status, flow.status)
+
+
+def test_at_the_edge_the_flow_is_held_at_two_over_eta_and_its_solver_converges(data):
+    """η with φ_0 > 2/η: the central flow's sharpness rises to 2/η and stays there (never above it by more than
+    the solver's tolerance), one direction is held, the predicted loss is R + ½σ²S ≥ R; halving the tolerance
+    by 100 moves the end point by far less than the distance travelled (an ODE solution, not a
+    discretisation)."""
+    net = [dlnpipe.init_network("small", depth=3, width=5, d=4, scale=0.4, seed=2)]
+    phi0 = dlnpipe.gfs_sharpness(data, net)[0]
+    eta = 2 / (0.9 * phi0)
+    kw = dict(arch="small", depth=3, width=5, scale=0.4, seed=2, dtype="float64", lr=eta, steps=80, record_every=8,
+              optimizer="central")
+    coarse = dlnpipe.train(data, flow_rtol=1e-6, flow_atol=1e-8, **kw)
+    fine = dlnpipe.train(data, flow_rtol=1e-8, flow_atol=1e-10, **kw)
+    S = fine.extras["traj_central_sharpness"][0]
+    assert S[0] * eta < 2 and eta * np.nanmax(S) <= 2 * (1 + 1e-6)
+    assert eta * S[-1] == pytest.approx(2, rel=1e-3), "the flow ends on the edge"
+    assert fine.extras["traj_central_active"][0, -1] == 1
+    assert (fine.extras["traj_central_loss"][0] >= fine.traj_loss_train[0] - 1e-12).all()
+    travelled = max(np.abs(a - b).max() for a, b in zip(fine.layers, net[0].layers))
+    moved = max(np.abs(a - b).max() for a, b in zip(fine.layers, coarse.layers))
+    assert moved < 1e-4 * travelled, (moved, travelled)
+
+
+def test_the_central_flow_runs_in_float64_only(data):
+    with pytest.raises(ValueError, match="float64"):
+        dlnpipe.train(data, arch="small", depth=2, width=3, lr=0.1, scale=0.5, seed=0, steps=5, optimizer="central",
+                      dtype="float32")
