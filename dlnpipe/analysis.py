@@ -38,6 +38,7 @@ import xarray as xr
 
 from dlnpipe import archs, steppers
 from dlnpipe.cube import DATA_DIMS
+from dlnpipe.eos import FailureKind, failure_kinds
 from dlnpipe.status import NO_NETWORK, Status
 
 LINEAR = archs.names(linear=True)  # the architectures the paper's bounds are about
@@ -98,7 +99,7 @@ def frame(ds: xr.Dataset) -> pd.DataFrame:
     that threshold is about (``edge_sharpness``: the plain one, or Adam's preconditioned one)."""
     cols = ["sharpness", "sharpness_exact", "status", "loss_train", "loss_test", "distance"]
     cols += [c for c in ("hessian_trace", "hessian_trace_minimizer", "sharpness_precond", "sharpness_avg",
-                         "loss_train_avg", "loss_test_avg") if c in ds]
+                         "loss_train_avg", "loss_test_avg", "lambda_min", "grad_norm_sq") if c in ds]
     df = ds[cols].to_dataframe().reset_index()
     df = df[df.status != NO_NETWORK].copy()
     df["threshold"], df["edge_sharpness"] = np.nan, np.nan
@@ -108,8 +109,12 @@ def frame(ds: xr.Dataset) -> pd.DataFrame:
         df.loc[rows, "threshold"] = cls.threshold(sub.lr.to_numpy(), sub)
         df.loc[rows, "edge_sharpness"] = sub[cls.edge_on] if cls.edge_on in sub else np.nan
     theory = ds[[c for c in ("s_min", "s_upper", "eta_c", "trace_min") if c in ds]].to_dataframe().reset_index()
-    data = ds[["a", "lam_max", "w_norm"]].to_dataframe().reset_index()
-    return df.merge(theory, on=["depth", *DATA_DIMS], how="left").merge(data, on=list(DATA_DIMS), how="left")
+    data = ds[["a", "lam_max", "w_norm", "loss_opt"]].to_dataframe().reset_index()
+    df = df.merge(theory, on=["depth", *DATA_DIMS], how="left").merge(data, on=list(DATA_DIMS), how="left")
+    if "lambda_min" in df:  # how each network ended (docs/theory.md#the-edge-of-stability-measured)
+        df["failure"] = failure_kinds(df.status, df.threshold, df.sharpness, df.lambda_min, df.grad_norm_sq,
+                                      df.loss_train - df.loss_opt)
+    return df
 
 
 def minimizer_bound(df: pd.DataFrame) -> pd.Series:
@@ -161,6 +166,9 @@ def table(ds: xr.Dataset, **tolerances) -> pd.DataFrame:
     ratio = (conv_df.sharpness / conv_df.s_min).groupby([conv_df[k] for k in keys]).agg(["min", "median", "max"])
     ratio.columns = ["ratio_min", "ratio_median", "ratio_max"]
     out = out.join(ratio)
+    if "failure" in df:  # the failed networks by what holds them
+        for kind in (FailureKind.UNSTABLE, FailureKind.SADDLE, FailureKind.SLOW):
+            out[f"failed_{kind.meaning}"] = g["failure"].agg(lambda f, k=kind: int((f == k).sum()))
     if "hessian_trace_minimizer" in conv_df and "trace_min" in conv_df:  # tr H / T_min, next to S / S_min
         tr = (conv_df.hessian_trace_minimizer / conv_df.trace_min).groupby([conv_df[k] for k in keys])
         tr = tr.agg(["min", "median", "max"])
@@ -258,6 +266,7 @@ def claims(tab: pd.DataFrame, ds: xr.Dataset) -> pd.DataFrame:
                      if len(ok_scales) else f"; first violation at s = {bad.scale.min():.4g}")
         rows.append({"claim": c, "statement": text, "checked": checked, "violations": fails,
                      "verdict": "n/a" if checked == 0 else ("holds" if fails == 0 else "fails")})
+    rows += eos_claims(ds)
     if ds.attrs.get("n_train", 0) < ds.attrs.get("d", 0):  # underdetermined: claims c6 and c10
         for claim, text, reg in (("c6", "log gap vs log S slope > 0", gap_regression(ds)),
                                  ("c10", "gd/sgd, no label noise: log S vs log batch size slope > 0 (smaller batches, "
@@ -268,3 +277,77 @@ def claims(tab: pd.DataFrame, ds: xr.Dataset) -> pd.DataFrame:
                                                           f"one-sided p {reg.p_value:.2g}, n {reg.n})",
                              "checked": reg.n, "violations": int(not holds), "verdict": "holds" if holds else "fails"})
     return pd.DataFrame(rows)
+
+
+PHI_RTOL = 1e-6  # φ_t is measured to about this (the flow's stop, the exact formula at its limit)
+EDGE_RTOL = 0.1  # "near 2/η": within 10%
+CENTRAL_RTOL = 0.1  # the central flow predicts GD's final sharpness and time-averaged loss within 10%
+CENTRAL_FLOOR = 1e-6  # ... the loss to 10% of GD's excess loss or of CENTRAL_FLOOR · yᵀy/n, whichever is larger
+BALANCE_RTOL = 1e-5  # the flow's drift of the balancing gaps, relative to the largest gap (solver tolerance)
+
+
+def _optim_labels(ds: xr.Dataset, name: str) -> list:
+    if "optim" not in ds.dims:
+        return []
+    return [x for x in ds.optim.values if str(ds.optimizer.sel(optim=x).values) == name]
+
+
+def _row(claim: str, text: str, checked: int, violations: int) -> dict:
+    return {"claim": claim, "statement": text, "checked": int(checked), "violations": int(violations),
+            "verdict": "n/a" if checked == 0 else ("holds" if violations == 0 else "fails")}
+
+
+def eos_claims(ds: xr.Dataset) -> list[dict]:
+    """Claims c11–c14 (docs/theory.md#the-claims-the-tables-check), where the experiment has what they need."""
+    rows = []
+    gd = _optim_labels(ds, "gd")
+    if gd and "traj_gfs_sharpness" in ds:
+        phi = ds.traj_gfs_sharpness.sel(optim=gd)
+        rise = (phi.diff("step").max("step") / phi.isel(step=0))  # the largest increase, relative to φ_0
+        ok = np.isfinite(rise.values)
+        worst = float(np.nanmax(rise.values)) if ok.any() else np.nan
+        rows.append(_row("c11", f"gd: phi_t non-increasing along the run (largest increase {worst:.3g} of phi_0; "
+                                f"tolerance {PHI_RTOL:g})", ok.sum(), (rise.values[ok] > PHI_RTOL).sum()))
+        conv = (ds.status.sel(optim=gd) == Status.CONVERGED).values
+        S, phi0 = ds.sharpness.sel(optim=gd).values, phi.isel(step=0).values
+        edge = 2 / ds.lr.broadcast_like(ds.sharpness.sel(optim=gd)).values
+        s_min = ds.s_min.broadcast_like(ds.sharpness.sel(optim=gd)).values
+        bad = (S < s_min * (1 - TOL)) | (S > edge * (1 + EDGE_RTOL)) | (
+            (phi0 > edge) & (np.abs(S - edge) > EDGE_RTOL * edge))
+        above = conv & (phi0 > edge)
+        rows.append(_row("c12", f"gd: converged => S_min <= S <= 1.1 (2/eta), and near 2/eta (10%) when phi_0 > 2/eta "
+                                f"({int(above.sum())} such networks, median S eta/2 = "
+                                f"{np.nanmedian((S / edge)[above]) if above.any() else np.nan:.3f})",
+                         conv.sum(), (conv & bad).sum()))
+    central = _optim_labels(ds, "central")
+    if gd and central and "traj_central_loss" in ds and "traj_sharpness" in ds:
+        g, c = ds.sel(optim=gd[0]), ds.sel(optim=central[0])
+        both = ((g.status >= 0) & (c.status >= 0) & (g.status != Status.DIVERGED)).values
+        # time averages over the last quarter of the samples: GD's sharpness and loss oscillate at the edge
+        late = g.step >= float(g.step.max()) * 0.75
+        S_gd = g.traj_sharpness.where(late).mean("step")
+        S_err = (np.abs(c.traj_central_sharpness.where(late).mean("step") - S_gd) / S_gd).values
+        avg_gd = g.traj_loss_train.where(late).mean("step") - g.loss_opt
+        avg_c = c.traj_central_loss.where(late).mean("step") - g.loss_opt
+        # relative to GD's excess loss, or to the loss scale yᵀy/n = R(0) = R* + a‖w*‖² where both sit at the floor
+        floor = CENTRAL_FLOOR * (g.loss_opt + g.a * g.w_norm**2)
+        L_err = (np.abs(avg_c - avg_gd) / np.maximum(np.abs(avg_gd), floor)).values
+        ok = both & np.isfinite(S_err) & np.isfinite(L_err)
+        med = lambda a: float(np.nanmedian(a[ok])) if ok.any() else np.nan  # noqa: E731
+        worst = lambda a: float(np.nanmax(a[ok])) if ok.any() else np.nan  # noqa: E731
+        rows.append(_row("c13", f"central flow vs gd, same init, time averages over the last quarter: sharpness "
+                                f"within 10% (rel. error median {med(S_err):.3g}, largest {worst(S_err):.3g}) and "
+                                f"excess loss within 10% (median {med(L_err):.3g}, largest {worst(L_err):.3g})",
+                         ok.sum(),
+                         (ok & ((S_err > CENTRAL_RTOL) | (L_err > CENTRAL_RTOL))).sum()))
+    flow = _optim_labels(ds, "flow")
+    if flow and "balance" in ds:
+        b, b0 = ds.balance.sel(optim=flow), ds.balance_init.sel(optim=flow)
+        drift = (np.abs(b - b0).max("layer") / b0.max("layer")).values
+        ok = np.isfinite(drift)
+        worst = np.nanmax(drift) if ok.any() else np.nan
+        rows.append(_row("c14", f"flow: balancing gaps conserved (largest drift {worst:.3g} of the largest gap; "
+                                f"tolerance {BALANCE_RTOL:g})", ok.sum(),
+                         (drift[ok] > BALANCE_RTOL).sum()))
+    return rows
+

@@ -237,7 +237,12 @@ class ExperimentConfig(Strict):
         description="learning rates with their step counts and numbers of seeds")
     dtype: Literal["float32", "float64"] = Field("float32", description="training precision (paper: float32)")
     record_every: int = Field(100, ge=1, description="trajectory sampling period, in steps")
-    record_sharpness: bool = Field(False, description="also record the Lanczos sharpness along trajectories")
+    record_sharpness: bool = Field(False, description="also record the Lanczos sharpness along trajectories (of the "
+                                                      "optimizers that step: not flow or central, which record their "
+                                                      "own)")
+    record_eos: bool = Field(False, description="with record_sharpness: also phi_t, the sharpness of the gradient-flow "
+                                                "solution from each sampled iterate (a flow to convergence per sample, "
+                                                "docs/theory.md#the-gradient-flow-solution)")
     sharpness_k: int = Field(3, ge=1, description="number of top Hessian eigenvalues measured at the end")
     trace_method: Literal["hutchinson", "exact"] = Field(
         "hutchinson", description="how the Hessian's trace is measured at init and at the end: hutchinson "
@@ -313,8 +318,11 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _optimizers(self):
-        if "flow" in self.optimizers() and self.record_sharpness:
-            raise ValueError("record_sharpness samples GD trajectories; it is not available with optimizer: flow")
+        if self.record_sharpness and not any(steppers.get(o).records_sharpness for o in self.optimizers()):
+            raise ValueError("record_sharpness samples GD trajectories; it is not available with optimizer: "
+                             + ", ".join(self.optimizers()))
+        if self.record_eos and not self.record_sharpness:
+            raise ValueError("record_eos samples phi where the sharpness is sampled: it needs record_sharpness: true")
         labels = [p.label for p in self.optim_points()]
         if len(set(labels)) < len(labels):
             raise ValueError(f"optimizer lists {sorted(x for x in set(labels) if labels.count(x) > 1)[0]!r} twice")

@@ -148,6 +148,22 @@ VARIABLES: dict[str, Variable] = {
     "sv_ratio": _measured("sigma_2 / sigma_1 of the layer's weight matrix (NaN for a vector layer)", dims=("layer",)),
     "alignment": _measured("|<v_{k+1}, u_k>|: top right singular vector of the next layer against this layer's top "
                            "left singular vector", dims=("layer",)),
+    "lambda_min": _measured("smallest algebraic Hessian eigenvalue at the end of training (Lanczos on -H; clearly "
+                            "negative near a saddle, docs/theory.md#the-edge-of-stability-measured)"),
+    "grad_norm_sq": _measured("squared gradient norm ||grad R||^2 at the end of training"),
+    "balance": _measured("balancing gap ||W_{k+1}^T W_{k+1} - W_k W_k^T||_F at the end of training (k = layer + 1; "
+                         "conserved by gradient flow)", dims=("layer",)),
+    "balance_init": _measured("balancing gap at initialisation", dims=("layer",)),
+    "traj_gfs_sharpness": _trained("record_eos: sharpness of the gradient-flow solution from each sampled GD iterate "
+                                   "(phi_t, docs/theory.md#the-gradient-flow-solution)", kind="trajectory",
+                                   optional=True),
+    "traj_central_sharpness": _trained("central flow: sharpness along the flow (docs/theory.md#the-central-flow)",
+                                       kind="trajectory", optional=True),
+    "traj_central_loss": _trained("central flow: predicted time-averaged GD loss R + sum_i x_i lambda_i / 2",
+                                  kind="trajectory", optional=True),
+    "traj_central_trace_x": _trained("central flow: sum_i x_i, the correction's size (0: gradient flow)",
+                                     kind="trajectory", optional=True),
+    "traj_central_active": _trained("central flow: directions held at 2/eta", kind="trajectory", optional=True),
     "input_alignment": _measured("|<v_1, w*/||w*||>|: first layer's top right singular vector against w*"),
     "traj_loss_train": _trained("training loss along the trajectory", kind="trajectory"),
     "traj_loss_test": _trained("test loss along the trajectory", kind="trajectory"),

@@ -92,47 +92,57 @@ class FailureKind(IntEnum):
         return self.name.lower()
 
 
+UNSTABLE_MARGIN = 1e-3  # unstable: S above the threshold by more than this (the central flow sits on it)
 SADDLE_CURVATURE = 1e-6  # λ_min < −SADDLE_CURVATURE·S: clearly negative (Lanczos resolves ~1e-10·S)
 SADDLE_GRADIENT = 1e-3  # ‖∇R‖² < SADDLE_GRADIENT·2S(R − R*): far smaller than any point of a minimizer's basin
 
 
-def failure_kinds(status, lr, sharpness, lambda_min, grad_sq, excess) -> np.ndarray:
-    """:class:`FailureKind` (B,) int8 from each network's final status, learning rate, sharpness S, λ_min,
-    squared gradient norm ‖∇R‖² and excess loss R − R*.
+def failure_kinds(status, threshold, sharpness, lambda_min, grad_sq, excess) -> np.ndarray:
+    """:class:`FailureKind` (B,) int8 from each network's final status, its optimizer's stability threshold on
+    the sharpness (GD: 2/η; NaN: none, as for gradient flow), sharpness S, λ_min, squared gradient norm ‖∇R‖²
+    and excess loss R − R*.
 
     Near a minimizer (R ≈ R* + ½δᵀHδ) the gradient obeys ‖∇R‖² = δᵀH²δ ≤ 2S(R − R*); a failed network far below
-    that bound, with negative curvature, sits at a saddle's plateau. Unstable comes first: with ηS > 2 the
-    network cannot settle whatever else holds."""
-    status, eta = np.asarray(status), np.broadcast_to(np.asarray(lr, dtype=np.float64), np.shape(status))
+    that bound, with negative curvature, sits at a saddle's plateau. Unstable comes first: with S above the
+    threshold the network cannot settle whatever else holds."""
+    status = np.asarray(status)
+    limit = np.broadcast_to(np.asarray(threshold, dtype=np.float64), np.shape(status))
     S, lmin = np.asarray(sharpness, dtype=np.float64), np.asarray(lambda_min, dtype=np.float64)
     g2, ex = np.asarray(grad_sq, dtype=np.float64), np.asarray(excess, dtype=np.float64)
     kind = np.full(status.shape, FailureKind.SLOW, dtype=np.int8)
     saddle = (lmin < -SADDLE_CURVATURE * S) & (g2 < SADDLE_GRADIENT * 2 * S * np.maximum(ex, 0))
     kind[saddle] = FailureKind.SADDLE
-    kind[eta * S > 2] = FailureKind.UNSTABLE
+    kind[S > limit * (1 + UNSTABLE_MARGIN)] = FailureKind.UNSTABLE  # False where the threshold is NaN
     kind[status == Status.CONVERGED] = FailureKind.CONVERGED
     kind[status == Status.DIVERGED] = FailureKind.DIVERGED
     return kind
 
 
-def classify(dataset, result, *, tol: float = 1e-10, device=None) -> np.ndarray:
-    """:func:`failure_kinds` of a :class:`~dlnpipe.result.TrainResult`'s networks on ``dataset``, measuring what
-    it needs at their final weights (float64): S and λ_min by Lanczos, ‖∇R‖² and R − R*."""
+def gradient_norm_sq(dataset, nets: list) -> np.ndarray:
+    """‖∇R‖² (B,) of networks on ``dataset`` (float64; NaN for non-finite weights)."""
     import torch
 
-    from dlnpipe.curvature import sharpness, smallest_eigenvalue
     from dlnpipe.tensors import stack_weights
+
+    out = np.full(len(nets), np.nan)
+    finite = np.flatnonzero([all(np.isfinite(W).all() for W in net) for net in nets])
+    if finite.size:
+        arch = nets[0].architecture
+        layers, c = stack_weights([nets[i] for i in finite], dtype="float64", device="cpu")
+        prob = arch.problem([dataset], in_dim=layers[0].shape[2], dtype=torch.float64, device="cpu")
+        grads, _ = arch.gradient(layers, c, prob)
+        out[finite] = sum((g * g).flatten(1).sum(1) for g in grads).numpy()
+    return out
+
+
+def classify(dataset, result, *, tol: float = 1e-10, device=None) -> np.ndarray:
+    """:func:`failure_kinds` of a :class:`~dlnpipe.result.TrainResult`'s networks on ``dataset`` (GD's threshold
+    2/η), measuring what it needs at their final weights (float64): S and λ_min by Lanczos, ‖∇R‖² and R − R*."""
+    from dlnpipe.curvature import sharpness, smallest_eigenvalue
 
     nets = result.networks()
     S = sharpness(dataset, nets, tol=tol, device=device).values
     lmin = smallest_eigenvalue(dataset, nets, tol=tol, device=device).eigenvalues[:, 0]
-    grad_sq, excess = np.full(len(nets), np.nan), np.full(len(nets), np.nan)
-    finite = np.flatnonzero([all(np.isfinite(W).all() for W in net) for net in nets])
-    if finite.size:
-        arch = nets[0].architecture
-        layers, c = stack_weights([nets[i] for i in finite], dtype="float64", device=device or "cpu")
-        prob = arch.problem([dataset], in_dim=layers[0].shape[2], dtype=torch.float64, device=layers[0].device)
-        grads, ex = arch.gradient(layers, c, prob)
-        grad_sq[finite] = sum((g * g).flatten(1).sum(1) for g in grads).cpu().numpy()
-        excess[finite] = ex.cpu().numpy()
-    return failure_kinds(result.status, result.lr, S, lmin, grad_sq, excess)
+    excess = dataset.loss(result.regressors()) - dataset.loss_opt
+    return failure_kinds(result.status, 2 / np.asarray(result.lr, dtype=float), S, lmin,
+                         gradient_norm_sq(dataset, nets), excess)

@@ -60,8 +60,6 @@ def flow_solution(dataset: Dataset | list[Dataset], weights, *, rtol: float = 1e
     ``dataset`` (one for all, or one per network for linear nets) until it converges (R − R* below 1e-6 of
     rtol·R* + atol·yᵀy/n), for flow time ``horizon`` at most, with error tolerances ``flow_rtol``/``flow_atol``
     and at most ``max_steps`` accepted steps; float64."""
-    from dlnpipe.training import train
-
     nets = _batch(weights)
     check_positive("horizon", horizon)
     data = dataset if isinstance(dataset, Dataset) else list(dataset)
@@ -74,13 +72,15 @@ def flow_solution(dataset: Dataset | list[Dataset], weights, *, rtol: float = 1e
         return FlowSolution(limits, converged, excess, evaluations)
     start = [nets[i] for i in todo]
     arch = start[0].architecture
-    width = start[0].layers[0].shape[0] if start[0].depth > 1 else 1
-    res = train(data if isinstance(data, Dataset) else [data[i] for i in todo], arch=arch.name,
-                depth=start[0].depth, width=width, lr=1.0, scale=0.0, steps=max(1, int(np.ceil(horizon))),
-                seed=[0 if net.seed is None else net.seed for net in start], init=start, optimizer="flow",
-                record_steps=[0], rtol=rtol, atol=atol, flow_rtol=flow_rtol, flow_atol=flow_atol,
-                flow_max_steps=max_steps, dtype="float64", device=device, log_every_s=None,
-                max_batch=max_batch)
+    quiet = logging.getLogger("dlnpipe.training")  # a flow per call (per sample, along a run): no progress lines
+    level = quiet.level
+    quiet.setLevel(max(level, logging.WARNING))
+    try:
+        res = _flow(data if isinstance(data, Dataset) else [data[i] for i in todo], start, arch, rtol=rtol, atol=atol,
+                    flow_rtol=flow_rtol, flow_atol=flow_atol, max_steps=max_steps, horizon=horizon, device=device,
+                    max_batch=max_batch)
+    finally:
+        quiet.setLevel(level)
     for j, i in enumerate(todo):
         limits[i] = Weights(res.network(j), arch=arch, seed=nets[i].seed)
     converged[todo] = res.status == Status.CONVERGED
@@ -91,6 +91,18 @@ def flow_solution(dataset: Dataset | list[Dataset], weights, *, rtol: float = 1e
         log.warning("flow_solution: %d of %d flows did not converge (max_steps=%d, horizon=%g)",
                     int((~converged[todo]).sum()), todo.size, max_steps, horizon)
     return FlowSolution(limits, converged, excess, evaluations)
+
+
+def _flow(data, start: list[Weights], arch, *, rtol, atol, flow_rtol, flow_atol, max_steps, horizon, device,
+          max_batch):
+    from dlnpipe.training import train
+
+    width = start[0].layers[0].shape[0] if start[0].depth > 1 else 1
+    return train(data, arch=arch.name, depth=start[0].depth, width=width, lr=1.0, scale=0.0,
+                 steps=max(1, int(np.ceil(horizon))), seed=[0 if net.seed is None else net.seed for net in start],
+                 init=start, optimizer="flow", record_steps=[0], rtol=rtol, atol=atol, flow_rtol=flow_rtol,
+                 flow_atol=flow_atol, flow_max_steps=max_steps, dtype="float64", device=device, log_every_s=None,
+                 max_batch=max_batch)
 
 
 def gfs_sharpness(dataset: Dataset | list[Dataset], weights, *, method: str | None = None, tol: float = 1e-10,

@@ -70,8 +70,8 @@ def derived_seed(*parts) -> int:
 STAGE_KEYS = {
     "grid": ("inits", "depths", "widths", "batch_datasets", "split"),
     "data": ("data",),
-    "train": ("scales", "runs", "dtype", "record_every", "record_sharpness", "optimizer", "flow_rtol", "flow_atol",
-              "flow_max_steps", "scale_unit", "rtol", "atol"),
+    "train": ("scales", "runs", "dtype", "record_every", "record_sharpness", "record_eos", "optimizer", "flow_rtol",
+              "flow_atol", "flow_max_steps", "scale_unit", "rtol", "atol"),
     "measure": ("sharpness_k", "trace_method", "trace_probes", "density", "density_probes", "density_steps"),
     "cube": ("description",),
     "figures": ("figures",),

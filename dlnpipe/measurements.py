@@ -1,8 +1,10 @@
 """What the measure stage records of every trained network: the Hessian's top eigenvalues (Lanczos, with
 certificates), trace and, where asked, spectral density, at the end of training and at initialisation;
 the exact formulas at converged linear networks (sharpness and trace at a minimizer,
-docs/theory.md#the-hessian-at-a-minimizer); and the structure of the layers
-(docs/theory.md#gradient-flow-from-small-initialisation)."""
+docs/theory.md#the-hessian-at-a-minimizer); the structure of the layers
+(docs/theory.md#gradient-flow-from-small-initialisation); and what says where a network that did not converge
+is stuck (λ_min and ‖∇R‖², docs/theory.md#the-edge-of-stability-measured) with the balancing gaps at init and
+at the end."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlnpipe.curvature import sharpness
+from dlnpipe.curvature import sharpness, smallest_eigenvalue
 from dlnpipe.diagnostics import structure
+from dlnpipe.eos import balancing_gaps, gradient_norm_sq
 from dlnpipe.spectrum import hessian_trace, spectral_density
 from dlnpipe.status import Status
 
@@ -33,7 +36,8 @@ def empty(B: int, depth: int, opts: Options, size: int) -> dict[str, np.ndarray]
     out = dict(sharpness_topk=nan(B, opts.k), sharpness_residual=nan(B, opts.k), sharpness_exact=nan(B),
                sharpness_init=nan(B), hessian_trace=nan(B), hessian_trace_stderr=nan(B), hessian_trace_init=nan(B),
                hessian_trace_minimizer=nan(B), sv_ratio=nan(B, depth), alignment=nan(B, max(depth - 1, 0)),
-               input_alignment=nan(B), sharpness_converged=np.zeros(B, dtype=bool))
+               input_alignment=nan(B), sharpness_converged=np.zeros(B, dtype=bool), lambda_min=nan(B),
+               grad_norm_sq=nan(B), balance=nan(B, max(depth - 1, 0)), balance_init=nan(B, max(depth - 1, 0)))
     if opts.density:
         steps = min(opts.density_steps, size)
         for when in ("", "_init"):
@@ -74,6 +78,9 @@ def measure(nets: list, init: list, datasets: list, status: np.ndarray, seeds: n
                           device=opts.device)
             out["sharpness_topk"][keep], out["sharpness_residual"][keep] = s.eigenvalues, s.residuals
             out["sharpness_converged"][keep] = s.converged
+            out["lambda_min"][keep] = smallest_eigenvalue(ds, [nets[i] for i in keep], seeds=seeds[keep],
+                                                          device=opts.device).eigenvalues[:, 0]
+            out["grad_norm_sq"][keep] = gradient_norm_sq(ds, [nets[i] for i in keep])
         _hessian(out, ds, nets, keep, seeds, opts)
         conv = rows[status[rows] == Status.CONVERGED]
         if conv.size and arch.linear:
@@ -82,6 +89,8 @@ def measure(nets: list, init: list, datasets: list, status: np.ndarray, seeds: n
         out["sharpness_init"][rows] = sharpness(ds, [init[i] for i in rows], method="lanczos", seeds=seeds[rows],
                                                 device=opts.device).values
         _hessian(out, ds, init, rows, seeds, opts, when="_init")
+        out["balance"][rows] = balancing_gaps([nets[i] for i in rows])
+        out["balance_init"][rows] = balancing_gaps([init[i] for i in rows])
         st = structure([nets[i] for i in rows], w_star=ds.w_star)
         out["sv_ratio"][rows], out["alignment"][rows], out["input_alignment"][rows] = (
             st.sv_ratio, st.alignment, st.input_alignment)

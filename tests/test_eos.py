@@ -51,8 +51,9 @@ def test_gradient_flow_keeps_the_balancing_gaps_and_gd_moves_them(data):
 
 def test_failure_kinds_of_networks_that_are_known():
     status = np.array([0, 2, 1, 1, 1, 1])
-    kinds = failure_kinds(status, lr=0.1, sharpness=[10, 10, 30, 10, 10, 10], lambda_min=[0, 0, -1, -1, -1e-9, -1],
-                          grad_sq=[0, 0, 1, 1e-6, 1e-6, 1], excess=[0, 0, 1, 1, 1, 1])
+    kinds = failure_kinds(status, threshold=20.0, sharpness=[10, 10, 30, 10, 10, 10],
+                          lambda_min=[0, 0, -1, -1, -1e-9, -1], grad_sq=[0, 0, 1, 1e-6, 1e-6, 1],
+                          excess=[0, 0, 1, 1, 1, 1])
     assert kinds.tolist() == [FailureKind.CONVERGED, FailureKind.DIVERGED, FailureKind.UNSTABLE,
                               FailureKind.SADDLE, FailureKind.SLOW, FailureKind.SLOW]
 

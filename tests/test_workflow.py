@@ -434,3 +434,41 @@ def test_figures_without_data_say_so(quick_run, tmp_path):
         fig = figures.draw(ds, name)
         texts = [t.get_text() for ax in fig.axes for t in ax.texts]
         assert any(t.startswith("no converged") for t in texts), (name, texts)
+
+
+EOS_MINI = {
+    "study": "eos_mini", "device": "cpu",
+    "experiments": {"eos": {
+        "description": "the eos experiment in miniature: phi_t along gd, the central flow and the flow beside it",
+        "data": {"n": 20, "d": 3, "noise": 0.5, "seed": 1}, "inits": ["small"], "depths": [3], "widths": [3],
+        "scales": [0.3], "runs": [{"lr": [0.3, 0.45], "steps": 150, "seeds": 1}],  # 2/eta 6.7, 4.4; phi_0 ~ 4.4
+        "optimizer": ["gd", "central", "flow"], "dtype": "float64", "record_every": 10, "record_sharpness": True,
+        "record_eos": True, "figures": ["eos_phi", "eos_central", "eos_balance", "failures"]}}}
+
+
+def test_eos_experiment_end_to_end(tmp_path):
+    """An experiment with record_eos and the central flow beside GD, through every stage: the cube holds φ_t,
+    the central flow's trajectories, λ_min and the balancing gaps; its table checks c11–c14 and counts how the
+    failed networks ended; its four figures are drawn."""
+    from matplotlib.image import imread
+
+    cfg = tmp_path / "eos.yaml"
+    cfg.write_text(yaml.safe_dump(EOS_MINI, sort_keys=False))
+    wd = workdir(tmp_path / "wd")
+    snakemake(wd, "--configfile", str(cfg), "--cores", "2")
+    res = wd / "results/eos_mini"
+    ds = open_tree(res / "cube.zarr")["eos"].to_dataset().load()
+    gd, central = ds.sel(optim="gd"), ds.sel(optim="central")
+    phi = gd.traj_gfs_sharpness.squeeze()
+    assert phi.notnull().all() and (phi >= float(ds.s_min.squeeze()) * (1 - 1e-6)).all()
+    assert central.traj_central_loss.notnull().any() and gd.traj_central_loss.isnull().all()
+    np.testing.assert_allclose(central.traj_central_sharpness.isel(step=0), gd.traj_sharpness.isel(step=0), rtol=1e-8)
+    assert ds.lambda_min.notnull().all() and ds.balance.notnull().any() and ds.balance_init.notnull().any()
+    md = (res / "bounds/eos.md").read_text()
+    for claim in ("c11", "c12", "c13", "c14"):
+        assert f"| {claim} " in md, claim
+    table = pd.read_csv(res / "bounds/eos.csv")
+    assert {"failed_unstable", "failed_saddle", "failed_slow"} <= set(table.columns)
+    for fig in EOS_MINI["experiments"]["eos"]["figures"]:
+        img = imread(res / f"figures/eos/{fig}.png")
+        assert img.ndim == 3 and img.std() > 0.01, fig

@@ -34,6 +34,10 @@ FIGURES = {
     "optim_sharpness": ("optim", "optim_sharpness", "sharpness per optimizer against its threshold"),
     "optim_trajectories": ("optim", "optim_trajectories", "each optimizer at its own edge of stability"),
     "optim_batch": ("optim", "optim_batch", "sharpness and generalisation gap against batch size"),
+    "eos_phi": ("eos", "eos_phi", "sharpness and the gradient-flow solution's sharpness along GD"),
+    "eos_central": ("eos", "eos_central", "GD against its central flow"),
+    "eos_balance": ("eos", "eos_balance", "balancing gaps"),
+    "failures": ("eos", "failures", "how the networks ended"),
 }
 NAMES = tuple(FIGURES)
 

@@ -178,6 +178,7 @@ class CentralFlow(GradientFlow):
         self.seeds, self.last, self.v0 = schedule.seed, {}, None
         self.horizon_mask = schedule.record_steps[None, :] <= schedule.steps[:, None]  # (B, n): samples it owes
         self.converged = np.zeros(B, dtype=bool)  # stopped early, converged: its later samples hold
+        self.final = {name: np.full(B, np.nan) for name in RECORDED}  # ... these values, where it stopped
         self.recorded = {name: torch.full((B, n), float("nan"), dtype=torch.float64, device=state.idx.device)
                          for name in RECORDED}
         super().start(state, schedule)
@@ -198,10 +199,15 @@ class CentralFlow(GradientFlow):
         super()._sample(state, rows)
 
     def _leave(self, state) -> None:
+        """As the flow's; a network that converged keeps what the field computed at its last point (its last
+        accepted step's end: where it stopped) for its later samples."""
         if state.size:
             r = self.rows
-            conv = ((r.excess <= r.stop) & torch.isfinite(r.excess)).cpu().numpy()
-            self.converged[state.idx.cpu().numpy()[conv]] = True
+            conv = (r.excess <= r.stop) & torch.isfinite(r.excess)
+            gi = state.idx[conv].cpu().numpy()
+            self.converged[gi] = True
+            for name in RECORDED:
+                self.final[name][gi] = self.last[name][conv].to(torch.float64).cpu().numpy()
         super()._leave(state)
 
     def outputs(self) -> dict[str, np.ndarray]:
@@ -210,8 +216,6 @@ class CentralFlow(GradientFlow):
         out = {}
         for name, v in self.recorded.items():
             a = v.cpu().numpy()
-            last = np.where(np.isfinite(a), np.arange(a.shape[1])[None, :], 0)
-            np.maximum.accumulate(last, axis=1, out=last)
-            held = np.take_along_axis(a, last, axis=1)
-            out[name] = np.where(np.isnan(a) & self.horizon_mask & self.converged[:, None], held, a)
+            out[name] = np.where(np.isnan(a) & self.horizon_mask & self.converged[:, None], self.final[name][:, None],
+                                 a)
         return out

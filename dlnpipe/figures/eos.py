@@ -1,0 +1,150 @@
+"""The edge of stability, predicted (docs/theory.md#the-gradient-flow-solution, #the-central-flow,
+#the-edge-of-stability-measured).
+
+``eos_phi``: along GD, the sharpness S_t (solid) and φ_t, the sharpness of the gradient-flow solution from each
+iterate (dashed), one panel per η, one colour per init scale (every seed its own curve), with 2/η and S_min.
+``eos_central``: GD's training loss and sharpness against the central flow's prediction (its time-averaged loss
+R + ½Σx_iλ_i and its sharpness), one column per η. ``eos_balance``: the balancing gaps at the end against those
+at init, per optimizer (gradient flow keeps them: the diagonal). ``failures``: how the networks ended, per
+optimizer and η (converged, diverged, and for failed ones: unstable, saddle, slow).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import seaborn as sns
+
+from dlnpipe.analysis import frame as analysis_frame
+from dlnpipe.eos import FailureKind
+from dlnpipe.figures.common import constant, empty, grid, legend, panels, select
+
+
+def _labels(ds, optimizer: str) -> list[str]:
+    """The optim labels of ``optimizer``'s settings."""
+    if "optim" not in ds.dims:
+        return []
+    return [str(x) for x in ds.optim.values if str(ds.optimizer.sel(optim=x).values) == optimizer]
+
+
+def _scale_palette(ds):
+    scales = sorted(float(x) for x in ds.scale.values)
+    return dict(zip(scales, sns.color_palette("flare", len(scales))))
+
+
+def _curves(da):
+    """(scale, curve over step) for every network of ``da`` (each seed its own curve: with a few seeds a median
+    would draw a network that does not exist)."""
+    for s in da.scale.values:
+        one = da.sel(scale=s)
+        rest = [d for d in one.dims if d != "step"]
+        flat = one.stack(net=rest) if rest else one.expand_dims(net=[0])
+        for k in range(flat.sizes["net"]):
+            curve = flat.isel(net=k)
+            if bool(curve.notnull().any()):
+                yield float(s), curve
+
+
+def eos_phi(ds):
+    gd = _labels(ds, "gd")
+    if not gd or "traj_gfs_sharpness" not in ds or "traj_sharpness" not in ds:
+        fig, axes = grid(1)
+        empty(axes[0], "no φ trajectories (record_sharpness and record_eos, optimizer gd)")
+        return fig
+    lrs = [float(x) for x in ds.lr.values]
+    facets = panels(ds, exclude=("optim",))
+    fig, axes = grid(len(facets) * len(lrs), width=4.8, height=3.6)
+    pal = _scale_palette(ds)
+    for i, sel in enumerate(facets):
+        s_min = constant(ds, "s_min", sel)
+        for j, lr in enumerate(lrs):
+            ax = axes[i * len(lrs) + j]
+            sub = select(ds, {**sel, "optim": gd[0], "lr": lr})
+            seen = set()
+            for (s, S), (_, phi) in zip(_curves(sub.traj_sharpness), _curves(sub.traj_gfs_sharpness)):
+                ax.plot(S.step, S, color=pal[s], lw=0.9, alpha=0.8, label=None if s in seen else f"{s:g}")
+                ax.plot(phi.step, phi, color=pal[s], lw=2.0, ls="--")
+                seen.add(s)
+            ax.axhline(2 / lr, color="k", ls="--", lw=1, label="2/η")
+            ax.axhline(s_min, color="k", ls=":", lw=1.2, label="S_min")
+            top = np.nanmax([2 / lr, float(sub.traj_gfs_sharpness.max())])
+            ax.set(ylim=(0, 1.3 * top), xlabel="step", ylabel="S_t (solid), φ_t (dashed)", title=f"η = {lr:g}")
+            legend(ax, "init scale s")
+    return fig
+
+
+def eos_central(ds):
+    gd, central = _labels(ds, "gd"), _labels(ds, "central")
+    if not gd or not central or "traj_central_loss" not in ds:
+        fig, axes = grid(1)
+        empty(axes[0], "no central flow beside GD (optimizer: [gd, central])")
+        return fig
+    lrs = [float(x) for x in ds.lr.values]
+    fig, axes = grid(2 * len(lrs), width=4.8, height=3.4)
+    pal = _scale_palette(ds)
+    base = {k: v for k, v in panels(ds, exclude=("optim",))[0].items()}
+    loss_opt = constant(ds, "loss_opt", base)
+    for j, lr in enumerate(lrs):
+        g, c = select(ds, {**base, "optim": gd[0], "lr": lr}), select(ds, {**base, "optim": central[0], "lr": lr})
+        top, bottom = axes[j], axes[len(lrs) + j]
+        seen = set()
+        for (s, loss), (_, pred) in zip(_curves(g.traj_loss_train - loss_opt), _curves(c.traj_central_loss - loss_opt)):
+            top.plot(loss.step, loss, color=pal[s], lw=0.9, alpha=0.8, label=None if s in seen else f"{s:g}")
+            top.plot(pred.step, pred, color=pal[s], lw=1.8, ls="--")
+            seen.add(s)
+        top.set(yscale="log", xlabel="step", ylabel="R − R* (GD solid; central flow's\ntime average dashed)",
+                title=f"η = {lr:g}")
+        legend(top, "init scale s")
+        if "traj_sharpness" in g:
+            for (s, S), (_, Sc) in zip(_curves(g.traj_sharpness), _curves(c.traj_central_sharpness)):
+                bottom.plot(S.step, S, color=pal[s], lw=0.9, alpha=0.8)
+                bottom.plot(Sc.step, Sc, color=pal[s], lw=1.8, ls="--")
+        bottom.axhline(2 / lr, color="k", ls="--", lw=1)
+        bottom.axhline(constant(ds, "s_min", base), color="k", ls=":", lw=1.2)
+        bottom.set(ylim=(0, 1.3 * np.nanmax([2 / lr, float(c.traj_central_sharpness.max())])), xlabel="step",
+                   ylabel="sharpness (GD solid, central dashed)")
+    return fig
+
+
+def eos_balance(ds):
+    if "balance" not in ds:
+        fig, axes = grid(1)
+        empty(axes[0], "no balancing gaps measured")
+        return fig
+    df = ds[["balance", "balance_init", "status"]].to_dataframe().reset_index()
+    df = df[df.status >= 0].dropna(subset=["balance", "balance_init"])
+    fig, axes = grid(1, width=5.6, height=4.4)
+    ax = axes[0]
+    if df.empty:
+        empty(ax, "no networks")
+        return fig
+    df["optimizer"] = df.optim.map(lambda x: str(ds.optimizer.sel(optim=x).values)) if "optim" in df else "gd"
+    sns.scatterplot(df, x="balance_init", y="balance", hue="optimizer", style="layer", s=26, ax=ax)
+    lo, hi = df[["balance", "balance_init"]].min().min(), df[["balance", "balance_init"]].max().max()
+    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls=":")
+    ax.set(xscale="log", yscale="log", xlabel="G_k at init", ylabel="G_k at the end",
+           title="balancing gaps ‖W_{k+1}ᵀW_{k+1} − W_kW_kᵀ‖_F")
+    legend(ax, "optimizer, layer k")
+    return fig
+
+
+def failures(ds):
+    df = analysis_frame(ds)
+    fig, axes = grid(1, width=6.4, height=3.8)
+    ax = axes[0]
+    if df.empty or "failure" not in df:
+        empty(ax, "no networks")
+        return fig
+    df["kind"] = df.failure.map(lambda k: FailureKind(int(k)).meaning)
+    counts = df.groupby(["optim", "lr", "kind"]).size().unstack("kind", fill_value=0)
+    order = [k.meaning for k in FailureKind if k.meaning in counts]
+    counts = counts[order]
+    labels = [f"{o}, η={lr:g}" for o, lr in counts.index]
+    bottom = np.zeros(len(counts))
+    colors = dict(zip([k.meaning for k in FailureKind], sns.color_palette("Set2", len(FailureKind))))
+    for kind in order:
+        ax.bar(labels, counts[kind], bottom=bottom, label=kind, color=colors[kind])
+        bottom += counts[kind].to_numpy()
+    ax.set(ylabel="networks", title="how the networks ended")
+    ax.tick_params(axis="x", rotation=45, labelsize=7)
+    legend(ax, "end")
+    return fig
