@@ -9,11 +9,15 @@ Lanczos here keeps the whole basis and re-orthogonalises every new vector twice 
 Gram-Schmidt, twice), in float64, so the Ritz values are trustworthy down to rounding. When a
 Krylov space becomes invariant (β ≈ 0: the operator has fewer distinct eigenvalues than the
 iteration count), the iteration restarts that row from a random vector orthogonal to its basis,
-which leaves the tridiagonal matrix block-diagonal and the Ritz values exact.
+which leaves the tridiagonal matrix block-diagonal and the Ritz values exact. The restart vectors come from a
+generator seeded by the start vectors (unless one is given), never from torch's global one: a result depends
+on its inputs only, not on what the process drew before (at a minimizer, where the bottom of the spectrum is a
+cluster at 0, restarts are common and λ_min differs in its last bits with the restart vector).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -96,6 +100,9 @@ class Krylov:
 
     def __init__(self, op: Operator, v0: torch.Tensor, capacity: int, *, generator=None, initial: int = 64):
         B, P = v0.shape
+        if generator is None:  # restart vectors drawn from the start vectors' own bits: the same in every process
+            digest = hashlib.blake2b(v0.detach().cpu().numpy().tobytes(), digest_size=8).digest()
+            generator = torch.Generator(device=v0.device).manual_seed(int.from_bytes(digest, "little") >> 1)
         self.matvec, self.generator, self.capacity = op.matvec, generator, capacity
         dtype, device = v0.dtype, v0.device
         # The basis grows by doubling: most Hessians converge in a few dozen iterations, far below P.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlnpipe.lanczos import MatrixOperator, lanczos, power_iteration
+from dlnpipe.lanczos import DiagonalOperator, MatrixOperator, Negated, lanczos, power_iteration
 
 
 def random_symmetric(rng, B, P):
@@ -68,3 +68,18 @@ def test_converged_mask_says_which_rows_ran_out_of_iterations(rng):
 def test_operator_size_must_match_the_start_vectors(rng):
     with pytest.raises(ValueError, match="operator's size is 5"):
         lanczos(MatrixOperator(torch.eye(5, dtype=torch.float64)[None]), torch.ones(1, 6, dtype=torch.float64))
+
+
+def test_restarts_do_not_depend_on_the_global_generator():
+    """A Krylov space that becomes invariant restarts from a random vector: drawn from the start vectors' own
+    seed, so the result is the same bit for bit whatever the process drew before (here a diagonal operator with
+    four distinct eigenvalues among eight: every run restarts)."""
+    d = torch.tensor([[3.0, 3.0, 1.0, 1.0, -2.0, -2.0, -2.0, 0.5]], dtype=torch.float64).repeat(2, 1)
+    v0 = torch.tensor(np.random.default_rng(0).standard_normal((2, 8)))
+    outs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        outs.append(lanczos(Negated(DiagonalOperator(d)), v0, k=2, max_iter=8, return_vectors=True))
+    np.testing.assert_array_equal(outs[0].eigenvalues, outs[1].eigenvalues)
+    torch.testing.assert_close(outs[0].eigenvectors, outs[1].eigenvectors, rtol=0, atol=0)
+    np.testing.assert_allclose(-outs[0].eigenvalues[:, 0], [-2.0, -2.0], rtol=1e-12)  # λ_min of d
