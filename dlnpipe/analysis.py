@@ -38,7 +38,7 @@ import xarray as xr
 
 from dlnpipe import archs, steppers
 from dlnpipe.cube import DATA_DIMS
-from dlnpipe.eos import FailureKind, failure_kinds
+from dlnpipe.eos import FailureKind, edge_of_stability, failure_kinds
 from dlnpipe.status import NO_NETWORK, Status
 
 LINEAR = archs.names(linear=True)  # the architectures the paper's bounds are about
@@ -100,6 +100,9 @@ def frame(ds: xr.Dataset) -> pd.DataFrame:
     cols = ["sharpness", "sharpness_exact", "status", "loss_train", "loss_test", "distance"]
     cols += [c for c in ("hessian_trace", "hessian_trace_minimizer", "sharpness_precond", "sharpness_avg",
                          "loss_train_avg", "loss_test_avg", "lambda_min", "grad_norm_sq") if c in ds]
+    if "traj_sharpness" in ds:  # the edge-of-stability measurements of every sharpness trajectory
+        ds = ds.assign(eos_measurements(ds))
+        cols += list(EOS_COLUMNS)
     df = ds[cols].to_dataframe().reset_index()
     df = df[df.status != NO_NETWORK].copy()
     df["threshold"], df["edge_sharpness"] = np.nan, np.nan
@@ -115,6 +118,24 @@ def frame(ds: xr.Dataset) -> pd.DataFrame:
         df["failure"] = failure_kinds(df.status, df.threshold, df.sharpness, df.lambda_min, df.grad_norm_sq,
                                       df.loss_train - df.loss_opt)
     return df
+
+
+EOS_COLUMNS = ("eos_onset", "eos_above", "eos_sharpening", "eos_mean_after")
+
+
+def eos_measurements(ds: xr.Dataset) -> dict[str, xr.DataArray]:
+    """:func:`dlnpipe.eos.edge_of_stability` of every sampled sharpness trajectory, as per-network arrays: onset
+    step (−1: none), the fraction of later samples above 2/η, the sharpening slope before onset, the mean ηS
+    after onset (docs/theory.md#the-edge-of-stability-measured)."""
+    da = ds.traj_sharpness
+    dims = [d for d in da.dims if d != "step"]
+    flat = da.transpose(*dims, "step")
+    lr = ds.lr.broadcast_like(flat.isel(step=0)).transpose(*dims)
+    out = edge_of_stability(flat.values.reshape(-1, da.sizes["step"]), ds.step.values, lr.values.ravel())
+    shape = [da.sizes[d] for d in dims]
+    coords = {k: v for k, v in flat.isel(step=0).coords.items() if k != "step"}
+    return {name: xr.DataArray(getattr(out, name.removeprefix("eos_")).reshape(shape).astype(float), dims=dims,
+                               coords=coords) for name in EOS_COLUMNS}
 
 
 def minimizer_bound(df: pd.DataFrame) -> pd.Series:
@@ -166,6 +187,13 @@ def table(ds: xr.Dataset, **tolerances) -> pd.DataFrame:
     ratio = (conv_df.sharpness / conv_df.s_min).groupby([conv_df[k] for k in keys]).agg(["min", "median", "max"])
     ratio.columns = ["ratio_min", "ratio_median", "ratio_max"]
     out = out.join(ratio)
+    if "eos_onset" in df:  # the edge of stability along the sampled trajectories (onset −1: never reached)
+        eos = df.assign(eos_onset=df.eos_onset.where(df.eos_onset >= 0))
+        eg = eos.groupby(keys, sort=True)
+        out = out.join(eg.agg(eos_reached=("eos_onset", "count"), eos_onset_median=("eos_onset", "median"),
+                              eos_above_median=("eos_above", "median"),
+                              eos_sharpening_median=("eos_sharpening", "median"),
+                              eos_mean_after_median=("eos_mean_after", "median")))
     if "failure" in df:  # the failed networks by what holds them
         for kind in (FailureKind.UNSTABLE, FailureKind.SADDLE, FailureKind.SLOW):
             out[f"failed_{kind.meaning}"] = g["failure"].agg(lambda f, k=kind: int((f == k).sum()))

@@ -4,8 +4,8 @@
 ``eos_phi``: along GD, the sharpness S_t (solid) and φ_t, the sharpness of the gradient-flow solution from each
 iterate (dashed), one panel per η, one colour per init scale (every seed its own curve), with 2/η and S_min.
 ``eos_central``: GD's training loss and sharpness against the central flow's prediction (its time-averaged loss
-R + ½Σx_iλ_i and its sharpness), one column per η. ``eos_balance``: the balancing gaps at the end against those
-at init, per optimizer (gradient flow keeps them: the diagonal). ``failures``: how the networks ended, per
+R + ½Σx_iλ_i and its sharpness), one column per η. ``eos_balance``: the relative change of the balancing gaps from
+init to the end, per optimizer and gap (gradient flow keeps them: zero). ``failures``: how the networks ended, per
 optimizer and η (converged, diverged, and for failed ones: unstable, saddle, slow).
 """
 
@@ -111,19 +111,20 @@ def eos_balance(ds):
         empty(axes[0], "no balancing gaps measured")
         return fig
     df = ds[["balance", "balance_init", "status"]].to_dataframe().reset_index()
-    df = df[df.status >= 0].dropna(subset=["balance", "balance_init"])
-    fig, axes = grid(1, width=5.6, height=4.4)
+    df = df[(df.status >= 0) & (df.balance_init > 0)].dropna(subset=["balance", "balance_init"])
+    fig, axes = grid(1, width=6.4, height=4.0)
     ax = axes[0]
     if df.empty:
         empty(ax, "no networks")
         return fig
     df["optimizer"] = df.optim.map(lambda x: str(ds.optimizer.sel(optim=x).values)) if "optim" in df else "gd"
-    sns.scatterplot(df, x="balance_init", y="balance", hue="optimizer", style="layer", s=26, ax=ax)
-    lo, hi = df[["balance", "balance_init"]].min().min(), df[["balance", "balance_init"]].max().max()
-    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls=":")
-    ax.set(xscale="log", yscale="log", xlabel="G_k at init", ylabel="G_k at the end",
+    df["change"] = (df.balance - df.balance_init) / df.balance_init
+    df["k"] = (df.layer + 1).astype(int)
+    sns.stripplot(df, x="k", y="change", hue="optimizer", dodge=True, size=3.5, alpha=0.8, ax=ax)
+    ax.axhline(0, color="k", lw=0.8, ls=":")
+    ax.set(xlabel="gap k (between layers k and k + 1)", ylabel="(G_k at the end − at init) / at init",
            title="balancing gaps ‖W_{k+1}ᵀW_{k+1} − W_kW_kᵀ‖_F")
-    legend(ax, "optimizer, layer k")
+    legend(ax, "optimizer")
     return fig
 
 

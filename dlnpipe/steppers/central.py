@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dlnpipe.training")
 
+EVALUATION_COST = 600  # one field evaluation, in gradient evaluations (the workflow's cost model)
 CANDIDATE = 0.02  # a tracked eigenvalue is constrained once ηλ ≥ 2(1 − CANDIDATE)
 RECORDED = ("traj_central_sharpness", "traj_central_loss", "traj_central_trace_x", "traj_central_active")
 
@@ -157,6 +158,14 @@ class CentralFlow(GradientFlow):
         self.k = check_int("central_k", central_k, minimum=1)
         self.tau = check_positive("central_tau", central_tau)
         self.v0: Tensor | None = None  # Lanczos start vectors (B, P), from each network's seed
+
+    @classmethod
+    def evaluations(cls, steps: int, options: dict) -> float:
+        """The flow's count of field evaluations, each priced at EVALUATION_COST gradients: a field evaluation is
+        a Hessian eigenproblem (a dense Hessian or some thirty Hessian-vector products) and the third-derivative
+        passes, mostly autograd's per-call overhead at these sizes (measured on the eos experiment: about 600
+        gradient steps' flops each)."""
+        return EVALUATION_COST * super().evaluations(steps, options)
 
     def field(self, state, y: Tensor) -> tuple[Tensor, Tensor]:
         from dlnpipe.curvature import start_vectors
