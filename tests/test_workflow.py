@@ -441,7 +441,7 @@ EOS_MINI = {
     "experiments": {"eos": {
         "description": "the eos experiment in miniature: phi_t along gd, the central flow and the flow beside it",
         "data": {"n": 20, "d": 3, "noise": 0.5, "seed": 1}, "inits": ["small"], "depths": [3], "widths": [3],
-        "scales": [0.3], "runs": [{"lr": [0.3, 0.45], "steps": 100, "seeds": 1}],  # 2/eta 6.7, 4.4; phi_0 ~ 4.4
+        "scales": [0.3], "runs": [{"lr": 0.45, "steps": 100, "seeds": 1}],  # 2/eta = 4.4, phi_0 about 4.4: at the edge
         "optimizer": ["gd", "central", "flow"], "dtype": "float64", "record_every": 10, "record_sharpness": True,
         "record_eos": True, "figures": ["eos_phi", "eos_central", "eos_balance", "failures"]}}}
 
