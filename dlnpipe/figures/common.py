@@ -110,6 +110,13 @@ def empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
+def nothing(text: str):
+    """A figure of one panel that says why there is nothing to draw."""
+    fig, axes = grid(1)
+    empty(axes[0], text)
+    return fig
+
+
 def mark_empty(fig, text: str) -> None:
     """Every visible panel of ``fig`` with no data says so (instead of empty axes)."""
     for ax in fig.axes:

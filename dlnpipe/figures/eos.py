@@ -16,7 +16,7 @@ import seaborn as sns
 
 from dlnpipe.analysis import frame as analysis_frame
 from dlnpipe.eos import FailureKind
-from dlnpipe.figures.common import constant, empty, grid, legend, panels, select
+from dlnpipe.figures.common import constant, empty, grid, legend, nothing, panels, select
 
 
 def _labels(ds, optimizer: str) -> list[str]:
@@ -47,9 +47,7 @@ def _curves(da):
 def eos_phi(ds):
     gd = _labels(ds, "gd")
     if not gd or "traj_gfs_sharpness" not in ds or "traj_sharpness" not in ds:
-        fig, axes = grid(1)
-        empty(axes[0], "no φ trajectories (record_sharpness and record_eos, optimizer gd)")
-        return fig
+        return nothing("no φ trajectories (record_sharpness and record_eos, optimizer gd)")
     lrs = [float(x) for x in ds.lr.values]
     facets = panels(ds, exclude=("optim",))
     fig, axes = grid(len(facets) * len(lrs), width=4.8, height=3.6)
@@ -75,9 +73,7 @@ def eos_phi(ds):
 def eos_central(ds):
     gd, central = _labels(ds, "gd"), _labels(ds, "central")
     if not gd or not central or "traj_central_loss" not in ds:
-        fig, axes = grid(1)
-        empty(axes[0], "no central flow beside GD (optimizer: [gd, central])")
-        return fig
+        return nothing("no central flow beside GD (optimizer: [gd, central])")
     lrs = [float(x) for x in ds.lr.values]
     fig, axes = grid(2 * len(lrs), width=4.8, height=3.4)
     pal = _scale_palette(ds)
@@ -107,9 +103,7 @@ def eos_central(ds):
 
 def eos_balance(ds):
     if "balance" not in ds:
-        fig, axes = grid(1)
-        empty(axes[0], "no balancing gaps measured")
-        return fig
+        return nothing("no balancing gaps measured")
     df = ds[["balance", "balance_init", "status"]].to_dataframe().reset_index()
     df = df[(df.status >= 0) & (df.balance_init > 0)].dropna(subset=["balance", "balance_init"])
     fig, axes = grid(1, width=6.4, height=4.0)

@@ -18,7 +18,19 @@ import seaborn as sns
 
 from dlnpipe import steppers
 from dlnpipe.analysis import frame as analysis_frame
-from dlnpipe.figures.common import CI, N_BOOT, constant, empty, grid, legend, lr_palette, panels, plain_log, select
+from dlnpipe.figures.common import (
+    CI,
+    N_BOOT,
+    constant,
+    empty,
+    grid,
+    legend,
+    lr_palette,
+    nothing,
+    panels,
+    plain_log,
+    select,
+)
 from dlnpipe.status import Status
 
 MINIMIZER_EXCESS = 0.05  # an averaged iterate is shown when R − R* <= 5% of yᵀy/n (= R* + a, ‖w*‖ = 1)
@@ -81,9 +93,7 @@ def optim_sharpness(ds):
 
 def optim_trajectories(ds):
     if "traj_sharpness" not in ds:
-        fig, axes = grid(1)
-        empty(axes[0], "no sharpness trajectories (record_sharpness: false)")
-        return fig
+        return nothing("no sharpness trajectories (record_sharpness: false)")
     facets = panels(ds, exclude=("optim",))
     labels = [str(x) for x in ds.optim.values]
     fig, axes = grid(len(facets) * len(labels), width=4.6, height=3.4)

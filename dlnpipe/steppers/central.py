@@ -38,7 +38,7 @@ from dlnpipe._checks import check_int, check_positive
 from dlnpipe.lazy import torch
 from dlnpipe.steppers.base import EXPLODE, Schedule
 from dlnpipe.steppers.flow import GradientFlow
-from dlnpipe.tensors import unflatten
+from dlnpipe.tensors import flatten, unflatten
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -116,7 +116,8 @@ def central_field(arch, layers: list[Tensor], c: Tensor, prob, eta: Tensor, v0: 
     lam, U = top_eigenpairs(arch, layers, c, prob, y, g, v0, k=k, tol=tol)
     candidate = eta[:, None] * lam >= 2 * (1 - CANDIDATE)
     x = torch.zeros_like(lam)
-    field = -g.detach()
+    grads, excess = arch.gradient(layers, c, prob)  # the flow's own field and R − R*: below the edge, the flow
+    field = -flatten(grads)
     if bool(candidate.any()):
         G = torch.zeros_like(U)
         for i in range(k):
@@ -133,7 +134,6 @@ def central_field(arch, layers: list[Tensor], c: Tensor, prob, eta: Tensor, v0: 
         if bool((candidate[:, -1]).any()):
             log.warning("central flow: the %d-th tracked eigenvalue reaches 2/η for %d networks: track more "
                         "(central_k)", k, int(candidate[:, -1].sum()))
-    excess = arch.gradient(layers, c, prob)[1]
     info = {"traj_central_sharpness": lam[:, 0],
             "traj_central_loss": excess + prob.loss_opt + 0.5 * (x * lam).sum(1),
             "traj_central_trace_x": x.sum(1), "traj_central_active": (x > 0).sum(1).to(lam.dtype)}
