@@ -108,8 +108,7 @@ def central_field(arch, layers: list[Tensor], c: Tensor, prob, eta: Tensor, v0: 
                   tol: float = 1e-12) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """(the central field −[∇R + ½Σ x_i G_i] (b, P), R − R* (b,), what a sample records) at ``layers``, with
     learning rates ``eta`` (b,) and Lanczos start vectors ``v0`` (b, P); float64."""
-    flat = torch.cat([W.reshape(W.shape[0], -1) for W in layers], 1).detach()
-    y = flat.clone().requires_grad_(True)
+    y = flatten(layers).detach().clone().requires_grad_(True)
     with torch.enable_grad():
         loss = arch.loss(unflatten(y, layers), c, prob)
         (g,) = torch.autograd.grad(loss.sum(), y, create_graph=True)
@@ -192,20 +191,12 @@ class CentralFlow(GradientFlow):
                          for name in RECORDED}
         super().start(state, schedule)
 
-    def _sample(self, state, rows: Tensor) -> None:
-        """The flow's samples, and with each what the field computed at that point (the last evaluation was
-        there: the start, or an accepted step's end)."""
-        r = self.rows
-        nxt = r.nxt.clone()
-        due = rows & (r.t >= self._next_time() * (1 - 1e-12))
-        while bool(due.any()):
-            gi, j = state.idx[due], r.nxt[due]
-            for name in RECORDED:
-                self.recorded[name][gi, j] = self.last[name][due].to(torch.float64)
-            r.nxt = torch.where(due, r.nxt + 1, r.nxt)
-            due = due & (r.t >= self._next_time() * (1 - 1e-12))
-        r.nxt = nxt
-        super()._sample(state, rows)
+    def _sampled(self, state, due: Tensor, j: Tensor) -> None:
+        """With each of the flow's samples, what the field computed at that point (the last evaluation was there:
+        the start, or an accepted step's end)."""
+        gi = state.idx[due]
+        for name in RECORDED:
+            self.recorded[name][gi, j[due]] = self.last[name][due].to(torch.float64)
 
     def _leave(self, state) -> None:
         """As the flow's; a network that converged keeps what the field computed at its last point (its last

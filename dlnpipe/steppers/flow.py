@@ -181,8 +181,12 @@ class GradientFlow(Stepper):
             value = self._sync(state)
         while bool(due.any()):
             state.record(due, r.nxt, value)
+            self._sampled(state, due, r.nxt)
             r.nxt = torch.where(due, r.nxt + 1, r.nxt)
             due = due & (r.t >= self._next_time() * (1 - 1e-12))
+
+    def _sampled(self, state, due: torch.Tensor, j: torch.Tensor) -> None:
+        """What a subclass records with sample ``j`` (per row) of the live rows ``due``: nothing here."""
 
     def _leave(self, state) -> None:
         """Retire rows at their horizon, converged to ``stop``, out of steps, or diverged (frozen)."""
