@@ -6,7 +6,8 @@ import torch
 
 import dlnpipe
 from dlnpipe.curvature import start_vectors
-from dlnpipe.steppers.central import CANDIDATE, central_field, complementarity
+from dlnpipe.steppers import central
+from dlnpipe.steppers.central import CANDIDATE, central_field, complementarity, tracked_directions
 from dlnpipe.tensors import flatten, stack_weights, unflatten
 
 
@@ -113,6 +114,28 @@ def test_at_the_edge_the_flow_is_held_at_two_over_eta_and_its_solver_converges(d
     travelled = max(np.abs(a - b).max() for a, b in zip(fine.layers, net[0].layers))
     moved = max(np.abs(a - b).max() for a, b in zip(fine.layers, coarse.layers))
     assert moved < 1e-4 * travelled, (moved, travelled)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_every_eigenvalue_at_the_edge_is_tracked(data, monkeypatch, dense):
+    """Asked for one direction at a point where η puts the top two eigenvalues on the candidate line, the tracked
+    set grows to hold both and one more below the line (dense Hessian and Lanczos alike), the eigenvalues those of
+    the dense Hessian (1e-9)."""
+    net = dlnpipe.init_network("small", depth=3, width=10, d=4, scale=0.6, seed=3)  # 150 parameters
+    arch, layers, c, prob = batch(data, [net])
+    exact = dlnpipe.sharpness(data, net, method="dense", k=3).eigenvalues[0]
+    assert exact[1] < exact[0] * (1 - 1e-3)
+    eta = torch.tensor([2 * (1 - CANDIDATE / 2) / exact[1]], dtype=torch.float64)
+    if not dense:
+        monkeypatch.setattr(central, "DENSE_BELOW", 0)
+    y = flatten(layers).detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(arch.loss(unflatten(y, layers), c, prob).sum(), y, create_graph=True)
+    v0 = start_vectors([0], y.shape[1], device="cpu")
+    lam, U, cand = tracked_directions(arch, layers, c, prob, y, g, v0, eta, k=1, tol=1e-12)
+    assert cand[0, :2].all() and not cand[0, -1], cand
+    assert lam.shape[1] >= 3 and U.shape[:2] == lam.shape
+    np.testing.assert_allclose(lam[0, :3].numpy(), exact[:3], rtol=1e-9)
 
 
 def test_the_central_flow_runs_in_float64_only(data):

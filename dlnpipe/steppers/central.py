@@ -5,7 +5,8 @@ In flow time τ = η·t (t in steps, as :mod:`dlnpipe.steppers.flow` counts it),
 
     dw/dτ = −[∇R(w) + ½ Σ_i x_i ∇_w(u_iᵀ H(w) u_i)]      (u_i held fixed in the derivative),
 
-u_i the Hessian's top eigenvectors (λ_1 ≥ … ≥ λ_k, Lanczos), x ≥ 0 the smallest correction that keeps every
+u_i the Hessian's top eigenvectors (λ_1 ≥ … ≥ λ_k: at least ``central_k``, and every one that is a candidate
+plus one, :func:`tracked_directions`), x ≥ 0 the smallest correction that keeps every
 tracked ηλ_i ≤ 2: with G_i = ∇_w(u_iᵀHu_i) = ∇λ_i, dλ_i/dτ = −G_i·∇R − ½ Σ_j x_j G_i·G_j, and x solves the
 linear complementarity problem
 
@@ -86,8 +87,8 @@ DENSE_BELOW = 128  # up to this many parameters the Hessian is formed whole (one
 def top_eigenpairs(arch, layers: list[Tensor], c: Tensor, prob, y: Tensor, g: Tensor, v0: Tensor, *, k: int,
                    tol: float) -> tuple[Tensor, Tensor]:
     """The top-k Hessian eigenvalues (b, k), decreasing, and unit eigenvectors (b, k, P) at the batch's point ``y``
-    (whose gradient graph is ``g``): small networks by the dense Hessian (every eigenpair, exact to rounding),
-    larger ones by Lanczos from ``v0`` to tolerance ``tol``."""
+    (whose gradient graph is ``g``): small networks by the dense Hessian (every eigenpair, exact to rounding: k is
+    then ignored and all P are returned), larger ones by Lanczos from ``v0`` to tolerance ``tol``."""
     b, P = y.shape
     if P <= DENSE_BELOW:
         eye = torch.eye(P, dtype=y.dtype, device=y.device)[:, None, :].expand(P, b, P)
@@ -95,13 +96,32 @@ def top_eigenpairs(arch, layers: list[Tensor], c: Tensor, prob, y: Tensor, g: Te
             (H,) = torch.autograd.grad(g, y, grad_outputs=eye, is_grads_batched=True, retain_graph=True)
         H = H.permute(1, 0, 2)
         evals, evecs = torch.linalg.eigh((H + H.mT) / 2)
-        return evals.flip(1)[:, :k], evecs.flip(2)[:, :, :k].mT
+        return evals.flip(1), evecs.flip(2).mT
     from dlnpipe.hessian import HessianOperator
     from dlnpipe.lanczos import lanczos
 
     eig = lanczos(HessianOperator(arch, layers, c, prob), v0, k=k, tol=tol, return_vectors=True)
     assert eig.eigenvectors is not None
     return torch.as_tensor(eig.eigenvalues, dtype=y.dtype, device=y.device), eig.eigenvectors.to(y.dtype)
+
+
+def tracked_directions(arch, layers: list[Tensor], c: Tensor, prob, y: Tensor, g: Tensor, v0: Tensor, eta: Tensor,
+                       *, k: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The tracked eigenpairs (λ (b, k'), U (b, k', P)) and which are candidates (ηλ ≥ 2(1 − CANDIDATE), (b, k')):
+    at least ``k`` directions, and as many more as it takes for every network's last tracked eigenvalue to lie
+    below the candidate line (or all P), so that every eigenvalue that reaches 2/η is tracked. The dense
+    Hessian has them all at once; Lanczos is rerun with twice the directions until that holds."""
+    P = y.shape[1]
+    k = min(k, P)
+    while True:
+        lam, U = top_eigenpairs(arch, layers, c, prob, y, g, v0, k=k, tol=tol)
+        candidate = eta[:, None] * lam >= 2 * (1 - CANDIDATE)
+        if lam.shape[1] > k:  # every eigenpair (dense): keep k, or one past the last candidate
+            k = min(P, max(k, int(candidate.sum(1).max()) + 1))
+            return lam[:, :k], U[:, :k], candidate[:, :k]
+        if k == P or not bool(candidate[:, -1].any()):
+            return lam, U, candidate
+        k = min(P, 2 * k)
 
 
 def central_field(arch, layers: list[Tensor], c: Tensor, prob, eta: Tensor, v0: Tensor, *, k: int, tau: float,
@@ -112,14 +132,13 @@ def central_field(arch, layers: list[Tensor], c: Tensor, prob, eta: Tensor, v0: 
     with torch.enable_grad():
         loss = arch.loss(unflatten(y, layers), c, prob)
         (g,) = torch.autograd.grad(loss.sum(), y, create_graph=True)
-    lam, U = top_eigenpairs(arch, layers, c, prob, y, g, v0, k=k, tol=tol)
-    candidate = eta[:, None] * lam >= 2 * (1 - CANDIDATE)
+    lam, U, candidate = tracked_directions(arch, layers, c, prob, y, g, v0, eta, k=k, tol=tol)
     x = torch.zeros_like(lam)
     grads, excess = arch.gradient(layers, c, prob)  # the flow's own field and R − R*: below the edge, the flow
     field = -flatten(grads)
     if bool(candidate.any()):
         G = torch.zeros_like(U)
-        for i in range(k):
+        for i in range(lam.shape[1]):
             if not bool(candidate[:, i].any()):
                 continue
             with torch.enable_grad():
@@ -130,9 +149,6 @@ def central_field(arch, layers: list[Tensor], c: Tensor, prob, eta: Tensor, v0: 
         q = (G @ g.detach()[..., None])[..., 0] + (2 - eta[:, None] * lam) / (eta[:, None] ** 2 * tau)
         x = complementarity(K, q, candidate)
         field = field - 0.5 * (x[..., None] * G).sum(1)
-        if bool((candidate[:, -1]).any()):
-            log.warning("central flow: the %d-th tracked eigenvalue reaches 2/η for %d networks: track more "
-                        "(central_k)", k, int(candidate[:, -1].sum()))
     info = {"traj_central_sharpness": lam[:, 0],
             "traj_central_loss": excess + prob.loss_opt + 0.5 * (x * lam).sum(1),
             "traj_central_trace_x": x.sum(1), "traj_central_active": (x > 0).sum(1).to(lam.dtype)}
