@@ -38,8 +38,8 @@ import xarray as xr
 
 from dlnpipe import archs, steppers
 from dlnpipe.cube import DATA_DIMS
-from dlnpipe.eos import FailureKind, edge_of_stability, failure_kinds
-from dlnpipe.status import NO_NETWORK, Status
+from dlnpipe.eos import edge_of_stability
+from dlnpipe.status import NO_NETWORK, FailureKind, Status
 
 LINEAR = archs.names(linear=True)  # the architectures the paper's bounds are about
 SMALL_INIT_LINEAR = archs.names(linear=True, small_init=True)  # ... and its small-init theorem
@@ -99,7 +99,7 @@ def frame(ds: xr.Dataset) -> pd.DataFrame:
     that threshold is about (``edge_sharpness``: the plain one, or Adam's preconditioned one)."""
     cols = ["sharpness", "sharpness_exact", "status", "loss_train", "loss_test", "distance"]
     cols += [c for c in ("hessian_trace", "hessian_trace_minimizer", "sharpness_precond", "sharpness_avg",
-                         "loss_train_avg", "loss_test_avg", "lambda_min", "grad_norm_sq") if c in ds]
+                         "loss_train_avg", "loss_test_avg", "lambda_min", "grad_norm_sq", "failure") if c in ds]
     if "traj_sharpness" in ds:  # the edge-of-stability measurements of every sharpness trajectory
         ds = ds.assign(eos_measurements(ds))
         cols += list(EOS_COLUMNS)
@@ -114,9 +114,6 @@ def frame(ds: xr.Dataset) -> pd.DataFrame:
     theory = ds[[c for c in ("s_min", "s_upper", "eta_c", "trace_min") if c in ds]].to_dataframe().reset_index()
     data = ds[["a", "lam_max", "w_norm", "loss_opt"]].to_dataframe().reset_index()
     df = df.merge(theory, on=["depth", *DATA_DIMS], how="left").merge(data, on=list(DATA_DIMS), how="left")
-    if "lambda_min" in df:  # how each network ended (docs/theory.md#the-edge-of-stability-measured)
-        df["failure"] = failure_kinds(df.status, df.threshold, df.sharpness, df.lambda_min, df.grad_norm_sq,
-                                      df.loss_train - df.loss_opt)
     return df
 
 
@@ -332,10 +329,12 @@ def eos_claims(ds: xr.Dataset) -> list[dict]:
     if gd and "traj_gfs_sharpness" in ds:
         phi = ds.traj_gfs_sharpness.sel(optim=gd)
         rise = (phi.diff("step").max("step") / phi.isel(step=0))  # the largest increase, relative to φ_0
-        ok = np.isfinite(rise.values)
-        worst = float(np.nanmax(rise.values)) if ok.any() else np.nan
-        rows.append(_row("c11", f"gd: phi_t non-increasing along the run (largest increase {worst:.3g} of phi_0; "
-                                f"tolerance {PHI_RTOL:g})", ok.sum(), (rise.values[ok] > PHI_RTOL).sum()))
+        # along runs that did not diverge (a diverging run's φ grows as it is thrown out)
+        ok = np.isfinite(rise.values) & (ds.status.sel(optim=gd) != Status.DIVERGED).values
+        worst = float(np.nanmax(rise.values[ok])) if ok.any() else np.nan
+        rows.append(_row("c11", f"gd: phi_t non-increasing along a run that does not diverge (largest increase "
+                                f"{worst:.3g} of phi_0; tolerance {PHI_RTOL:g})", ok.sum(),
+                         (rise.values[ok] > PHI_RTOL).sum()))
         conv = (ds.status.sel(optim=gd) == Status.CONVERGED).values
         S, phi0 = ds.sharpness.sel(optim=gd).values, phi.isel(step=0).values
         edge = 2 / ds.lr.broadcast_like(ds.sharpness.sel(optim=gd)).values

@@ -242,7 +242,8 @@ class ExperimentConfig(Strict):
                                                       "own)")
     record_eos: bool = Field(False, description="with record_sharpness: also phi_t, the sharpness of the gradient-flow "
                                                 "solution from each sampled iterate (a flow to convergence per sample, "
-                                                "docs/theory.md#the-gradient-flow-solution)")
+                                                "docs/theory.md#the-gradient-flow-solution), and the balancing gaps "
+                                                "there")
     sharpness_k: int = Field(3, ge=1, description="number of top Hessian eigenvalues measured at the end")
     trace_method: Literal["hutchinson", "exact"] = Field(
         "hutchinson", description="how the Hessian's trace is measured at init and at the end: hutchinson "

@@ -38,7 +38,7 @@ from dlnpipe.config import ExperimentConfig
 from dlnpipe.data import Dataset
 from dlnpipe.grid import Cell, data_points
 from dlnpipe.io import replace_dir
-from dlnpipe.status import NO_NETWORK, STATUS_MEANINGS, STATUS_VALUES, TrainPath
+from dlnpipe.status import NO_NETWORK, STATUS_MEANINGS, STATUS_VALUES, FailureKind, TrainPath
 from dlnpipe.theory import bounds
 
 GRID_DIMS = ("init", "depth", "width", "kappa", "spectrum", "wstar", "optim", "lr", "scale", "seed")
@@ -52,7 +52,7 @@ class Variable:
     """One variable of a group, declared once: its meaning and units, its dimensions, where a cell's value
     comes from, and what fills the padded grid.
 
-    kind: ``network`` (the grid dims, then ``dims``), ``trajectory`` (the grid dims and ``step``),
+    kind: ``network`` (the grid dims, then ``dims``), ``trajectory`` (the grid dims, ``step``, then ``dims``),
     ``per_depth`` (depth and the dataset dims), ``per_dataset`` (the dataset dims) or ``derived`` (computed
     from the others). source: the cell file a network variable is read from (``train``, ``measure``),
     under ``key`` (default: its own name), one ``column`` of it where given. optional: produced for some
@@ -78,7 +78,7 @@ class Variable:
             return ("depth", *DATA_DIMS)
         if self.kind == "per_dataset":
             return DATA_DIMS
-        return (*GRID_DIMS, *(("step",) if self.kind == "trajectory" else self.dims))
+        return (*GRID_DIMS, *(("step",) if self.kind == "trajectory" else ()), *self.dims)
 
     def attrs(self) -> dict:
         """Its attributes: long name and units, or (CF flags, which have no units) its flags."""
@@ -151,12 +151,19 @@ VARIABLES: dict[str, Variable] = {
     "lambda_min": _measured("smallest algebraic Hessian eigenvalue at the end of training (Lanczos on -H; clearly "
                             "negative near a saddle, docs/theory.md#the-edge-of-stability-measured)"),
     "grad_norm_sq": _measured("squared gradient norm ||grad R||^2 at the end of training"),
-    "balance": _measured("balancing gap ||W_{k+1}^T W_{k+1} - W_k W_k^T||_F at the end of training (k = layer + 1; "
+    "failure": _measured("how the network ended: its status, and for a failed one what holds it (unstable: its "
+                         "optimizer's threshold exceeded; saddle: negative curvature and a small gradient; slow: "
+                         "neither), docs/theory.md#the-edge-of-stability-measured", dtype="int8", fill=NO_NETWORK,
+                         flags=tuple((int(k), k.meaning) for k in FailureKind),
+                         comment=f"{NO_NETWORK}: no network at this grid point"),
+    "balance": _measured("balancing gap ||W_{k+1}^T W_{k+1} - W_k W_k^T||_F at the end of training (k = layer; "
                          "conserved by gradient flow)", dims=("layer",)),
     "balance_init": _measured("balancing gap at initialisation", dims=("layer",)),
     "traj_gfs_sharpness": _trained("record_eos: sharpness of the gradient-flow solution from each sampled GD iterate "
                                    "(phi_t, docs/theory.md#the-gradient-flow-solution)", kind="trajectory",
                                    optional=True),
+    "traj_balance": _trained("record_eos (gd) and the central flow: balancing gaps ||W_{k+1}^T W_{k+1} - W_k W_k^T||_F "
+                             "along the trajectory (k = layer)", kind="trajectory", dims=("layer",), optional=True),
     "traj_central_sharpness": _trained("central flow: sharpness along the flow (docs/theory.md#the-central-flow)",
                                        kind="trajectory", optional=True),
     "traj_central_loss": _trained("central flow: predicted time-averaged GD loss R + sum_i x_i lambda_i / 2",
@@ -238,9 +245,9 @@ def cell_variables(train: dict, measure: dict, steps: np.ndarray, layers: int, n
         if var.column is not None:
             a = a[:, var.column]
         if var.kind == "trajectory":
-            a, raw = np.full((a.shape[0], steps.size), np.nan), a
+            a, raw = np.full((a.shape[0], steps.size, *a.shape[2:]), np.nan), a
             a[:, pos] = raw
-        elif var.dims[-1:] == ("layer",):
+        if var.dims[-1:] == ("layer",):
             a = _pad(a, layers)
         elif var.dims[-1:] == ("node",):
             a = _pad(a, nodes)

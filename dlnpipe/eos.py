@@ -14,11 +14,10 @@ stuck on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 
-from dlnpipe.status import Status
+from dlnpipe.status import FailureKind, Status
 
 ONSET_MARGIN = 0.01  # onset: the first sample with ηS ≥ 2(1 − ONSET_MARGIN)
 
@@ -77,19 +76,10 @@ def balancing_gaps(layers) -> np.ndarray:
     return balance_gaps([torch.as_tensor(np.asarray(W), dtype=torch.float64) for W in layers]).numpy()
 
 
-class FailureKind(IntEnum):
-    """How a network ended (the cube's ``failure`` flag): the status for converged and diverged networks, and
-    for failed ones what holds them (:func:`failure_kinds`)."""
-
-    CONVERGED = 0
-    DIVERGED = 1
-    UNSTABLE = 2
-    SADDLE = 3
-    SLOW = 4
-
-    @property
-    def meaning(self) -> str:
-        return self.name.lower()
+def balance_sampler(nets: list, index: np.ndarray) -> np.ndarray:
+    """The balancing gaps along a run (a :data:`dlnpipe.trainer.Sampler`): ``train(..., record_sharpness=True,
+    samplers={"traj_balance": balance_sampler})`` records G (B, n_samples, L−1) at each recorded step."""
+    return balancing_gaps(nets)
 
 
 UNSTABLE_MARGIN = 1e-3  # unstable: S above the threshold by more than this (the central flow sits on it)
@@ -97,10 +87,10 @@ SADDLE_CURVATURE = 1e-6  # λ_min < −SADDLE_CURVATURE·S: clearly negative (La
 SADDLE_GRADIENT = 1e-3  # ‖∇R‖² < SADDLE_GRADIENT·2S(R − R*): far smaller than any point of a minimizer's basin
 
 
-def failure_kinds(status, threshold, sharpness, lambda_min, grad_sq, excess) -> np.ndarray:
+def failure_kinds(status, threshold, sharpness, lambda_min, grad_sq, excess, *, edge=None) -> np.ndarray:
     """:class:`FailureKind` (B,) int8 from each network's final status, its optimizer's stability threshold on
-    the sharpness (GD: 2/η; NaN: none, as for gradient flow), sharpness S, λ_min, squared gradient norm ‖∇R‖²
-    and excess loss R − R*.
+    ``edge`` (the sharpness S by default; Adam's is on its preconditioned sharpness) (GD: 2/η; NaN: none, as for
+    gradient flow), sharpness S, λ_min, squared gradient norm ‖∇R‖² and excess loss R − R*.
 
     Near a minimizer (R ≈ R* + ½δᵀHδ) the gradient obeys ‖∇R‖² = δᵀH²δ ≤ 2S(R − R*); a failed network far below
     that bound, with negative curvature, sits at a saddle's plateau. Unstable comes first: with S above the
@@ -112,7 +102,8 @@ def failure_kinds(status, threshold, sharpness, lambda_min, grad_sq, excess) -> 
     kind = np.full(status.shape, FailureKind.SLOW, dtype=np.int8)
     saddle = (lmin < -SADDLE_CURVATURE * S) & (g2 < SADDLE_GRADIENT * 2 * S * np.maximum(ex, 0))
     kind[saddle] = FailureKind.SADDLE
-    kind[S > limit * (1 + UNSTABLE_MARGIN)] = FailureKind.UNSTABLE  # False where the threshold is NaN
+    on = S if edge is None else np.asarray(edge, dtype=np.float64)
+    kind[on > limit * (1 + UNSTABLE_MARGIN)] = FailureKind.UNSTABLE  # False where the threshold is NaN
     kind[status == Status.CONVERGED] = FailureKind.CONVERGED
     kind[status == Status.DIVERGED] = FailureKind.DIVERGED
     return kind

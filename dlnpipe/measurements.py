@@ -14,7 +14,7 @@ import numpy as np
 
 from dlnpipe.curvature import sharpness, smallest_eigenvalue
 from dlnpipe.diagnostics import structure
-from dlnpipe.eos import balancing_gaps, gradient_norm_sq
+from dlnpipe.eos import balancing_gaps, failure_kinds, gradient_norm_sq
 from dlnpipe.spectrum import hessian_trace, spectral_density
 from dlnpipe.status import Status
 
@@ -95,6 +95,18 @@ def measure(nets: list, init: list, datasets: list, status: np.ndarray, seeds: n
         out["sv_ratio"][rows], out["alignment"][rows], out["input_alignment"][rows] = (
             st.sv_ratio, st.alignment, st.input_alignment)
     return out
+
+
+def ended(out: dict, train: dict, datasets: list, stepper, settings: dict) -> np.ndarray:
+    """How each network ended (:class:`dlnpipe.eos.FailureKind`, (B,) int8) from its measurements ``out`` and its
+    trained cell's arrays ``train``: the status, and for a failed network what holds it, against the threshold of
+    its optimizer (``stepper``, a :mod:`dlnpipe.steppers` class, with each network's option values ``settings``)
+    on the sharpness that threshold is about (docs/theory.md#the-edge-of-stability-measured)."""
+    S = out["sharpness_topk"][:, 0]
+    edge = S if stepper.edge_on == "sharpness" else out.get(stepper.edge_on, np.full_like(S, np.nan))
+    excess = np.asarray(train["loss_train"], dtype=np.float64) - np.array([ds.loss_opt for ds in datasets])
+    return failure_kinds(train["status"], stepper.threshold(train["lr"], settings), S, out["lambda_min"],
+                         out["grad_norm_sq"], excess, edge=edge)
 
 
 def top_sharpness(nets: list, datasets: list, keep: np.ndarray, seeds: np.ndarray, opts: Options,

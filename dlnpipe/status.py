@@ -3,6 +3,8 @@
     converged  R − R* ≤ rtol·R* + atol·(yᵀy/n) at the end
     failed     finite but not converged (stalled at a saddle, oscillating above η_c, a stiff flow)
     diverged   the loss became non-finite or exploded; the network was frozen where it happened
+
+and, refining it, how the network ended (:class:`FailureKind`: a failed one unstable, at a saddle or slow).
 """
 
 from __future__ import annotations
@@ -33,6 +35,21 @@ class TrainPath(IntEnum):
 
     TORCH = 0
     COMPILED = 1
+
+    @property
+    def meaning(self) -> str:
+        return self.name.lower()
+
+
+class FailureKind(IntEnum):
+    """How a network ended (the cube's ``failure`` flag): the status for converged and diverged networks, and
+    for failed ones what holds them (:func:`dlnpipe.eos.failure_kinds`)."""
+
+    CONVERGED = 0
+    DIVERGED = 1
+    UNSTABLE = 2
+    SADDLE = 3
+    SLOW = 4
 
     @property
     def meaning(self) -> str:

@@ -34,7 +34,7 @@ METRICS = ("loss_train", "loss_test", "distance")
 
 
 Sample = int | torch.Tensor  # a sample index: one for all live rows, or one per row (b,)
-# A quantity sampled with the trajectory sharpness: (the sampled networks, their indices in the call (b,)) -> (b,)
+# A quantity sampled with the trajectory sharpness: (the sampled networks, their indices in the call (b,)) -> (b, ...)
 Sampler = Callable[[list[Weights], np.ndarray], np.ndarray]
 
 
@@ -43,12 +43,13 @@ class TrajectorySharpness:
 
     Start vectors come from each network's seed (as :func:`dlnpipe.curvature.sharpness` draws them),
     so a sample equals the sharpness of that network's weights measured on their own. Each of ``samplers`` (name →
-    a :data:`Sampler`) is sampled there too, into ``extras()[name]`` (e.g. φ, :func:`dlnpipe.gfs.phi_sampler`)."""
+    a :data:`Sampler`) is sampled there too, into ``extras()[name]`` (B, n_samples, ...) (e.g. φ,
+    :func:`dlnpipe.gfs.phi_sampler`; the balancing gaps, :func:`dlnpipe.eos.balance_sampler`)."""
 
     def __init__(self, prob64: Problem, seeds: np.ndarray, size: int, n_samples: int, *, tol: float, device,
                  samplers: dict[str, Sampler] | None = None):
         self.prob, self.seeds, self.samplers = prob64, seeds, dict(samplers or {})
-        self.sampled = {name: np.full((len(seeds), n_samples), np.nan) for name in self.samplers}
+        self.sampled: dict[str, np.ndarray] = {}  # name -> (B, n_samples, ...), shaped by its first sample
         self.v0 = start_vectors(seeds, size, device=device)  # (B, P)
         self.values = np.full((len(seeds), n_samples), np.nan)
         self.values_precond: np.ndarray | None = None  # the preconditioned sharpness (optimizers with one)
@@ -74,7 +75,10 @@ class TrajectorySharpness:
             if self.samplers:
                 nets = _weights(state.arch, layers, c, self.seeds[gi])
                 for name, sampler in self.samplers.items():
-                    self.sampled[name][gi, jj] = sampler(nets, gi)
+                    value = np.asarray(sampler(nets, gi), dtype=np.float64)
+                    if name not in self.sampled:
+                        self.sampled[name] = np.full((*self.values.shape, *value.shape[1:]), np.nan)
+                    self.sampled[name][gi, jj] = value
             if precond is not None and values_precond is not None:
                 out = top_eigenvalues(state.arch, layers, c, self.prob.rows(part), self.v0[part], k=1,
                                       tol=self.tol, precond=precond[part].to(torch.float64))

@@ -149,7 +149,8 @@ def train(dataset: Dataset | list[Dataset], *, arch: str, depth: int, width: int
     points) or at the given ``record_steps``, and the Lanczos sharpness there too when
     ``record_sharpness`` (to tolerance ``sharpness_tol``), and there too each of ``samplers`` (name → a callable
     of the sampled networks and their indices, :data:`dlnpipe.trainer.Sampler`) into ``extras[name]``, e.g.
-    ``samplers={"traj_gfs_sharpness": dlnpipe.gfs.phi_sampler(dataset)}``: φ along the run.
+    ``samplers={"traj_gfs_sharpness": dlnpipe.gfs.phi_sampler(dataset)}``: φ along the run;
+    ``{"traj_balance": dlnpipe.eos.balance_sampler}``: the balancing gaps (B, samples, L − 1).
 
     ``optimizer="gd"``: gradient descent (:mod:`dlnpipe.steppers.gd`; every ``check_every`` steps
     diverged networks and networks at an exact fixed point of the GD map leave the batch,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import dlnpipe
-from dlnpipe.eos import FailureKind, balancing_gaps, classify, edge_of_stability, failure_kinds
+from dlnpipe.eos import FailureKind, balance_sampler, balancing_gaps, classify, edge_of_stability, failure_kinds
 
 
 def test_edge_of_stability_of_a_built_trajectory():
@@ -47,6 +47,27 @@ def test_gradient_flow_keeps_the_balancing_gaps_and_gd_moves_them(data):
     assert np.abs(balancing_gaps(gd.networks()) - G0).max() > 1e3 * flow_drift
     # the torch form on layer tensors is the same
     np.testing.assert_allclose(balancing_gaps([np.stack([n.layers[k] for n in start]) for k in range(4)]), G0)
+
+
+def test_the_gaps_along_gd_and_along_the_central_flow(data):
+    """traj_balance along GD is the gaps of the weights GD reaches in that many steps (1e-12), from G(0) at step
+    0; along the central flow below the edge (gradient flow) it stays at G(0) (1e-7), while GD's moves."""
+    kw = dict(arch="small", depth=3, width=5, scale=[0.4, 0.5], seed=[0, 1], dtype="float64", lr=0.1)
+    gd = dlnpipe.train(data, steps=60, record_steps=[0, 20, 60], record_sharpness=True,
+                       samplers={"traj_balance": balance_sampler}, **kw)
+    G = gd.extras["traj_balance"]
+    assert G.shape == (2, 3, 2)
+    start = [dlnpipe.init_network("small", depth=3, width=5, d=4, scale=s, seed=k) for s, k in ((0.4, 0), (0.5, 1))]
+    np.testing.assert_allclose(G[:, 0], balancing_gaps(start), rtol=1e-12)
+    at20 = dlnpipe.train(data, steps=20, **kw)
+    np.testing.assert_allclose(G[:, 1], balancing_gaps(at20.networks()), rtol=1e-12)
+    np.testing.assert_allclose(G[:, 2], balancing_gaps(gd.networks()), rtol=1e-12)
+    assert np.abs(G[:, 2] - G[:, 0]).max() > 1e-3 * G[:, 0].max()
+    central = dlnpipe.train(data, optimizer="central", steps=60, record_every=20, **{**kw, "lr": 0.01})
+    Gc = central.extras["traj_balance"]
+    assert Gc.shape == (2, 4, 2) and np.isfinite(Gc).all()
+    np.testing.assert_allclose(Gc, np.broadcast_to(Gc[:, :1], Gc.shape), rtol=1e-7)
+    np.testing.assert_allclose(Gc[:, 0], balancing_gaps(start), rtol=1e-12)
 
 
 def test_failure_kinds_of_networks_that_are_known():

@@ -4,8 +4,9 @@
 ``eos_phi``: along GD, the sharpness S_t (solid) and φ_t, the sharpness of the gradient-flow solution from each
 iterate (dashed), one panel per η, one colour per init scale (every seed its own curve), with 2/η and S_min.
 ``eos_central``: GD's training loss and sharpness against the central flow's prediction (its time-averaged loss
-R + ½Σx_iλ_i and its sharpness), one column per η. ``eos_balance``: the relative change of the balancing gaps from
-init to the end, per optimizer and gap (gradient flow keeps them: zero). ``failures``: how the networks ended, per
+R + ½Σx_iλ_i and its sharpness), one column per η. ``eos_balance``: the relative change of the total balancing gap
+‖G‖ = (Σ_k G_k²)^½ along GD (solid) and the central flow (dashed), and gradient flow's at its end (×: it keeps
+them, zero), one panel per η. ``failures``: how the networks ended, per
 optimizer and η (converged, diverged, and for failed ones: unstable, saddle, slow).
 """
 
@@ -15,8 +16,8 @@ import numpy as np
 import seaborn as sns
 
 from dlnpipe.analysis import frame as analysis_frame
-from dlnpipe.eos import FailureKind
 from dlnpipe.figures.common import constant, empty, grid, legend, nothing, panels, select
+from dlnpipe.status import FailureKind
 
 
 def _labels(ds, optimizer: str) -> list[str]:
@@ -101,24 +102,41 @@ def eos_central(ds):
     return fig
 
 
+def _total_gap(da):
+    """‖G‖ = (Σ_k G_k²)^½ over the layer axis (NaN where no gap is recorded)."""
+    return np.sqrt((da**2).sum("layer", min_count=1))
+
+
 def eos_balance(ds):
-    if "balance" not in ds:
-        return nothing("no balancing gaps measured")
-    df = ds[["balance", "balance_init", "status"]].to_dataframe().reset_index()
-    df = df[(df.status >= 0) & (df.balance_init > 0)].dropna(subset=["balance", "balance_init"])
-    fig, axes = grid(1, width=6.4, height=4.0)
-    ax = axes[0]
-    if df.empty:
-        empty(ax, "no networks")
-        return fig
-    df["optimizer"] = df.optim.map(lambda x: str(ds.optimizer.sel(optim=x).values)) if "optim" in df else "gd"
-    df["change"] = (df.balance - df.balance_init) / df.balance_init
-    df["k"] = (df.layer + 1).astype(int)
-    sns.stripplot(df, x="k", y="change", hue="optimizer", dodge=True, size=3.5, alpha=0.8, ax=ax)
-    ax.axhline(0, color="k", lw=0.8, ls=":")
-    ax.set(xlabel="gap k (between layers k and k + 1)", ylabel="(G_k at the end − at init) / at init",
-           title="balancing gaps ‖W_{k+1}ᵀW_{k+1} − W_kW_kᵀ‖_F")
-    legend(ax, "optimizer")
+    if "traj_balance" not in ds:
+        return nothing("no balancing gaps along trajectories (record_eos, or the central flow)")
+    lrs = [float(x) for x in ds.lr.values]
+    facets = panels(ds, exclude=("optim",))
+    fig, axes = grid(len(facets) * len(lrs), width=4.8, height=3.6)
+    pal = _scale_palette(ds)
+    end = float(ds.step.max())
+    for i, sel in enumerate(facets):
+        for j, lr in enumerate(lrs):
+            ax = axes[i * len(lrs) + j]
+            seen = set()
+            for optimizer, ls in (("gd", "-"), ("central", "--")):
+                for label in _labels(ds, optimizer):
+                    G = _total_gap(select(ds, {**sel, "optim": label, "lr": lr}).traj_balance)
+                    for s, curve in _curves(G / G.isel(step=0) - 1):
+                        ax.plot(curve.step, curve, color=pal[s], lw=0.9 if ls == "-" else 1.8, ls=ls, alpha=0.85,
+                                label=None if s in seen else f"{s:g}")
+                        seen.add(s)
+            for label in _labels(ds, "flow"):  # gradient flow: its end against its start (it keeps them)
+                sub = select(ds, {**sel, "optim": label, "lr": lr})
+                rel = (_total_gap(sub.balance) / _total_gap(sub.balance_init) - 1).stack(net=[
+                    d for d in ("scale", "seed") if d in sub.dims])
+                for s, r in zip(rel.scale.values, rel.values):
+                    if np.isfinite(r):
+                        ax.plot([end], [r], marker="x", color=pal[float(s)], ls="none", ms=7)
+            ax.axhline(0, color="k", lw=0.8, ls=":")
+            ax.set(xlabel="step", ylabel="‖G(t)‖ / ‖G(0)‖ − 1", title=f"η = {lr:g}: GD solid, central flow dashed,\n"
+                   "gradient flow at its end ×")
+            legend(ax, "init scale s")
     return fig
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dlnpipe import archs
+from dlnpipe import archs, steppers
 from dlnpipe.files import per_network, read_cell, read_datasets, trained_networks, write_measure
 from dlnpipe.grid import init_scale, stage_config
-from dlnpipe.measurements import Options, measure, optimizer_measurements
+from dlnpipe.measurements import Options, ended, measure, optimizer_measurements
 from dlnpipe.networks import init_network
 from dlnpipe.status import Status
 
@@ -38,6 +38,12 @@ def run(spec: dict, data_paths, train_path: str | Path, out: str | Path, *, devi
         avg = {f"W{k}": arrays[f"avg_W{k}"] for k in range(depth)}
         averaged = trained_networks({**arrays, **avg}, arch.name, depth)
     m |= optimizer_measurements(arrays, nets, each, status, seeds, opts, averaged)
+    points = {p.label: p.resolved(each[0].n) for p in exp.optim_points()}
+    coords = {c for option in steppers.OPTIONS.values() for c in option.coordinates}  # what a threshold reads
+    keys = sorted({k for label in arrays["optim"] for k in points[str(label)]} & coords)
+    settings = {k: np.array([points[str(label)].get(k, np.nan) for label in arrays["optim"]], dtype=float)
+                for k in keys}
+    m["failure"] = ended(m, arrays, each, steppers.get(cell.get("optimizer", steppers.DEFAULT)), settings)
     top = m["sharpness_topk"][:, 0]
     log.info("cell %s: sharpness of %d networks, median %.4g (init %.4g); trace median %.4g (init %.4g)", cell,
              int((status != Status.DIVERGED).sum()), np.nanmedian(top) if np.isfinite(top).any() else np.nan,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dlnpipe import steppers
+from dlnpipe.eos import balance_sampler
 from dlnpipe.files import per_network, read_datasets, write_train
 from dlnpipe.gfs import phi_sampler
 from dlnpipe.grid import Cell, init_scale, networks, optimizer_options, stage_config
@@ -28,7 +29,8 @@ def run(spec: dict, data_paths, out: str | Path, *, device: str | None = None) -
     log.info("cell %s/%s: %d networks, up to %d steps, %s on %s", cell.experiment, cell.id, len(net),
              int(net.steps.max()), exp.dtype, device)
     record = exp.record_sharpness and steppers.get(cell.optimizer).records_sharpness  # flow, central: their own
-    samplers = {"traj_gfs_sharpness": phi_sampler(ds)} if record and exp.record_eos else None
+    samplers = {"traj_gfs_sharpness": phi_sampler(ds), "traj_balance": balance_sampler} if (
+        record and exp.record_eos) else None
     res = train(ds, arch=cell.init, depth=cell.depth, width=cell.width, lr=net.lr,
                 scale=init_scale(exp, cell.init, cell.width, net.scale), seed=net.seed, steps=net.steps,
                 dtype=exp.dtype, device=device, record_every=exp.record_every,

@@ -23,8 +23,8 @@ time-averaged loss is R(w) + ½ Σ x_i λ_i.
 The ODE is integrated by the flow stepper's error-controlled Dormand–Prince 5(4) (the field replaced); while
 every ηλ_i stays below 2(1 − CANDIDATE) the field is −∇R and the central flow is gradient flow, step for step.
 Per sample it records (``extras``): the sharpness λ_1 (``traj_central_sharpness``), the predicted time-averaged
-loss (``traj_central_loss``), Σ x_i (``traj_central_trace_x``) and the number of directions held at 2/η
-(``traj_central_active``).
+loss (``traj_central_loss``), Σ x_i (``traj_central_trace_x``), the number of directions held at 2/η
+(``traj_central_active``) and the balancing gaps (``traj_balance``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from dlnpipe._checks import check_int, check_positive
 from dlnpipe.lazy import torch
 from dlnpipe.steppers.base import EXPLODE, Schedule
 from dlnpipe.steppers.flow import GradientFlow
-from dlnpipe.tensors import flatten, unflatten
+from dlnpipe.tensors import balance_gaps, flatten, unflatten
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -49,6 +49,7 @@ log = logging.getLogger("dlnpipe.training")
 EVALUATION_COST = 600  # one field evaluation, in gradient evaluations (the workflow's cost model)
 CANDIDATE = 0.02  # a tracked eigenvalue is constrained once ηλ ≥ 2(1 − CANDIDATE)
 RECORDED = ("traj_central_sharpness", "traj_central_loss", "traj_central_trace_x", "traj_central_active")
+BALANCE = "traj_balance"  # and the balancing gaps (B, samples, L − 1) at each sample
 
 
 def complementarity(K: Tensor, q: Tensor, candidate: Tensor) -> Tensor:
@@ -202,9 +203,11 @@ class CentralFlow(GradientFlow):
         self.seeds, self.last, self.v0 = schedule.seed, {}, None
         self.horizon_mask = schedule.record_steps[None, :] <= schedule.steps[:, None]  # (B, n): samples it owes
         self.converged = np.zeros(B, dtype=bool)  # stopped early, converged: its later samples hold
-        self.final = {name: np.full(B, np.nan) for name in RECORDED}  # ... these values, where it stopped
-        self.recorded = {name: torch.full((B, n), float("nan"), dtype=torch.float64, device=state.idx.device)
-                         for name in RECORDED}
+        # ... and these values, where it stopped (self.final)
+        shape = {name: () for name in RECORDED} | {BALANCE: (len(state.layers) - 1,)}  # per sample
+        self.recorded = {name: torch.full((B, n, *rest), float("nan"), dtype=torch.float64, device=state.idx.device)
+                         for name, rest in shape.items()}
+        self.final = {name: np.full((B, *rest), np.nan) for name, rest in shape.items()}
         super().start(state, schedule)
 
     def _sampled(self, state, due: Tensor, j: Tensor) -> None:
@@ -213,6 +216,7 @@ class CentralFlow(GradientFlow):
         gi = state.idx[due]
         for name in RECORDED:
             self.recorded[name][gi, j[due]] = self.last[name][due].to(torch.float64)
+        self.recorded[BALANCE][gi, j[due]] = balance_gaps([W[due] for W in state.layers]).to(torch.float64)
 
     def _leave(self, state) -> None:
         """As the flow's; a network that converged keeps what the field computed at its last point (its last
@@ -224,6 +228,7 @@ class CentralFlow(GradientFlow):
             self.converged[gi] = True
             for name in RECORDED:
                 self.final[name][gi] = self.last[name][conv].to(torch.float64).cpu().numpy()
+            self.final[BALANCE][gi] = balance_gaps([W[conv] for W in state.layers]).cpu().numpy()
         super()._leave(state)
 
     def outputs(self) -> dict[str, np.ndarray]:
@@ -232,6 +237,6 @@ class CentralFlow(GradientFlow):
         out = {}
         for name, v in self.recorded.items():
             a = v.cpu().numpy()
-            out[name] = np.where(np.isnan(a) & self.horizon_mask & self.converged[:, None], self.final[name][:, None],
-                                 a)
+            held = (np.isnan(a).T & (self.horizon_mask & self.converged[:, None]).T).T  # (B, n, ...)
+            out[name] = np.where(held, self.final[name][:, None], a)
         return out
