@@ -66,17 +66,18 @@ def measure(nets: list, init: list, datasets: list, status: np.ndarray, seeds: n
             opts: Options) -> dict[str, np.ndarray]:
     """Every measurement of B trained networks ``nets`` (their initial weights ``init``, each network's
     dataset, status and seed), as numpy arrays on the network axis."""
-    arch, B = nets[0].architecture, len(nets)
-    out = empty(B, nets[0].depth, opts, sum(W.size for W in nets[0].layers))
+    arch, B, size = nets[0].architecture, len(nets), sum(W.size for W in nets[0].layers)
+    out = empty(B, nets[0].depth, opts, size)
     ids = np.array([id(ds) for ds in datasets])
     for key in dict.fromkeys(ids):  # one dataset at a time (the Hessian and the exact formulas need its Σ)
         rows = np.flatnonzero(ids == key)
         ds = datasets[rows[0]]
         keep = rows[status[rows] != Status.DIVERGED]
         if keep.size:
-            s = sharpness(ds, [nets[i] for i in keep], method="lanczos", k=opts.k, seeds=seeds[keep],
+            k = min(opts.k, size)  # a network of fewer parameters has fewer eigenvalues: the rest stay NaN
+            s = sharpness(ds, [nets[i] for i in keep], method="lanczos", k=k, seeds=seeds[keep],
                           device=opts.device)
-            out["sharpness_topk"][keep], out["sharpness_residual"][keep] = s.eigenvalues, s.residuals
+            out["sharpness_topk"][keep, :k], out["sharpness_residual"][keep, :k] = s.eigenvalues, s.residuals
             out["sharpness_converged"][keep] = s.converged
             out["lambda_min"][keep] = smallest_eigenvalue(ds, [nets[i] for i in keep], seeds=seeds[keep],
                                                           device=opts.device).eigenvalues[:, 0]

@@ -91,3 +91,23 @@ def test_a_tiny_init_is_stuck_at_the_saddle_and_a_large_lr_is_unstable(data):
     assert classify(data, loud).tolist() == [FailureKind.DIVERGED]
     done = dlnpipe.train(data, arch="small", depth=2, width=4, lr=0.05, scale=0.8, seed=0, steps=5000)
     assert classify(data, done).tolist() == [FailureKind.CONVERGED]
+
+
+def test_the_measure_stage_of_networks_with_fewer_parameters_than_eigenvalues_asked():
+    """A depth-2 scalar network has two parameters: asked for the top three eigenvalues, the measurements hold its
+    two (those of its dense Hessian, 1e-10 of S: the second is 0 at a minimizer) and NaN for the third; how it
+    ended is measured as for any network."""
+    from dlnpipe.measurements import Options, ended, measure
+    from dlnpipe.steppers.gd import GradientDescent
+
+    ds = dlnpipe.make_dataset(20, 1, noise=0.5, seed=0)
+    res = dlnpipe.train(ds, arch="small", depth=2, width=1, lr=0.1, scale=[0.5, 1.0], seed=[0, 1], steps=300,
+                        dtype="float64")
+    nets = res.networks()
+    init = [dlnpipe.init_network("small", depth=2, width=1, d=1, scale=s, seed=k) for s, k in ((0.5, 0), (1.0, 1))]
+    out = measure(nets, init, [ds, ds], res.status, np.array([0, 1]), Options(k=3, device="cpu"))
+    dense = dlnpipe.sharpness(ds, nets, method="dense", k=2).eigenvalues
+    np.testing.assert_allclose(out["sharpness_topk"][:, :2], dense, rtol=1e-10, atol=1e-10 * dense.max())
+    assert np.isnan(out["sharpness_topk"][:, 2]).all() and np.isnan(out["sharpness_residual"][:, 2]).all()
+    train = {"status": res.status, "lr": np.full(2, 0.1), "loss_train": res.loss_train}
+    assert ended(out, train, [ds, ds], GradientDescent, {}).tolist() == [FailureKind.CONVERGED] * 2

@@ -18,7 +18,8 @@ import xarray as xr
 import yaml
 from workflow_utils import BIN, QUICK, ROOT, STUDY_TIMEOUT_S, env, open_tree, snakemake, wait_for_line, workdir
 
-from dlnpipe.status import Status, TrainPath
+from dlnpipe.eos import failure_kinds
+from dlnpipe.status import FailureKind, Status, TrainPath
 
 pytestmark = pytest.mark.slow
 
@@ -464,6 +465,18 @@ def test_eos_experiment_end_to_end(tmp_path):
     assert central.traj_central_loss.notnull().any() and gd.traj_central_loss.isnull().all()
     np.testing.assert_allclose(central.traj_central_sharpness.isel(step=0), gd.traj_sharpness.isel(step=0), rtol=1e-8)
     assert ds.lambda_min.notnull().all() and ds.balance.notnull().any() and ds.balance_init.notnull().any()
+    for along in (gd, central):  # the gaps along the run start at those of the init
+        G0 = along.traj_balance.isel(step=0).dropna("layer")
+        np.testing.assert_allclose(G0, along.balance_init.dropna("layer"), rtol=1e-12)
+    assert ds.sel(optim="flow").traj_balance.isnull().all()
+    # how each network ended, in the cube: its status refined against its own optimizer's threshold
+    assert ds.failure.attrs["flag_meanings"].split() == [k.meaning for k in FailureKind]
+    for label, edge in (("gd", 2.0), ("central", 2.0), ("flow", np.nan)):
+        one = ds.sel(optim=label)
+        threshold = (edge / one.lr).broadcast_like(one.status).transpose(*one.status.dims).values
+        expected = failure_kinds(one.status.values, threshold, one.sharpness.values,
+                                 one.lambda_min.values, one.grad_norm_sq.values, (one.loss_train - ds.loss_opt).values)
+        np.testing.assert_array_equal(one.failure.values, expected)
     md = (res / "bounds/eos.md").read_text()
     for claim in ("c11", "c12", "c13", "c14"):
         assert f"| {claim} " in md, claim
