@@ -33,8 +33,9 @@ def panels(ds: xr.Dataset, exclude=()):
     return [dict(zip(dims, c)) for c in combos]
 
 
-def grid(n: int, *, width=5.4, height=3.6):
-    cols = min(n, 3)
+def grid(n: int, *, width=5.4, height=3.6, cols: int = 3):
+    """n panels, ``cols`` per row (at most n)."""
+    cols = min(n, cols)
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for ax in axes.flat[n:]:

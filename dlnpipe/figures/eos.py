@@ -16,7 +16,7 @@ import numpy as np
 import seaborn as sns
 
 from dlnpipe.analysis import frame as analysis_frame
-from dlnpipe.figures.common import constant, empty, grid, legend, nothing, panels, select
+from dlnpipe.figures.common import constant, empty, grid, legend, nothing, panels, select, title
 from dlnpipe.status import FailureKind
 
 
@@ -45,13 +45,25 @@ def _curves(da):
                 yield float(s), curve
 
 
+def _title(ds, sel: dict, lr: float) -> str:
+    """A panel's title: its facet (depth, ... where they vary) and η."""
+    return ", ".join(filter(None, [title(sel, ds), f"η = {lr:g}"]))
+
+
+def _top(edge: float, da) -> float:
+    """The top of a sharpness axis: above 2/η and most curves (the 90th percentile of their samples: one very
+    sharp start would flatten the rest)."""
+    values = da.values[np.isfinite(da.values)]
+    return 1.3 * max(edge, float(np.percentile(values, 90)) if values.size else 0.0)
+
+
 def eos_phi(ds):
     gd = _labels(ds, "gd")
     if not gd or "traj_gfs_sharpness" not in ds or "traj_sharpness" not in ds:
         return nothing("no φ trajectories (record_sharpness and record_eos, optimizer gd)")
     lrs = [float(x) for x in ds.lr.values]
     facets = panels(ds, exclude=("optim",))
-    fig, axes = grid(len(facets) * len(lrs), width=4.8, height=3.6)
+    fig, axes = grid(len(facets) * len(lrs), width=4.8, height=3.6, cols=len(lrs))
     pal = _scale_palette(ds)
     for i, sel in enumerate(facets):
         s_min = constant(ds, "s_min", sel)
@@ -65,8 +77,8 @@ def eos_phi(ds):
                 seen.add(s)
             ax.axhline(2 / lr, color="k", ls="--", lw=1, label="2/η")
             ax.axhline(s_min, color="k", ls=":", lw=1.2, label="S_min")
-            top = np.nanmax([2 / lr, float(sub.traj_gfs_sharpness.max())])
-            ax.set(ylim=(0, 1.3 * top), xlabel="step", ylabel="S_t (solid), φ_t (dashed)", title=f"η = {lr:g}")
+            ax.set(ylim=(0, _top(2 / lr, sub.traj_gfs_sharpness)), xlabel="step", ylabel="S_t (solid), φ_t (dashed)",
+                   title=_title(ds, sel, lr))
             legend(ax, "init scale s")
     return fig
 
@@ -76,29 +88,31 @@ def eos_central(ds):
     if not gd or not central or "traj_central_loss" not in ds:
         return nothing("no central flow beside GD (optimizer: [gd, central])")
     lrs = [float(x) for x in ds.lr.values]
-    fig, axes = grid(2 * len(lrs), width=4.8, height=3.4)
+    facets = panels(ds, exclude=("optim",))
+    fig, axes = grid(2 * len(facets) * len(lrs), width=4.8, height=3.4, cols=len(lrs))
     pal = _scale_palette(ds)
-    base = {k: v for k, v in panels(ds, exclude=("optim",))[0].items()}
-    loss_opt = constant(ds, "loss_opt", base)
-    for j, lr in enumerate(lrs):
-        g, c = select(ds, {**base, "optim": gd[0], "lr": lr}), select(ds, {**base, "optim": central[0], "lr": lr})
-        top, bottom = axes[j], axes[len(lrs) + j]
-        seen = set()
-        for (s, loss), (_, pred) in zip(_curves(g.traj_loss_train - loss_opt), _curves(c.traj_central_loss - loss_opt)):
-            top.plot(loss.step, loss, color=pal[s], lw=0.9, alpha=0.8, label=None if s in seen else f"{s:g}")
-            top.plot(pred.step, pred, color=pal[s], lw=1.8, ls="--")
-            seen.add(s)
-        top.set(yscale="log", xlabel="step", ylabel="R − R* (GD solid; central flow's\ntime average dashed)",
-                title=f"η = {lr:g}")
-        legend(top, "init scale s")
-        if "traj_sharpness" in g:
-            for (s, S), (_, Sc) in zip(_curves(g.traj_sharpness), _curves(c.traj_central_sharpness)):
-                bottom.plot(S.step, S, color=pal[s], lw=0.9, alpha=0.8)
-                bottom.plot(Sc.step, Sc, color=pal[s], lw=1.8, ls="--")
-        bottom.axhline(2 / lr, color="k", ls="--", lw=1)
-        bottom.axhline(constant(ds, "s_min", base), color="k", ls=":", lw=1.2)
-        bottom.set(ylim=(0, 1.3 * np.nanmax([2 / lr, float(c.traj_central_sharpness.max())])), xlabel="step",
-                   ylabel="sharpness (GD solid, central dashed)")
+    for i, sel in enumerate(facets):
+        loss_opt = constant(ds, "loss_opt", sel)
+        for j, lr in enumerate(lrs):
+            g, c = select(ds, {**sel, "optim": gd[0], "lr": lr}), select(ds, {**sel, "optim": central[0], "lr": lr})
+            top, bottom = axes[2 * i * len(lrs) + j], axes[(2 * i + 1) * len(lrs) + j]
+            seen = set()
+            for (s, loss), (_, pred) in zip(_curves(g.traj_loss_train - loss_opt),
+                                            _curves(c.traj_central_loss - loss_opt)):
+                top.plot(loss.step, loss, color=pal[s], lw=0.9, alpha=0.8, label=None if s in seen else f"{s:g}")
+                top.plot(pred.step, pred, color=pal[s], lw=1.8, ls="--")
+                seen.add(s)
+            top.set(yscale="log", xlabel="step", ylabel="R − R* (GD solid; central flow's\ntime average dashed)",
+                    title=_title(ds, sel, lr))
+            legend(top, "init scale s")
+            if "traj_sharpness" in g:
+                for (s, S), (_, Sc) in zip(_curves(g.traj_sharpness), _curves(c.traj_central_sharpness)):
+                    bottom.plot(S.step, S, color=pal[s], lw=0.9, alpha=0.8)
+                    bottom.plot(Sc.step, Sc, color=pal[s], lw=1.8, ls="--")
+            bottom.axhline(2 / lr, color="k", ls="--", lw=1)
+            bottom.axhline(constant(ds, "s_min", sel), color="k", ls=":", lw=1.2)
+            bottom.set(ylim=(0, _top(2 / lr, c.traj_central_sharpness)), xlabel="step",
+                       ylabel="sharpness (GD solid, central dashed)")
     return fig
 
 
@@ -112,7 +126,7 @@ def eos_balance(ds):
         return nothing("no balancing gaps along trajectories (record_eos, or the central flow)")
     lrs = [float(x) for x in ds.lr.values]
     facets = panels(ds, exclude=("optim",))
-    fig, axes = grid(len(facets) * len(lrs), width=4.8, height=3.6)
+    fig, axes = grid(len(facets) * len(lrs), width=4.8, height=3.6, cols=len(lrs))
     pal = _scale_palette(ds)
     end = float(ds.step.max())
     for i, sel in enumerate(facets):
@@ -134,8 +148,8 @@ def eos_balance(ds):
                     if np.isfinite(r):
                         ax.plot([end], [r], marker="x", color=pal[float(s)], ls="none", ms=7)
             ax.axhline(0, color="k", lw=0.8, ls=":")
-            ax.set(xlabel="step", ylabel="‖G(t)‖ / ‖G(0)‖ − 1", title=f"η = {lr:g}: GD solid, central flow dashed,\n"
-                   "gradient flow at its end ×")
+            ax.set(xlabel="step", ylabel="‖G(t)‖ / ‖G(0)‖ − 1",
+                   title=f"{_title(ds, sel, lr)}: GD solid, central flow\ndashed, gradient flow at its end ×")
             legend(ax, "init scale s")
     return fig
 
