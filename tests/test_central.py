@@ -7,7 +7,13 @@ import torch
 import dlnpipe
 from dlnpipe.curvature import start_vectors
 from dlnpipe.steppers import central
-from dlnpipe.steppers.central import CANDIDATE, central_field, complementarity, tracked_directions
+from dlnpipe.steppers.central import (
+    CANDIDATE,
+    central_field,
+    complementarity,
+    semidefinite_complementarity,
+    tracked_directions,
+)
 from dlnpipe.tensors import flatten, stack_weights, unflatten
 
 
@@ -29,6 +35,52 @@ def test_complementarity_solves_the_lcp():
     one = complementarity(K[:, :1, :1], q[:, :1], torch.ones(200, 1, dtype=torch.bool))
     expected = np.maximum(0, -2 * q[:, 0].numpy() / K[:, 0, 0].numpy())
     np.testing.assert_allclose(one[:, 0].numpy(), expected, rtol=1e-12, atol=1e-15)
+
+
+def _sdlcp(b, c, P, seed, coupled=True):
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((b, c, c, P))
+    G = G + G.transpose(0, 2, 1, 3)  # G_ij = G_ji
+    if not coupled:
+        G = G * np.eye(c)[None, :, :, None]
+    Q = rng.standard_normal((b, c, c)) * 3
+    Q = Q + Q.transpose(0, 2, 1) if coupled else Q * np.eye(c)
+    size = rng.integers(1, c + 1, b)
+    cand = np.arange(c)[None, :] < size[:, None]
+    block = (cand[:, :, None] & cand[:, None, :])
+    G, Q = G * block[..., None], Q * block
+    K4 = np.einsum("bijp,bklp->bijkl", G, G)
+    return torch.tensor(K4), torch.tensor(Q), torch.tensor(cand), block
+
+
+def test_semidefinite_complementarity_meets_its_conditions():
+    """Random instances (c = 3 candidates or fewer, 𝒦 a Gram operator of symmetric G_ij): X ⪰ 0, zero outside the
+    candidate block, Y = ½𝒦(X) + Q ⪰ 0 on it and ⟨X, Y⟩ = 0 (to 1e-9 of the scale); for many of them the diagonal
+    solution breaks Y ⪰ 0, so X is genuinely off-diagonal there; with nothing coupling the directions it is the
+    diagonal LCP's solution (1e-12)."""
+    K4, Q, cand, block = _sdlcp(300, 3, 9, seed=0)
+    X = semidefinite_complementarity(K4, Q, cand)
+    b, c = Q.shape[:2]
+    Y = 0.5 * (K4.reshape(b, c * c, c * c) @ X.reshape(b, c * c, 1)).reshape(b, c, c) + Q
+    scale = (Q.abs().amax((1, 2)) + X.abs().amax((1, 2)))[:, None]
+    np.testing.assert_allclose(X, X.mT, atol=1e-12)
+    assert (X.numpy()[~block] == 0).all()
+    assert (torch.linalg.eigvalsh(X) >= -1e-9 * scale).all()
+    for k in range(b):
+        n = int(cand[k].sum())
+        assert torch.linalg.eigvalsh(Y[k, :n, :n]).min() >= -1e-9 * scale[k, 0], k
+        assert abs(float((X[k, :n, :n] * Y[k, :n, :n]).sum())) <= 1e-9 * float(scale[k, 0]) ** 2, k
+    diag = torch.arange(c)
+    x = complementarity(K4[:, diag, diag][:, :, diag, diag], Q[:, diag, diag], cand)
+    Yd = 0.5 * (K4.reshape(b, c * c, c * c) @ torch.diag_embed(x).reshape(b, c * c, 1)).reshape(b, c, c) + Q
+    broken = [k for k in range(b) if torch.linalg.eigvalsh(Yd[k][cand[k]][:, cand[k]]).min() < -1e-6]
+    assert len(broken) > 20, "the instances exercise the off-diagonal refinement"
+    off = X - torch.diag_embed(torch.diagonal(X, dim1=1, dim2=2))
+    assert float(off[broken].abs().amax()) > 1e-3
+    K4, Q, cand, _ = _sdlcp(100, 3, 9, seed=1, coupled=False)
+    x = complementarity(K4[:, diag, diag][:, :, diag, diag], Q[:, diag, diag], cand)
+    np.testing.assert_allclose(semidefinite_complementarity(K4, Q, cand), torch.diag_embed(x), atol=1e-12)
+
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +194,30 @@ def test_the_central_flow_runs_in_float64_only(data):
     with pytest.raises(ValueError, match="float64"):
         dlnpipe.train(data, arch="small", depth=2, width=3, lr=0.1, scale=0.5, seed=0, steps=5, optimizer="central",
                       dtype="float32")
+
+
+def test_two_candidates_are_held_by_a_semidefinite_correction(data):
+    """At init (s = 0.4, seed 4) with η putting the top two eigenvalues on the candidate line: along the central
+    field, D = −d(UᵀHU)/dτ + diag(r) (U the two eigenvectors, held fixed; central differences of dense Hessians)
+    is PSD with a zero eigenvalue for the one direction held (1e-6 of its scale) — a direction that mixes both
+    eigenvectors (D's off-diagonal entries are not small), which a correction diagonal in the eigenbasis cannot
+    hold."""
+    from dlnpipe.hessian import dense_hessians
+
+    net = dlnpipe.init_network("small", depth=3, width=5, d=4, scale=0.4, seed=4)
+    arch, layers, c, prob = batch(data, [net])
+    w, V = torch.linalg.eigh(dense_hessians(arch, layers, c, prob)[0])
+    U, lam = V[:, [-1, -2]], w[[-1, -2]]
+    tau = 1e8
+    eta = torch.tensor([2 * (1 - CANDIDATE / 4) / float(lam[1])], dtype=torch.float64)
+    f, _, info = central_field(arch, layers, c, prob, eta, start_vectors([0], U.shape[0], device="cpu"), k=2,
+                               tau=tau)
+    assert info["traj_central_active"][0] == 1 and info["traj_central_trace_x"][0] > 0
+
+    def block(h):
+        return U.T @ dense_hessians(arch, unflatten(flatten(layers) + h * f, layers), c, prob)[0] @ U
+
+    h = 1e-6
+    D = -(block(h) - block(-h)) / (2 * h) + torch.diag((2 - eta * lam) / (eta**2 * tau))
+    ev = torch.linalg.eigvalsh(D)
+    assert abs(float(ev[0])) <= 1e-6 * float(ev[1]) and float(D[0, 1]) ** 2 > 1e-2 * float(D[0, 0] * D[1, 1])

@@ -2,12 +2,12 @@
 #the-edge-of-stability-measured).
 
 ``eos_phi``: along GD, the sharpness S_t (solid) and φ_t, the sharpness of the gradient-flow solution from each
-iterate (dashed), one panel per η, one colour per init scale (every seed its own curve), with 2/η and S_min.
-``eos_central``: GD's training loss and sharpness against the central flow's prediction (its time-averaged loss
-R + ½Σx_iλ_i and its sharpness), one column per η. ``eos_balance``: the relative change of the total balancing gap
-‖G‖ = (Σ_k G_k²)^½ along GD (solid) and the central flow (dashed), and gradient flow's at its end (×: it keeps
-them, zero), one panel per η. ``failures``: how the networks ended, per
-optimizer and η (converged, diverged, and for failed ones: unstable, saddle, slow).
+iterate (dashed), one row per facet (depth, ... where they vary), one column per η, one colour per init scale
+(every seed its own curve), with 2/η and S_min. ``eos_central``: GD's training loss and sharpness against the
+central flow's prediction (its time-averaged loss R + ½⟨X, UᵀHU⟩ and its sharpness), a pair of rows per facet.
+``eos_balance``: the relative change of the total balancing gap ‖G‖ = (Σ_k G_k²)^½ along GD (solid) and the
+central flow (dashed), and gradient flow's at its end (×: it keeps them, zero). ``failures``: how the networks
+ended, per optimizer and η (converged, diverged, and for failed ones: unstable, saddle, slow).
 """
 
 from __future__ import annotations

@@ -3,28 +3,29 @@ docs/theory.md#the-central-flow): GD's time-averaged trajectory at the edge of s
 
 In flow time τ = η·t (t in steps, as :mod:`dlnpipe.steppers.flow` counts it),
 
-    dw/dτ = −[∇R(w) + ½ Σ_i x_i ∇_w(u_iᵀ H(w) u_i)]      (u_i held fixed in the derivative),
+    dw/dτ = −[∇R(w) + ½ ∇_w⟨X, UᵀH(w)U⟩] = −[∇R + ½ Σ_ij X_ij G_ij]      (U held fixed in the derivative),
 
 u_i the Hessian's top eigenvectors (λ_1 ≥ … ≥ λ_k: at least ``central_k``, and every one that is a candidate
-plus one, :func:`tracked_directions`), x ≥ 0 the smallest correction that keeps every
-tracked ηλ_i ≤ 2: with G_i = ∇_w(u_iᵀHu_i) = ∇λ_i, dλ_i/dτ = −G_i·∇R − ½ Σ_j x_j G_i·G_j, and x solves the
-linear complementarity problem
+plus one, :func:`tracked_directions`) and X ⪰ 0 the smallest correction that keeps the tracked block UᵀHU ⪯ 2/η:
+with G_ij = ∇_w(u_iᵀHu_j), d(u_iᵀHu_j)/dτ = −G_ij·∇R − ½ Σ_kl X_kl G_ij·G_kl, and X solves the semidefinite
+complementarity problem (:func:`semidefinite_complementarity`)
 
-    x ≥ 0,   ½ K x + q ≥ 0,   xᵀ(½ K x + q) = 0,     K_ij = G_i·G_j,  q_i = G_i·∇R + r_i,
+    X ⪰ 0,   Y = ½ 𝒦(X) + Q ⪰ 0,   ⟨X, Y⟩ = 0,     𝒦(X)_ij = Σ_kl (G_ij·G_kl) X_kl,  Q_ij = G_ij·∇R + r_i δ_ij,
 
 over the candidates (ηλ_i ≥ 2(1 − CANDIDATE)), with r_i = (2 − ηλ_i)/(η² τ_s): each candidate may rise at
 most at the rate that brings ηλ_i to 2 with time constant τ_s steps (and is pushed back if a step overshot),
 which keeps the ODE's solution on ηλ ≤ 2 without a discontinuity at the switch (the exact central flow is
-τ_s → 0). With one candidate, x = max(0, −2q/‖G‖²) (σ² of Cohen et al.); with several, x is diagonal in
-the eigenbasis (Cohen et al.'s X is a semidefinite matrix: the two agree when the eigenvectors at 2/η do not
-rotate into each other), found exactly by enumerating the candidates' subsets. The prediction of GD's
-time-averaged loss is R(w) + ½ Σ x_i λ_i.
+τ_s → 0). With one candidate, X = σ² = max(0, −2Q/‖G‖²) (Cohen et al.'s σ²); with several, X is diagonal in
+the eigenbasis when nothing couples the directions (the diagonal problem, :func:`complementarity`, solved
+exactly by enumerating the candidates' subsets, is where the solver starts) and off-diagonal where it must
+hold a direction that mixes them. The prediction of GD's time-averaged loss is R(w) + ½⟨X, UᵀHU⟩ =
+R + ½ Σ X_ii λ_i.
 
 The ODE is integrated by the flow stepper's error-controlled Dormand–Prince 5(4) (the field replaced); while
 every ηλ_i stays below 2(1 − CANDIDATE) the field is −∇R and the central flow is gradient flow, step for step.
 Per sample it records (``extras``): the sharpness λ_1 (``traj_central_sharpness``), the predicted time-averaged
-loss (``traj_central_loss``), Σ x_i (``traj_central_trace_x``), the number of directions held at 2/η
-(``traj_central_active``) and the balancing gaps (``traj_balance``).
+loss (``traj_central_loss``), tr X (``traj_central_trace_x``), the number of directions held at 2/η (X's
+rank, ``traj_central_active``) and the balancing gaps (``traj_balance``).
 """
 
 from __future__ import annotations
@@ -82,6 +83,58 @@ def complementarity(K: Tensor, q: Tensor, candidate: Tensor) -> Tensor:
     return x
 
 
+def semidefinite_complementarity(K4: Tensor, Q: Tensor, candidate: Tensor, *, tol: float = 1e-12,
+                                 max_iter: int = 20_000) -> Tensor:
+    """X (b, c, c) solving the semidefinite complementarity problem X ⪰ 0, Y = ½𝒦(X) + Q ⪰ 0, ⟨X, Y⟩ = 0 on each
+    network's candidate block (``candidate`` (b, c) bool, a prefix; X is zero outside it and Y free there), with
+    𝒦(X)_ij = Σ_kl K4_ijkl X_kl for the Gram tensor K4 (b, c, c, c, c) of the G_ij and Q (b, c, c) symmetric.
+
+    These are the optimality conditions of the convex min_{X ⪰ 0} ¼⟨X, 𝒦X⟩ + ⟨Q, X⟩: X starts at the diagonal
+    solution (:func:`complementarity` on the diagonal, exact when it already satisfies them, as with one
+    candidate) and is refined by accelerated projected gradient (step 1/‖½𝒦‖, projection: clip the block's
+    eigenvalues at 0, momentum restarted when it points uphill) until ‖X − Π(X − ∇/L)‖ ≤ tol of the problem's scale."""
+    b, c = Q.shape[:2]
+    block = (candidate[:, :, None] & candidate[:, None, :]).to(Q.dtype)
+    K = K4.reshape(b, c * c, c * c)
+    K = 0.5 * (K + K.mT)
+    L = (0.5 * torch.linalg.eigvalsh(K)[:, -1]).clamp(min=1e-300)[:, None, None]
+
+    def grad(X: Tensor) -> Tensor:
+        return 0.5 * (K @ X.reshape(b, c * c, 1)).reshape(b, c, c) + Q
+
+    def project(Z: Tensor) -> Tensor:
+        w, V = torch.linalg.eigh(0.5 * (Z + Z.mT) * block)
+        return (V * w.clamp(min=0)[:, None, :]) @ V.mT
+
+    diag = torch.arange(c, device=Q.device)
+    x = complementarity(K4[:, diag, diag][:, :, diag, diag], Q[:, diag, diag], candidate)
+    X = torch.diag_embed(x)
+    scale = Q.abs().amax((1, 2)) + L[:, 0, 0] * X.abs().amax((1, 2)) + 1e-300
+
+    def residual(X: Tensor) -> Tensor:
+        return torch.linalg.matrix_norm(X - project(X - grad(X) / L)) * L[:, 0, 0] / scale
+
+    live = residual(X) > tol
+    if not bool(live.any()):
+        return X
+    Z, t = X.clone(), torch.ones(b, 1, 1, dtype=Q.dtype, device=Q.device)
+    for _ in range(max_iter):
+        new = project(Z - grad(Z) / L)
+        # the momentum points uphill: restart it (O'Donoghue & Candès' gradient test; no objective values, whose
+        # differences near the solution are rounding)
+        restart = ((Z - new) * (new - X)).sum((1, 2), keepdim=True) > 0
+        t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        Z = torch.where(restart, new, new + ((t - 1) / t_new) * (new - X))
+        t = torch.where(restart, torch.ones_like(t), t_new)
+        X = torch.where(live[:, None, None], new, X)
+        live = live & (residual(X) > tol)
+        if not bool(live.any()):
+            return X
+    log.warning("central flow: the semidefinite correction of %d networks met its tolerance only to %.1e",
+                int(live.sum()), float(residual(X).max()))
+    return X
+
+
 DENSE_BELOW = 128  # up to this many parameters the Hessian is formed whole (one batched backward) and diagonalised
 
 
@@ -134,25 +187,30 @@ def central_field(arch, layers: list[Tensor], c: Tensor, prob, eta: Tensor, v0: 
         loss = arch.loss(unflatten(y, layers), c, prob)
         (g,) = torch.autograd.grad(loss.sum(), y, create_graph=True)
     lam, U, candidate = tracked_directions(arch, layers, c, prob, y, g, v0, eta, k=k, tol=tol)
-    x = torch.zeros_like(lam)
     grads, excess = arch.gradient(layers, c, prob)  # the flow's own field and R − R*: below the edge, the flow
     field = -flatten(grads)
+    held, trace_x, active = torch.zeros_like(excess), torch.zeros_like(excess), torch.zeros_like(excess)
     if bool(candidate.any()):
-        G = torch.zeros_like(U)
-        for i in range(lam.shape[1]):
-            if not bool(candidate[:, i].any()):
-                continue
-            with torch.enable_grad():
-                (hv,) = torch.autograd.grad((g * U[:, i]).sum(), y, create_graph=True)
-                (G[:, i],) = torch.autograd.grad((hv * U[:, i]).sum(), y, retain_graph=True)
-        G = G * candidate[..., None]
-        K = G @ G.mT
-        q = (G @ g.detach()[..., None])[..., 0] + (2 - eta[:, None] * lam) / (eta[:, None] ** 2 * tau)
-        x = complementarity(K, q, candidate)
-        field = field - 0.5 * (x[..., None] * G).sum(1)
-    info = {"traj_central_sharpness": lam[:, 0],
-            "traj_central_loss": excess + prob.loss_opt + 0.5 * (x * lam).sum(1),
-            "traj_central_trace_x": x.sum(1), "traj_central_active": (x > 0).sum(1).to(lam.dtype)}
+        m = int(candidate.sum(1).max())  # the candidates are a prefix of the tracked directions
+        G = torch.zeros(y.shape[0], m, m, y.shape[1], dtype=y.dtype, device=y.device)  # G_ij = ∇(u_iᵀHu_j)
+        with torch.enable_grad():
+            hv = [torch.autograd.grad((g * U[:, i]).sum(), y, create_graph=True)[0] for i in range(m)]
+            for i in range(m):
+                for j in range(i, m):
+                    (G[:, i, j],) = torch.autograd.grad((hv[i] * U[:, j]).sum(), y, retain_graph=True)
+                    G[:, j, i] = G[:, i, j]
+        cand = candidate[:, :m]
+        G = G * (cand[:, :, None] & cand[:, None, :])[..., None]
+        rate = (2 - eta[:, None] * lam[:, :m]) / (eta[:, None] ** 2 * tau) * cand
+        Q = torch.einsum("bijp,bp->bij", G, g.detach()) + torch.diag_embed(rate)
+        X = semidefinite_complementarity(torch.einsum("bijp,bklp->bijkl", G, G), Q, cand)
+        field = field - 0.5 * torch.einsum("bij,bijp->bp", X, G)
+        held = 0.5 * (torch.diagonal(X, dim1=1, dim2=2) * lam[:, :m]).sum(1)  # ½⟨X, UᵀHU⟩, UᵀHU = diag(λ)
+        trace_x = torch.diagonal(X, dim1=1, dim2=2).sum(1)
+        w = torch.linalg.eigvalsh(X)
+        active = (w > 1e-12 * w.abs().amax(1, keepdim=True).clamp(min=1e-300)).sum(1).to(lam.dtype)
+    info = {"traj_central_sharpness": lam[:, 0], "traj_central_loss": excess + prob.loss_opt + held,
+            "traj_central_trace_x": trace_x, "traj_central_active": active}
     return field, excess, info
 
 
