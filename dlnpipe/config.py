@@ -300,6 +300,15 @@ class ExperimentConfig(Strict):
             out += [OptimPoint(label=optim_label(entry.name, s), name=entry.name, settings=s) for s in entry.points()]
         return out
 
+    def optim_settings(self, labels, n: int) -> dict[str, np.ndarray]:
+        """Each optim label's resolved option values (:meth:`OptimPoint.resolved`) as float arrays along
+        ``labels``, one per option coordinate of :data:`dlnpipe.steppers.OPTIONS` (momentum, beta1, beta2,
+        ...): the cube's optim coordinates and what a stability threshold reads; NaN where a label's
+        optimizer has no such option."""
+        points = {p.label: p.resolved(n) for p in self.optim_points()}
+        names = [c for option in steppers.OPTIONS.values() for c in option.coordinates]
+        return {c: np.array([float(points[str(label)].get(c, np.nan)) for label in labels]) for c in names}
+
     def optimizers(self) -> list[str]:
         """The names of the experiment's optimizers, each once."""
         return list(dict.fromkeys(p.name for p in self.optim_points()))

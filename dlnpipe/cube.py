@@ -324,21 +324,12 @@ def experiment_dataset(name: str, exp: ExperimentConfig, cells: list[tuple[Cell,
     return ds
 
 
-OPTIM_COORDS = ("optimizer", *(name for option in steppers.OPTIONS.values() for name in option.coordinates))
-
-
 def optim_coords(exp: ExperimentConfig, labels, *, first_n: int) -> dict:
     """The settings of each point of the optim axis as coordinates along it: the optimizer's name and every
     option, with its default where the setting leaves it out, NaN where the optimizer has no such option."""
-    by_label = {p.label: p for p in exp.optim_points()}
-    cols = {name: [] for name in OPTIM_COORDS}
-    for label in labels:
-        point = by_label[str(label)]
-        given = point.resolved(first_n)
-        cols["optimizer"].append(point.name)
-        for name in OPTIM_COORDS[1:]:
-            cols[name].append(float(given.get(name, np.nan)))
-    return {name: ("optim", np.array(values)) for name, values in cols.items()}
+    names = {p.label: p.name for p in exp.optim_points()}
+    cols = {"optimizer": np.array([names[str(label)] for label in labels]), **exp.optim_settings(labels, first_n)}
+    return {name: ("optim", values) for name, values in cols.items()}
 
 
 def theory(exp: ExperimentConfig, datasets: dict[str, Dataset], point: dict) -> xr.Dataset:

@@ -12,14 +12,18 @@ from __future__ import annotations
 from enum import IntEnum
 
 
-class Status(IntEnum):
-    CONVERGED = 0
-    FAILED = 1
-    DIVERGED = 2
+class Flag(IntEnum):
+    """A value stored as a CF flag in the cube: its ``meaning`` is its name in lower case."""
 
     @property
     def meaning(self) -> str:
         return self.name.lower()
+
+
+class Status(Flag):
+    CONVERGED = 0
+    FAILED = 1
+    DIVERGED = 2
 
 
 CONVERGED, FAILED, DIVERGED = Status.CONVERGED, Status.FAILED, Status.DIVERGED
@@ -28,7 +32,7 @@ STATUS_VALUES = tuple(int(s) for s in Status)  # (0, 1, 2): the CF flag_values
 NO_NETWORK = -1  # the cube's status where a ragged grid point holds no network
 
 
-class TrainPath(IntEnum):
+class TrainPath(Flag):
     """Which code advanced a network's training steps: torch's batched tensor operations, or a compiled
     kernel (:mod:`dlnpipe.kernels`). Decided once per batch by its stepper; recorded in the train file, the
     cube (``train_path``) and MLflow."""
@@ -36,12 +40,8 @@ class TrainPath(IntEnum):
     TORCH = 0
     COMPILED = 1
 
-    @property
-    def meaning(self) -> str:
-        return self.name.lower()
 
-
-class FailureKind(IntEnum):
+class FailureKind(Flag):
     """How a network ended (the cube's ``failure`` flag): the status for converged and diverged networks, and
     for failed ones what holds them (:func:`dlnpipe.eos.failure_kinds`)."""
 
@@ -50,7 +50,3 @@ class FailureKind(IntEnum):
     UNSTABLE = 2
     SADDLE = 3
     SLOW = 4
-
-    @property
-    def meaning(self) -> str:
-        return self.name.lower()

@@ -38,11 +38,7 @@ def run(spec: dict, data_paths, train_path: str | Path, out: str | Path, *, devi
         avg = {f"W{k}": arrays[f"avg_W{k}"] for k in range(depth)}
         averaged = trained_networks({**arrays, **avg}, arch.name, depth)
     m |= optimizer_measurements(arrays, nets, each, status, seeds, opts, averaged)
-    points = {p.label: p.resolved(each[0].n) for p in exp.optim_points()}
-    coords = {c for option in steppers.OPTIONS.values() for c in option.coordinates}  # what a threshold reads
-    keys = sorted({k for label in arrays["optim"] for k in points[str(label)]} & coords)
-    settings = {k: np.array([points[str(label)].get(k, np.nan) for label in arrays["optim"]], dtype=float)
-                for k in keys}
+    settings = exp.optim_settings(arrays["optim"], each[0].n)
     m["failure"] = ended(m, arrays, each, steppers.get(cell.get("optimizer", steppers.DEFAULT)), settings)
     top = m["sharpness_topk"][:, 0]
     log.info("cell %s: sharpness of %d networks, median %.4g (init %.4g); trace median %.4g (init %.4g)", cell,
