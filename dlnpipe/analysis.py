@@ -324,62 +324,71 @@ def _row(claim: str, text: str, checked: int, violations: int) -> dict:
 
 def eos_claims(ds: xr.Dataset) -> list[dict]:
     """Claims c11–c14 (docs/theory.md#the-claims-the-tables-check), where the experiment has what they need."""
+    gd, central, flow = (_optim_labels(ds, name) for name in ("gd", "central", "flow"))
     rows = []
-    gd = _optim_labels(ds, "gd")
     if gd and "traj_gfs_sharpness" in ds:
-        phi = ds.traj_gfs_sharpness.sel(optim=gd)
-        rise = (phi.diff("step").max("step") / phi.isel(step=0))  # the largest increase, relative to φ_0
-        # along runs that did not diverge (a diverging run's φ grows as it is thrown out)
-        ok = np.isfinite(rise.values) & (ds.status.sel(optim=gd) != Status.DIVERGED).values
-        worst = float(np.nanmax(rise.values[ok])) if ok.any() else np.nan
-        rows.append(_row("c11", f"gd: phi_t non-increasing along a run that does not diverge (largest increase "
-                                f"{worst:.3g} of phi_0; tolerance {PHI_RTOL:g})", ok.sum(),
-                         (rise.values[ok] > PHI_RTOL).sum()))
-        conv = (ds.status.sel(optim=gd) == Status.CONVERGED).values
-        S, phi0 = ds.sharpness.sel(optim=gd).values, phi.isel(step=0).values
-        edge = 2 / ds.lr.broadcast_like(ds.sharpness.sel(optim=gd)).values
-        s_min = ds.s_min.broadcast_like(ds.sharpness.sel(optim=gd)).values
-        bad = (S < s_min * (1 - TOL)) | (S > edge * (1 + EDGE_RTOL)) | (
-            (phi0 > edge) & (np.abs(S - edge) > EDGE_RTOL * edge))
-        above = conv & (phi0 > edge)
-        rows.append(_row("c12", f"gd: converged => S_min <= S <= 1.1 (2/eta), and near 2/eta (10%) when phi_0 > 2/eta "
-                                f"({int(above.sum())} such networks, median S eta/2 = "
-                                f"{np.nanmedian((S / edge)[above]) if above.any() else np.nan:.3f})",
-                         conv.sum(), (conv & bad).sum()))
-    central = _optim_labels(ds, "central")
+        rows += _gfs_claims(ds, gd)
     if gd and central and "traj_central_loss" in ds and "traj_sharpness" in ds:
-        g, c = ds.sel(optim=gd[0]), ds.sel(optim=central[0])
-        # where a minimizer is stable (η ≤ η_c: S_min ≤ 2/η) and GD did not diverge: past η_c GD's oscillation has no
-        # minimizer to settle around, and the central flow, held at 2/η, describes nothing GD does
-        below = (g.lr <= g.eta_c).broadcast_like(g.status)
-        both = ((g.status >= 0) & (c.status >= 0) & (g.status != Status.DIVERGED) & below).values
-        past = int(((g.status >= 0) & ~below).sum())
-        # time averages over the last quarter of the samples: GD's sharpness and loss oscillate at the edge
-        late = g.step >= float(g.step.max()) * 0.75
-        S_gd = g.traj_sharpness.where(late).mean("step")
-        S_err = (np.abs(c.traj_central_sharpness.where(late).mean("step") - S_gd) / S_gd).values
-        avg_gd = g.traj_loss_train.where(late).mean("step") - g.loss_opt
-        avg_c = c.traj_central_loss.where(late).mean("step") - g.loss_opt
-        # relative to GD's excess loss, or to the loss scale yᵀy/n = R(0) = R* + a‖w*‖² where both sit at the floor
-        floor = CENTRAL_FLOOR * (g.loss_opt + g.a * g.w_norm**2)
-        L_err = (np.abs(avg_c - avg_gd) / np.maximum(np.abs(avg_gd), floor)).values
-        ok = both & np.isfinite(S_err) & np.isfinite(L_err)
-        med = lambda a: float(np.nanmedian(a[ok])) if ok.any() else np.nan  # noqa: E731
-        worst = lambda a: float(np.nanmax(a[ok])) if ok.any() else np.nan  # noqa: E731
-        rows.append(_row("c13", f"central flow vs gd, same init, eta <= eta_c, time averages over the last quarter: "
-                                f"sharpness within 10% (median {med(S_err):.3g}, largest {worst(S_err):.3g}) "
-                                f"and excess loss within 10% (median {med(L_err):.3g}, largest {worst(L_err):.3g}; "
-                                f"{past} networks past eta_c left out)",
-                         ok.sum(),
-                         (ok & ((S_err > CENTRAL_RTOL) | (L_err > CENTRAL_RTOL))).sum()))
-    flow = _optim_labels(ds, "flow")
+        rows.append(_central_claim(ds.sel(optim=gd[0]), ds.sel(optim=central[0])))
     if flow and "balance" in ds:
-        b, b0 = ds.balance.sel(optim=flow), ds.balance_init.sel(optim=flow)
-        drift = (np.abs(b - b0).max("layer") / b0.max("layer")).values
-        ok = np.isfinite(drift)
-        worst = np.nanmax(drift) if ok.any() else np.nan
-        rows.append(_row("c14", f"flow: balancing gaps conserved (largest drift {worst:.3g} of the largest gap; "
-                                f"tolerance {BALANCE_RTOL:g})", ok.sum(),
-                         (drift[ok] > BALANCE_RTOL).sum()))
+        rows.append(_balance_claim(ds.sel(optim=flow)))
     return rows
+
+
+def _gfs_claims(ds: xr.Dataset, gd: list) -> list[dict]:
+    """c11 (φ_t non-increasing along GD) and c12 (where a converged GD run ends)."""
+    phi = ds.traj_gfs_sharpness.sel(optim=gd)
+    rise = (phi.diff("step").max("step") / phi.isel(step=0))  # the largest increase, relative to φ_0
+    # along runs that did not diverge (a diverging run's φ grows as it is thrown out)
+    ok = np.isfinite(rise.values) & (ds.status.sel(optim=gd) != Status.DIVERGED).values
+    worst = float(np.nanmax(rise.values[ok])) if ok.any() else np.nan
+    c11 = _row("c11", f"gd: phi_t non-increasing along a run that does not diverge (largest increase "
+                      f"{worst:.3g} of phi_0; tolerance {PHI_RTOL:g})", ok.sum(), (rise.values[ok] > PHI_RTOL).sum())
+    conv = (ds.status.sel(optim=gd) == Status.CONVERGED).values
+    S, phi0 = ds.sharpness.sel(optim=gd).values, phi.isel(step=0).values
+    edge = 2 / ds.lr.broadcast_like(ds.sharpness.sel(optim=gd)).values
+    s_min = ds.s_min.broadcast_like(ds.sharpness.sel(optim=gd)).values
+    far = np.abs(S - edge) > EDGE_RTOL * edge  # from 2/η
+    bad = (S < s_min * (1 - TOL)) | (S > edge * (1 + EDGE_RTOL)) | ((phi0 > edge) & far)
+    above = conv & (phi0 > edge)
+    c12 = _row("c12", f"gd: converged => S_min <= S <= 1.1 (2/eta), and near 2/eta (10%) when phi_0 > 2/eta "
+                      f"({int(above.sum())} such networks, median S eta/2 = "
+                      f"{np.nanmedian((S / edge)[above]) if above.any() else np.nan:.3f})",
+               conv.sum(), (conv & bad).sum())
+    return [c11, c12]
+
+
+def _central_claim(g: xr.Dataset, c: xr.Dataset) -> dict:
+    """c13: the central flow's time-averaged sharpness and loss against GD's (``g``, ``c``: one optim label each)."""
+    # where a minimizer is stable (η ≤ η_c: S_min ≤ 2/η) and GD did not diverge: past η_c GD's oscillation has no
+    # minimizer to settle around, and the central flow, held at 2/η, describes nothing GD does
+    below = (g.lr <= g.eta_c).broadcast_like(g.status)
+    both = ((g.status >= 0) & (c.status >= 0) & (g.status != Status.DIVERGED) & below).values
+    past = int(((g.status >= 0) & ~below).sum())
+    # time averages over the last quarter of the samples: GD's sharpness and loss oscillate at the edge
+    late = g.step >= float(g.step.max()) * 0.75
+    S_gd = g.traj_sharpness.where(late).mean("step")
+    S_err = (np.abs(c.traj_central_sharpness.where(late).mean("step") - S_gd) / S_gd).values
+    avg_gd = g.traj_loss_train.where(late).mean("step") - g.loss_opt
+    avg_c = c.traj_central_loss.where(late).mean("step") - g.loss_opt
+    # relative to GD's excess loss, or to the loss scale yᵀy/n = R(0) = R* + a‖w*‖² where both sit at the floor
+    floor = CENTRAL_FLOOR * (g.loss_opt + g.a * g.w_norm**2)
+    L_err = (np.abs(avg_c - avg_gd) / np.maximum(np.abs(avg_gd), floor)).values
+    ok = both & np.isfinite(S_err) & np.isfinite(L_err)
+    med = lambda a: float(np.nanmedian(a[ok])) if ok.any() else np.nan  # noqa: E731
+    worst = lambda a: float(np.nanmax(a[ok])) if ok.any() else np.nan  # noqa: E731
+    return _row("c13", f"central flow vs gd, same init, eta <= eta_c, time averages over the last quarter: "
+                       f"sharpness within 10% (median {med(S_err):.3g}, largest {worst(S_err):.3g}) "
+                       f"and excess loss within 10% (median {med(L_err):.3g}, largest {worst(L_err):.3g}; "
+                       f"{past} networks past eta_c left out)",
+                ok.sum(), (ok & ((S_err > CENTRAL_RTOL) | (L_err > CENTRAL_RTOL))).sum())
+
+
+def _balance_claim(flow: xr.Dataset) -> dict:
+    """c14: gradient flow conserves the balancing gaps (``flow``: the flow's optim labels)."""
+    drift = (np.abs(flow.balance - flow.balance_init).max("layer") / flow.balance_init.max("layer")).values
+    ok = np.isfinite(drift)
+    worst = np.nanmax(drift) if ok.any() else np.nan
+    return _row("c14", f"flow: balancing gaps conserved (largest drift {worst:.3g} of the largest gap; "
+                       f"tolerance {BALANCE_RTOL:g})", ok.sum(), (drift[ok] > BALANCE_RTOL).sum())
 
