@@ -221,3 +221,32 @@ def test_two_candidates_are_held_by_a_semidefinite_correction(data):
     D = -(block(h) - block(-h)) / (2 * h) + torch.diag((2 - eta * lam) / (eta**2 * tau))
     ev = torch.linalg.eigvalsh(D)
     assert abs(float(ev[0])) <= 1e-6 * float(ev[1]) and float(D[0, 1]) ** 2 > 1e-2 * float(D[0, 0] * D[1, 1])
+
+
+def test_a_flow_whose_step_collapses_is_stopped_there_failed(data, monkeypatch, caplog):
+    """A field that chatters (−sign(y − 0.05): every coordinate driven onto a line it cannot cross smoothly, as the
+    central field can slide along the candidate line from far above the edge) holds the error-controlled step at
+    rounding size: the network is stopped after STALL_STEPS such accepted steps, failed, with a warning naming the
+    GD step where it stuck; without the guard it would spend every one of its flow_max_steps there."""
+    from dlnpipe.steppers.flow import STALL_STEPS, GradientFlow
+
+    def chattering(arch, layers, c, prob, eta, v0, *, k, tau):
+        _, excess = arch.gradient(layers, c, prob)
+        zero = torch.zeros_like(excess)
+        return -torch.sign(flatten(layers) - 0.05), excess, {name: zero for name in central.RECORDED}
+
+    monkeypatch.setattr(central, "central_field", chattering)
+    kw = dict(arch="small", depth=3, width=5, scale=[0.5, 0.8], seed=[0, 1], dtype="float64", lr=0.05, steps=400,
+              record_every=100, optimizer="central", flow_max_steps=3000, log_every_s=None)
+    with caplog.at_level("WARNING", logger="dlnpipe.training"):
+        res = dlnpipe.train(data, **kw)
+    assert (res.status == dlnpipe.Status.FAILED).all()
+    assert any("stayed below" in r.getMessage() and "200 accepted steps" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(central.CentralFlow, "stall", None)
+    unguarded = dlnpipe.train(data, **kw)
+    assert (unguarded.status == dlnpipe.Status.FAILED).all()
+    # every accepted step costs 6 evaluations: the guard stopped each network within a few hundred steps of the
+    # collapse, the unguarded flow ran all 3000 (and never reached its horizon of 400 GD steps)
+    assert (unguarded.extras["evaluations"] >= 6 * 3000).all()
+    assert (res.extras["evaluations"] < 6 * (STALL_STEPS + 400)).all()
+    assert GradientFlow.stall is None  # gradient flow keeps no such guard: its field is smooth

@@ -23,6 +23,10 @@ R + ½ Σ X_ii λ_i.
 
 The ODE is integrated by the flow stepper's error-controlled Dormand–Prince 5(4) (the field replaced); while
 every ηλ_i stays below 2(1 − CANDIDATE) the field is −∇R and the central flow is gradient flow, step for step.
+The field is discontinuous where a direction becomes a candidate while it rises fast; a start far above the
+edge (ηS ≫ 2, where GD diverges within a few steps) can slide along that line, the error control then holding
+the step at ~1e-6 of a GD step: a network whose step stays below STALL of a GD step for
+:data:`~dlnpipe.steppers.flow.STALL_STEPS` accepted steps in a row is stopped there, failed, with a warning.
 Per sample it records (``extras``): the sharpness λ_1 (``traj_central_sharpness``), the predicted time-averaged
 loss (``traj_central_loss``), tr X (``traj_central_trace_x``), the number of directions held at 2/η (X's
 rank, ``traj_central_active``) and the balancing gaps (``traj_balance``).
@@ -49,6 +53,7 @@ log = logging.getLogger("dlnpipe.training")
 
 EVALUATION_COST = 600  # one field evaluation, in gradient evaluations (the workflow's cost model)
 CANDIDATE = 0.02  # a tracked eigenvalue is constrained once ηλ ≥ 2(1 − CANDIDATE)
+STALL = 1e-4  # a flow step shorter than this fraction of a GD step is one the field's time scale forced
 RECORDED = ("traj_central_sharpness", "traj_central_loss", "traj_central_trace_x", "traj_central_active")
 BALANCE = "traj_balance"  # and the balancing gaps (B, samples, L − 1) at each sample
 
@@ -220,6 +225,7 @@ class CentralFlow(GradientFlow):
                                           "central_tau")
     records_sharpness = False
     compiled = False  # the field needs the Hessian's eigenvectors: torch only
+    stall = STALL
 
     @classmethod
     def threshold(cls, lr, settings):

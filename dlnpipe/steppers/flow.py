@@ -10,9 +10,10 @@ step at the same time (one batched gradient per stage) and leaves the batch when
 time horizon T = η·steps, when its excess loss R − R* falls below ``stop`` (1e-6 of its
 convergence threshold: the flow has converged to within far less than the convergence test; its
 later samples then hold its final values), after ``max_steps`` accepted steps (a stiff flow from
-a large init, reported where it stopped), or when its loss blows up (diverged, frozen where it is;
-its divergence step is t/η). Samples are taken at the times η·record_steps exactly (steps are
-shortened to land on them).
+a large init, reported where it stopped), when its error control keeps the step below a stepper's
+stall length for STALL_STEPS accepted steps in a row (the central flow: a field that chatters, reported
+where it stopped), or when its loss blows up (diverged, frozen where it is; its divergence step is t/η).
+Samples are taken at the times η·record_steps exactly (steps are shortened to land on them).
 
 Linear nets on the CPU integrate in the compiled kernel (``Architecture.fused_flow``, decided once per
 batch, logged and recorded in :attr:`~dlnpipe.steppers.base.Stepper.path`): the same solver step for
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dlnpipe.training")
 
+STALL_STEPS = 200  # accepted steps in a row below the stall length: the flow is stuck (GradientFlow.stall)
+
 # Dormand–Prince 5(4): nodes, stage coefficients, 5th-order weights (= last stage row, FSAL), error weights.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
 _A = (
@@ -63,7 +66,8 @@ def _rms(x):
 class FlowRows(Rows):
     """The solver's state per network: the flattened weights y (b, P), the field f = −∇R(y) there, R − R*,
     the time t and step h, the record times (b, T) and the index of the next one, the horizon T, η (time
-    per GD step), the divergence cap and the convergence stop on R − R*."""
+    per GD step), the divergence cap, the convergence stop on R − R* and how many accepted steps in a row
+    the error control has held below the stall length (:attr:`GradientFlow.stall`)."""
 
     y: Tensor
     f: Tensor
@@ -76,6 +80,7 @@ class FlowRows(Rows):
     lr: Tensor
     cap: Tensor
     stop: Tensor
+    short: Tensor
 
 
 class GradientFlow(Stepper):
@@ -83,6 +88,10 @@ class GradientFlow(Stepper):
     options: ClassVar[tuple[str, ...]] = ("flow_rtol", "flow_atol", "flow_max_steps", "explode")
     records_sharpness = False
     compiled = True  # whether a compiled flow may integrate the batch (its field is −∇R)
+    # the torch path stops a network whose error control keeps its step below this fraction of a GD step for
+    # STALL_STEPS accepted steps in a row (None: never; gradient flow's field is smooth, a stiff one runs to
+    # max_steps)
+    stall: float | None = None
 
     @classmethod
     def threshold(cls, lr, settings):
@@ -138,7 +147,7 @@ class GradientFlow(Stepper):
             h=torch.minimum(h, self.T).clamp(min=1e-12), rec=self.rec,
             nxt=torch.zeros(B, dtype=torch.int64, device=dev),
             T=self.T, lr=self.lr, cap=divergence_cap(excess + state.prob.loss_opt, state.prob.yty, self.explode),
-            stop=self.stop)
+            stop=self.stop, short=torch.zeros(B, dtype=torch.int64, device=dev))
         state.attach(self.rows)
         self._sample(state, torch.ones(B, dtype=torch.bool, device=dev))
 
@@ -192,9 +201,16 @@ class GradientFlow(Stepper):
         """Retire rows at their horizon, converged to ``stop``, out of steps, or diverged (frozen)."""
         r = self.rows
         bad = ~torch.isfinite(r.excess) | (r.excess > r.cap)
-        done = (r.t >= r.T * (1 - 1e-14)) | (r.excess <= r.stop) | bad | (self.accepted[state.idx] >= self.max_steps)
+        stalled = r.short >= STALL_STEPS
+        done = ((r.t >= r.T * (1 - 1e-14)) | (r.excess <= r.stop) | bad | stalled
+                | (self.accepted[state.idx] >= self.max_steps))
         if not bool(done.any()):
             return
+        if bool((stalled & ~bad).any()):
+            log.warning("flow %s: %d networks stopped where their step stayed below %g of a GD step for %d accepted "
+                        "steps in a row (a field that changes within a fraction of a step), at GD steps %s",
+                        state.label, int((stalled & ~bad).sum()), self.stall, STALL_STEPS,
+                        ", ".join(f"{float(x):.4g}" for x in (r.t / r.lr)[stalled & ~bad][:8]))
         # networks that stopped early because they converged keep their final state at later record times
         rec, t, T = r.rec[done], r.t[done][:, None], r.T[done][:, None]
         conv = (r.excess[done] <= r.stop[done]) & ~bad[done]
@@ -226,6 +242,9 @@ class GradientFlow(Stepper):
         err = _rms(h[:, None] * sum(e * ki for e, ki in zip(_E, k) if e)
                    / (self.atol + self.rtol * torch.maximum(y.abs(), y5.abs())))
         ok = (err <= 1.0) & torch.isfinite(err)
+        if self.stall is not None:  # the controller's step (not one shortened to land on a sample) stayed tiny
+            short = r.h < self.stall * r.lr.to(r.h.dtype)
+            r.short = torch.where(ok, torch.where(short, r.short + 1, torch.zeros_like(r.short)), r.short)
         r.y = torch.where(ok[:, None], y5, y)
         r.f = torch.where(ok[:, None], f5, r.f)
         r.excess = torch.where(ok, ex5, r.excess)
