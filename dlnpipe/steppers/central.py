@@ -25,7 +25,7 @@ The ODE is integrated by the flow stepper's error-controlled Dormand–Prince 5(
 every ηλ_i stays below 2(1 − CANDIDATE) the field is −∇R and the central flow is gradient flow, step for step.
 The field is discontinuous where a direction becomes a candidate while it rises fast; a start far above the
 edge (ηS ≫ 2, where GD diverges within a few steps) can slide along that line, the error control then holding
-the step at ~1e-6 of a GD step: a network whose step stays below STALL of a GD step for
+the step at 1e-7–1e-6 of a GD step: a network whose step stays below STALL of a GD step for
 :data:`~dlnpipe.steppers.flow.STALL_STEPS` accepted steps in a row is stopped there, failed, with a warning.
 Per sample it records (``extras``): the sharpness λ_1 (``traj_central_sharpness``), the predicted time-averaged
 loss (``traj_central_loss``), tr X (``traj_central_trace_x``), the number of directions held at 2/η (X's

@@ -198,7 +198,7 @@ class GradientFlow(Stepper):
         """What a subclass records with sample ``j`` (per row) of the live rows ``due``: nothing here."""
 
     def _leave(self, state) -> None:
-        """Retire rows at their horizon, converged to ``stop``, out of steps, or diverged (frozen)."""
+        """Retire rows at their horizon, converged to ``stop``, out of steps, stalled, or diverged (frozen)."""
         r = self.rows
         bad = ~torch.isfinite(r.excess) | (r.excess > r.cap)
         stalled = r.short >= STALL_STEPS
