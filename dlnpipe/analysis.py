@@ -385,7 +385,7 @@ def _central_claim(g: xr.Dataset, c: xr.Dataset) -> dict:
 
 
 def _balance_claim(flow: xr.Dataset) -> dict:
-    """c14: gradient flow conserves the balancing gaps (``flow``: the flow's optim labels)."""
+    """c14: gradient flow conserves the balancing gaps (``flow``: the experiment at the flow's optim labels)."""
     drift = (np.abs(flow.balance - flow.balance_init).max("layer") / flow.balance_init.max("layer")).values
     ok = np.isfinite(drift)
     worst = np.nanmax(drift) if ok.any() else np.nan

@@ -206,11 +206,12 @@ class GradientFlow(Stepper):
                 | (self.accepted[state.idx] >= self.max_steps))
         if not bool(done.any()):
             return
-        if bool((stalled & ~bad).any()):
+        stuck = stalled & ~bad
+        if bool(stuck.any()):
             log.warning("flow %s: %d networks stopped where their step stayed below %g of a GD step for %d accepted "
                         "steps in a row (a field that changes within a fraction of a step), at GD steps %s",
-                        state.label, int((stalled & ~bad).sum()), self.stall, STALL_STEPS,
-                        ", ".join(f"{float(x):.4g}" for x in (r.t / r.lr)[stalled & ~bad][:8]))
+                        state.label, int(stuck.sum()), self.stall, STALL_STEPS,
+                        ", ".join(f"{float(x):.4g}" for x in (r.t / r.lr)[stuck][:8]))
         # networks that stopped early because they converged keep their final state at later record times
         rec, t, T = r.rec[done], r.t[done][:, None], r.T[done][:, None]
         conv = (r.excess[done] <= r.stop[done]) & ~bad[done]
